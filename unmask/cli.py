@@ -172,30 +172,54 @@ def format_config(config: Any) -> str:
 # --- commands --------------------------------------------------------------------------------
 
 
-def _not_yet(what: str) -> Callable[[Any, argparse.Namespace], int]:
-    def command(config: Any, args: argparse.Namespace) -> int:
-        print(f"{what}: not implemented yet; this version only validates and prints the configuration.")
-        return 0
-
-    return command
-
-
 def _run(config: Any, args: argparse.Namespace) -> int:
     print("python main.py run: the configuration above is valid. The experiment itself is not "
           "implemented yet, so nothing else is done.")
     return 0
 
 
+def _prepare(config: Any, args: argparse.Namespace) -> int:
+    if getattr(args, "prepare_source", config.dataset) == "pascal-part":
+        return _prepare_pascal_part(config, args)
+    if config.dataset == "synthetic":
+        return _prepare_synthetic(config, args)
+    print(f"prepare: the {config.dataset!r} dataset is not generated; download it as the README says.")
+    return 1
+
+
+def _prepare_synthetic(config: Any, args: argparse.Namespace) -> int:
+    print("prepare --dataset synthetic: not implemented yet.")
+    return 1
+
+
+def _prepare_pascal_part(config: Any, args: argparse.Namespace) -> int:
+    print("prepare --dataset pascal-part: not implemented yet.")
+    return 1
+
+
+def _train_m(config: Any, args: argparse.Namespace) -> int:
+    print("train-m: not implemented yet.")
+    return 1
+
+
+def _train_k(config: Any, args: argparse.Namespace) -> int:
+    print("train-k: not implemented yet.")
+    return 1
+
+
+def _examples(config: Any, args: argparse.Namespace) -> int:
+    print("examples: not implemented yet.")
+    return 1
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Any, argparse.Namespace], int]]] = {
     "run": ("prepare data if missing, train or load M, adversarially trained M and K, attack, evaluate and "
             "report (the default)", _run),
     "prepare": ("generate the synthetic part world (--dataset synthetic) or convert raw PASCAL-Part "
-                "(--dataset pascal-part --pascal-root DIR --out DIR)", _not_yet("prepare")),
-    "train-m": ("train M and, with --adv-training, the adversarial-training baseline", _not_yet("train-m")),
-    "train-k": ("train K and evaluate it on the test split (COCO mAP, part precision and recall)",
-                _not_yet("train-k")),
-    "examples": ("render example images with their part masks to images/synthetic_examples.png",
-                 _not_yet("examples")),
+                "(--dataset pascal-part --pascal-root DIR --out DIR)", _prepare),
+    "train-m": ("train M and, with --adv-training, the adversarial-training baseline", _train_m),
+    "train-k": ("train K and evaluate it on the test split (COCO mAP, part precision and recall)", _train_k),
+    "examples": ("render example images with their part masks to images/synthetic_examples.png", _examples),
 }
 
 
