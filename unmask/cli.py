@@ -197,9 +197,73 @@ def _prepare_pascal_part(config: Any, args: argparse.Namespace) -> int:
     return 1
 
 
+_CLASSIFIER_OPTIONS = ("model", "image_size", "pretrained", "weights_path", "epochs", "batch_size", "optimizer", "lr",
+                       "momentum", "weight_decay", "nesterov", "augment", "seed", "adv_training", "adv_epsilon",
+                       "adv_steps", "adv_step_size", "adv_random_start", "adv_epochs")
+"""Configuration fields that determine a trained M (``unmask.train.classifier.classifier_specs``)."""
+
+
+def _classifier_data(config: Any) -> dict[str, Any]:
+    """M's train, val and test splits of the configured dataset, decoded once into memory."""
+    from unmask.data.folders import ClassFolderDataset
+
+    return {split: ClassFolderDataset(config.data_dir, config.class_set, split, image_size=config.image_size,
+                                      cache=True)
+            for split in ("train", "val", "test")}
+
+
 def _train_m(config: Any, args: argparse.Namespace) -> int:
-    print("train-m: not implemented yet.")
-    return 1
+    from pathlib import Path
+
+    import torch
+
+    from unmask.attacks import attack
+    from unmask.io import stable_hash
+    from unmask.models.classifier import predict
+    from unmask.runtime import init_distributed, resolve_device
+    from unmask.train.classifier import (
+        classifier_specs,
+        load_trained_classifier,
+        train_or_load_classifier,
+    )
+
+    device = resolve_device(config.device)
+    runtime = init_distributed(device)
+    data = _classifier_data(config)
+    standard, adversarial = classifier_specs(
+        **{name: getattr(config, name) for name in _CLASSIFIER_OPTIONS}, classes=data["train"].classes,
+        data_fingerprint=stable_hash([data["train"].fingerprint(), data["val"].fingerprint()]),
+    )
+    test_images, test_labels = data["test"].tensors()
+
+    def report(title: str, model: torch.nn.Module, how: str) -> None:
+        figures = [f"clean {(predict(model, test_images) == test_labels).float().mean().item():.3f}"]
+        for epsilon in (8, 16):
+            adversarials = attack(model, test_images, test_labels, "pgd_linf", epsilon, steps=config.attack_steps,
+                                  original_step=config.attack_original_step, batch_size=config.attack_batch_size)
+            accuracy = (predict(model, adversarials) == test_labels).float().mean().item()
+            figures.append(f"pgd_linf:{epsilon} {accuracy:.3f}")
+        print(f"{title} ({how}): test accuracy {', '.join(figures)} ({len(test_labels)} images)")
+
+    for title, spec in (("M", standard), ("adversarially trained M", adversarial)):
+        if spec is None:
+            continue
+        if title == "M" and config.m_checkpoint:
+            model = load_trained_classifier(config.m_checkpoint, spec.model, len(spec.classes), device=device)
+            how = f"{spec.model} from {config.m_checkpoint}"
+        else:
+            result = train_or_load_classifier(
+                spec, train_set=data["train"], val_set=data["val"], models_dir=Path(config.output_dir) / "models",
+                device=device, allow_random_init=config.allow_random_init, workers=config.workers, amp=config.amp,
+                progress=config.verbosity > 0,
+            )
+            model = result.model
+            seconds = sum(record["seconds"] for record in result.history)
+            how = (f"{spec.model}, {result.checkpoint_dir}, best epoch {result.best_epoch} of {spec.epochs}, "
+                   f"{seconds:.1f} s of training")
+        if runtime.is_main:
+            report(title, model, how)
+    return 0
 
 
 def _train_k(config: Any, args: argparse.Namespace) -> int:

@@ -1,3 +1,264 @@
-"""Model M: the protected classifier."""
+"""Model M: the protected classifier.
 
-CLASSIFIER_NAMES: tuple[str, ...] = ("compact", "resnet18", "resnet50", "densenet121", "vgg16", "resnet101")
+Every classifier takes images in [0, 1] (any size the architecture accepts) and returns logits;
+the ImageNet mean/std normalisation is the model's first layer, so attacks and UnMask work in
+[0, 1] pixel space. The paper's models (ResNet50, DenseNet121, VGG16, ResNet101) keep their
+torchvision architecture with the head replaced for the class set; ``resnet18`` and ``compact``
+are small enough for the CPU demo.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tv
+from torchvision.models import WeightsEnum
+
+from unmask.io import CheckpointError, load_checkpoint
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class PretrainedWeightsError(RuntimeError):
+    """ImageNet weights that were asked for but cannot be found or used; says what to fetch and where."""
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; constants, so not part of the state dict."""
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """[0, 1] images -> logits: normalisation, then ``network``."""
+
+    def __init__(self, network: nn.Module, *, name: str, classes: int) -> None:
+        super().__init__()
+        self.normalize = Normalize()
+        self.network = network
+        self.name = name
+        self.num_classes = classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(self.normalize(images))
+
+
+def _conv_block(in_channels: int, out_channels: int, *, kernel_size: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CompactCNN(nn.Sequential):
+    """A small CNN for the CPU demo: a 4x4 stride-4 stem, two stride-2 3x3 blocks, global average
+    pooling and a linear head (about 0.1 M parameters at ``width=32``; 16x downsampling keeps a
+    128 px image at 8x8 features, so a 20-step attack costs little)."""
+
+    def __init__(self, num_classes: int, *, width: int = 32) -> None:
+        super().__init__(
+            _conv_block(3, width, kernel_size=4, stride=4),
+            _conv_block(width, 2 * width, kernel_size=3, stride=2),
+            _conv_block(2 * width, 4 * width, kernel_size=3, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * width, num_classes),
+        )
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build one classifier: the network with ImageNet's 1000-class head, its ImageNet
+    weights (None: it has none) and how to swap the head for ``num_classes``."""
+
+    build: Callable[[], nn.Module]
+    weights: WeightsEnum | None
+    replace_head: Callable[[nn.Module, int], None]
+
+
+def _replace_attribute_head(attribute: str) -> Callable[[nn.Module, int], None]:
+    def replace(network: nn.Module, num_classes: int) -> None:
+        head = getattr(network, attribute)
+        setattr(network, attribute, nn.Linear(head.in_features, num_classes))
+
+    return replace
+
+
+def _replace_vgg_head(network: nn.Module, num_classes: int) -> None:
+    head = network.classifier[-1]
+    network.classifier[-1] = nn.Linear(head.in_features, num_classes)
+
+
+def _torchvision(builder: Callable[..., nn.Module], weights: WeightsEnum,
+                 replace_head: Callable[[nn.Module, int], None]) -> Architecture:
+    return Architecture(build=lambda: builder(weights=None), weights=weights, replace_head=replace_head)
+
+
+def _compact() -> Architecture:
+    # built directly with its final head; a 1000-class head would only be replaced
+    return Architecture(build=lambda: CompactCNN(1000), weights=None, replace_head=_replace_compact_head)
+
+
+def _replace_compact_head(network: nn.Module, num_classes: int) -> None:
+    network[-1] = nn.Linear(network[-1].in_features, num_classes)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "compact": _compact(),
+    "resnet18": _torchvision(tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1, _replace_attribute_head("fc")),
+    "resnet50": _torchvision(tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V1, _replace_attribute_head("fc")),
+    "densenet121": _torchvision(tv.densenet121, tv.DenseNet121_Weights.IMAGENET1K_V1,
+                                _replace_attribute_head("classifier")),
+    "vgg16": _torchvision(tv.vgg16, tv.VGG16_Weights.IMAGENET1K_V1, _replace_vgg_head),
+    "resnet101": _torchvision(tv.resnet101, tv.ResNet101_Weights.IMAGENET1K_V1, _replace_attribute_head("fc")),
+}
+"""The classifiers M can be, by name: the CPU demo's ``compact`` and ``resnet18``, then the paper's."""
+
+CLASSIFIER_NAMES: tuple[str, ...] = tuple(ARCHITECTURES)
+
+PAPER_IMAGE_SIZE = 150
+"""The original's input side (Resize(150) -> CenterCrop(150)) for the paper's models."""
+
+
+def build_classifier(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    allow_random_init: bool = True,
+) -> Classifier:
+    """Classifier ``name`` with a ``num_classes`` head, taking [0, 1] images.
+
+    With ``pretrained``, the backbone starts from ImageNet weights: the file ``weights_path``
+    (a torchvision state dict, ``.pth`` or ``.safetensors``) or torchvision's file in
+    ``torch.hub.get_dir()/checkpoints/``, downloaded there when this machine can. When neither
+    can be had, ``allow_random_init`` starts from random weights with a warning; otherwise
+    ``PretrainedWeightsError`` says which file to fetch and where to put it.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown classifier {name!r}; expected one of: {', '.join(CLASSIFIER_NAMES)}")
+    if num_classes < 2:
+        raise ValueError(f"classifier {name}: expected at least 2 classes, got {num_classes}")
+    architecture = ARCHITECTURES[name]
+    network = architecture.build()
+    if pretrained:
+        weights = _imagenet_state_dict(name, architecture, weights_path, allow_random_init=allow_random_init)
+        if weights is not None:
+            _load_imagenet_weights(network, weights, name=name, source=weights_path or "torchvision's cache")
+    architecture.replace_head(network, num_classes)
+    return Classifier(network, name=name, classes=num_classes)
+
+
+def imagenet_weights_file(name: str) -> Path | None:
+    """Where torchvision keeps ``name``'s ImageNet weights (None: ``name`` has none)."""
+    weights = ARCHITECTURES[name].weights
+    if weights is None:
+        return None
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def pretrained_weights_available(name: str, weights_path: str | Path | None = None) -> bool:
+    """Whether ``build_classifier(name, pretrained=True)`` finds ImageNet weights without a download."""
+    if weights_path:
+        return Path(weights_path).is_file()
+    file = imagenet_weights_file(name)
+    return file is not None and file.is_file()
+
+
+def _imagenet_state_dict(name: str, architecture: Architecture, weights_path: str | Path | None, *,
+                         allow_random_init: bool) -> dict[str, torch.Tensor] | None:
+    if weights_path:
+        # a file the user named must exist: falling back to random weights would hide a typo
+        return _read_state_dict(Path(weights_path))
+    file = imagenet_weights_file(name)
+    if file is None:
+        problem = f"classifier {name!r} has no ImageNet weights (only {', '.join(_with_weights())} do)"
+    else:
+        if not file.is_file():
+            _try_download(architecture.weights.url, file)
+        if file.is_file():
+            return _read_state_dict(file)
+        problem = (f"the ImageNet weights of {name} are not on this machine and cannot be downloaded: fetch "
+                   f"{architecture.weights.url} and put it at {file}, or pass its path with --weights-path")
+    if allow_random_init:
+        warnings.warn(f"{problem}; starting from random weights", stacklevel=3)
+        return None
+    raise PretrainedWeightsError(f"{problem} (or allow random initialisation with --allow-random-init)")
+
+
+def _with_weights() -> list[str]:
+    return [name for name, architecture in ARCHITECTURES.items() if architecture.weights is not None]
+
+
+def _try_download(url: str, file: Path) -> None:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # an unreachable network must not hang the run
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(file), progress=False)
+    except OSError:  # URLError, timeouts, unwritable cache: the caller explains what to do
+        pass
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return load_file(path)
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def _load_imagenet_weights(network: nn.Module, weights: dict[str, torch.Tensor], *, name: str, source: object) -> None:
+    # torchvision's DenseNet files name layers "norm.1"; the modules are now "norm1"
+    weights = {_OLD_DENSENET_KEY.sub(r"\1\2", key): value for key, value in weights.items()}
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0]
+        raise CheckpointError(f"{source}: not ImageNet weights of {name} ({first_line})") from None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+    """Predicted class indices (int64, on ``images``' device) of [0, 1] images, in eval mode
+    on the model's device; the model's mode is restored afterwards."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        predictions = [
+            model(images[start:start + batch_size].to(device)).argmax(dim=1).to(images.device)
+            for start in range(0, len(images), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.int64, device=images.device)

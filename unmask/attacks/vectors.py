@@ -1,4 +1,4 @@
-"""The attack registry: attack names, their norms, and attack vectors (name + epsilon)."""
+"""Attack names, their norms, and attack vectors (name + epsilon on the 0-255 scale)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from unmask.data.folders import ClassFolderDataset, DataLayoutError
+from unmask.parts import CLASS_SETS
+
+CLASS_SET = "cs5-2"  # dog, car, bird, train, person: not alphabetical
+
+
+def write_image(path: Path, image: torch.Tensor) -> None:
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+
+
+def write_split(root: Path, split: str = "train", *, per_class: int = 2, size: tuple[int, int] = (40, 60)) -> None:
+    """Images whose red channel encodes the class index, so a label can be read off the pixels."""
+    for label, name in enumerate(CLASS_SETS[CLASS_SET]):
+        folder = root / CLASS_SET / split / name
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            image = torch.zeros(3, *size, dtype=torch.uint8)
+            image[0] = 40 * label
+            image[1] = 100 + index
+            write_image(folder / f"{index}.png", image)
+
+
+def test_labels_follow_the_class_set_order_not_the_alphabet(tmp_path):
+    write_split(tmp_path)
+    dataset = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16)
+    assert dataset.classes == CLASS_SETS[CLASS_SET]
+    for index in range(len(dataset)):
+        image, label = dataset[index]
+        assert round(image[0].mean().item() * 255 / 40) == label
+        assert dataset.samples[index][0].parent.name == CLASS_SETS[CLASS_SET][label]
+
+
+def test_images_are_resized_and_center_cropped_floats_in_unit_range(tmp_path):
+    write_split(tmp_path, size=(40, 60))
+    dataset = ClassFolderDataset(tmp_path, "CS5b", "train", image_size=24)  # the paper's name works too
+    image, _ = dataset[3]
+    assert image.shape == (3, 24, 24) and image.dtype == torch.float32
+    assert 0 <= image.min() and image.max() <= 1
+    images, labels = dataset.tensors()
+    assert images.shape == (10, 3, 24, 24) and labels.dtype == torch.int64
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_cached_images_equal_decoded_ones(tmp_path):
+    write_split(tmp_path)
+    cached = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=20, cache=True)
+    plain = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=20)
+    for index in range(len(plain)):
+        assert torch.equal(cached[index][0], plain[index][0])
+
+
+def test_jpeg_images_are_read(tmp_path):
+    write_split(tmp_path)
+    write_image(tmp_path / CLASS_SET / "train" / "dog" / "x.JPG", torch.full((3, 30, 30), 128, dtype=torch.uint8))
+    assert len(ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16)) == 11
+
+
+def test_missing_split_names_the_layout_and_the_prepare_command(tmp_path):
+    with pytest.raises(DataLayoutError, match=r"(?s)cs5-2/test.*<class set>/<split>/<class>.*prepare --dataset synthetic"):
+        ClassFolderDataset(tmp_path, CLASS_SET, "test", image_size=16)
+
+
+def test_missing_and_empty_class_folders_are_named(tmp_path):
+    write_split(tmp_path)
+    bird = tmp_path / CLASS_SET / "train" / "bird"
+    for file in bird.iterdir():
+        file.unlink()
+    with pytest.raises(DataLayoutError, match="bird holds no images"):
+        ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16)
+    bird.rmdir()
+    with pytest.raises(DataLayoutError, match="class folder .*bird does not exist"):
+        ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16)
+
+
+def test_undecodable_image_is_named(tmp_path):
+    write_split(tmp_path)
+    broken = tmp_path / CLASS_SET / "train" / "car" / "broken.png"
+    broken.write_bytes(b"not an image")
+    dataset = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16)
+    index = [path for path, _ in dataset.samples].index(broken)
+    with pytest.raises(ValueError, match="cannot decode image .*broken.png"):
+        dataset[index]
+    with pytest.raises(ValueError, match="broken.png"):
+        ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16, cache=True)
+
+
+def test_fingerprint_changes_with_the_files(tmp_path):
+    write_split(tmp_path)
+    before = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16).fingerprint()
+    assert ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16).fingerprint() == before
+    write_image(tmp_path / CLASS_SET / "train" / "car" / "new.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    assert ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16).fingerprint() != before

@@ -1,0 +1,105 @@
+import re
+
+import pytest
+import torch
+from torchvision import models as tv
+
+from unmask.io import CheckpointError
+from unmask.models import classifier
+from unmask.models.classifier import (
+    CLASSIFIER_NAMES,
+    PretrainedWeightsError,
+    build_classifier,
+    imagenet_weights_file,
+    predict,
+)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torchvision cache on a machine that cannot download."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(classifier, "_try_download", lambda url, file: None)
+    return tmp_path / "hub"
+
+
+@pytest.mark.parametrize("name", CLASSIFIER_NAMES)
+def test_every_classifier_maps_unit_range_images_of_any_size_to_class_logits(name):
+    torch.manual_seed(0)
+    model = build_classifier(name, 5).eval()
+    with torch.no_grad():
+        for size in (40, 150) if name in ("compact", "resnet18") else (40,):
+            assert model(torch.rand(2, 3, size, size)).shape == (2, 5)
+
+
+def test_normalisation_is_the_models_first_layer():
+    model = build_classifier("compact", 3).eval()
+    images = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model(images), model.network((images - mean) / std))
+    assert not any(key.startswith("normalize.") for key in model.state_dict())
+
+
+def test_unknown_name_and_too_few_classes_are_refused():
+    with pytest.raises(ValueError, match="unknown classifier 'resnet5'.*compact"):
+        build_classifier("resnet5", 3)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        build_classifier("compact", 1)
+
+
+def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(offline_hub):
+    expected = offline_hub / "checkpoints" / "resnet18-f37072fd.pth"
+    assert imagenet_weights_file("resnet18") == expected
+    with pytest.raises(PretrainedWeightsError, match=re.escape(str(expected))) as error:
+        build_classifier("resnet18", 3, pretrained=True, allow_random_init=False)
+    assert tv.ResNet18_Weights.IMAGENET1K_V1.url in str(error.value)
+    with pytest.warns(UserWarning, match="random weights"):
+        model = build_classifier("resnet18", 3, pretrained=True, allow_random_init=True)
+    assert model.network.fc.out_features == 3
+
+
+def test_compact_has_no_imagenet_weights(offline_hub):
+    with pytest.raises(PretrainedWeightsError, match="compact.*has no ImageNet weights"):
+        build_classifier("compact", 3, pretrained=True, allow_random_init=False)
+
+
+def test_imagenet_weights_come_from_torchvisions_cache(offline_hub):
+    torch.manual_seed(1)
+    imagenet = tv.resnet18()
+    file = imagenet_weights_file("resnet18")
+    file.parent.mkdir(parents=True)
+    torch.save(imagenet.state_dict(), file)
+    model = build_classifier("resnet18", 4, pretrained=True, allow_random_init=False)
+    assert torch.equal(model.network.conv1.weight, imagenet.conv1.weight)
+    assert model.network.fc.out_features == 4
+
+
+def test_densenet_files_with_torchvisions_old_layer_names_load(tmp_path):
+    torch.manual_seed(2)
+    imagenet = tv.densenet121()
+    old_names = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", key): value
+                 for key, value in imagenet.state_dict().items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old_names
+    torch.save(old_names, tmp_path / "densenet.pth")
+    model = build_classifier("densenet121", 3, pretrained=True, weights_path=tmp_path / "densenet.pth")
+    assert torch.equal(model.network.features.denseblock1.denselayer1.conv1.weight,
+                       imagenet.features.denseblock1.denselayer1.conv1.weight)
+
+
+def test_weights_file_of_another_architecture_or_missing_is_explained(tmp_path):
+    torch.save(tv.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(CheckpointError, match="resnet18.pth: not ImageNet weights of resnet50"):
+        build_classifier("resnet50", 3, pretrained=True, weights_path=tmp_path / "resnet18.pth")
+    with pytest.raises(CheckpointError, match="missing.pth does not exist"):
+        build_classifier("resnet18", 3, pretrained=True, weights_path=tmp_path / "missing.pth", allow_random_init=True)
+
+
+def test_predict_batches_and_restores_the_mode():
+    model = build_classifier("compact", 3).train()
+    images = torch.rand(10, 3, 32, 32)
+    predictions = predict(model, images, batch_size=3)
+    assert model.training and predictions.dtype == torch.int64
+    with torch.no_grad():
+        assert torch.equal(predictions, model.eval()(images).argmax(dim=1))

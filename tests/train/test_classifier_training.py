@@ -1,0 +1,191 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from unmask import cli
+from unmask.attacks import attack
+from unmask.io import CheckpointError, load_checkpoint
+from unmask.models.classifier import build_classifier, predict
+from unmask.parts import CLASS_SETS
+from unmask.train import classifier as training
+from unmask.train.classifier import (
+    AdversarialTraining,
+    augment_batch,
+    classifier_cache_key,
+    classifier_specs,
+    train_classifier,
+)
+
+SIZE = 32
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def stripes(count: int, *, seed: int, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three classes: faint horizontal, vertical or diagonal stripes of random period, phase and colour, on noise
+    (faint: a standard CNN learns them non-robustly, so adversarial training has something to show)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 3
+    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                          indexing="ij")
+    images = torch.empty(count, 3, size, size)
+    for index, label in enumerate(labels.tolist()):
+        period, phase = 4 + 4 * torch.rand(2, generator=generator)
+        coordinate = (y, x, (x + y) / 2)[label]
+        wave = (torch.sin(2 * torch.pi * (coordinate + phase) / period) > 0).float()
+        colour = torch.rand(3, 1, 1, generator=generator)
+        noise = 0.2 * torch.rand(3, size, size, generator=generator)
+        images[index] = (0.2 + 0.3 * wave * colour + noise).clamp(0, 1)
+    return images, labels
+
+
+def datasets(train: int = 120, val: int = 30) -> tuple[TensorDataset, TensorDataset]:
+    return TensorDataset(*stripes(train, seed=0)), TensorDataset(*stripes(val, seed=1))
+
+
+def fresh_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_classifier("compact", 3)
+
+
+def mean_loss(model: torch.nn.Module, dataset: TensorDataset) -> float:
+    images, labels = dataset.tensors
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model.eval()(images), labels).item()
+
+
+def test_training_reduces_the_loss():
+    train, val = datasets()
+    model = fresh_model()
+    before = mean_loss(model, train)
+    result = train_classifier(model, train, val, epochs=4, batch_size=16, lr=0.05, progress=False)
+    assert mean_loss(result.model, train) < 0.8 * before
+    assert [record["epoch"] for record in result.history] == [1, 2, 3, 4]
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_interrupted_training_resumes_exactly(tmp_path):
+    train, val = datasets(train=64, val=16)
+    options = {"lr": 0.05, "batch_size": 16, "augment": True, "progress": False,
+               "adversarial": AdversarialTraining(epsilon=4, steps=1, step_size=4)}
+    straight = train_classifier(fresh_model(), train, val, epochs=3, checkpoint_dir=tmp_path / "straight", **options)
+    train_classifier(fresh_model(), train, val, epochs=1, checkpoint_dir=tmp_path / "resumed", **options)
+    resumed = train_classifier(fresh_model(), train, val, epochs=3, checkpoint_dir=tmp_path / "resumed", **options)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    without_time = [[{k: v for k, v in record.items() if k != "seconds"} for record in result.history]
+                    for result in (straight, resumed)]
+    assert without_time[0] == without_time[1]
+    assert torch.equal(load_checkpoint(tmp_path / "straight" / "state.pt")["model"]["network.5.weight"],
+                       load_checkpoint(tmp_path / "resumed" / "state.pt")["model"]["network.5.weight"])
+
+
+def test_a_finished_run_returns_its_best_epoch_without_training(tmp_path, monkeypatch):
+    train, val = datasets()
+    first = train_classifier(fresh_model(), train, val, epochs=3, lr=0.05, checkpoint_dir=tmp_path, progress=False)
+    scores = [record["score"] for record in first.history]
+    assert first.best_epoch == scores.index(max(scores)) + 1
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert all(torch.equal(value, best[key]) for key, value in first.model.state_dict().items())
+
+    monkeypatch.setattr(training, "_train_epoch", lambda *args, **kwargs: pytest.fail("trained again"))
+    again = train_classifier(fresh_model(), train, val, epochs=3, lr=0.05, checkpoint_dir=tmp_path, progress=False)
+    assert again.best_epoch == first.best_epoch and again.history == first.history
+    assert all(torch.equal(value, best[key]) for key, value in again.model.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"state.pt was written by a training run with other settings \(lr"):
+        train_classifier(fresh_model(), train, val, epochs=3, lr=0.1, checkpoint_dir=tmp_path, progress=False)
+
+
+def test_adversarial_training_makes_the_model_more_robust_to_pgd():
+    train, val = TensorDataset(*stripes(240, seed=0)), TensorDataset(*stripes(30, seed=1))
+    images, labels = stripes(90, seed=2)
+    robust_accuracy = []
+    for adversarial in (None, AdversarialTraining(epsilon=8, steps=3, step_size=4)):
+        model = train_classifier(fresh_model(), train, val, epochs=4, lr=0.05, adversarial=adversarial,
+                                 progress=False).model
+        assert (predict(model, images) == labels).float().mean() > 0.8
+        torch.manual_seed(0)
+        adversarials = attack(model, images, labels, "pgd_linf", 8, steps=10)
+        robust_accuracy.append((predict(model, adversarials) == labels).float().mean().item())
+    standard, adversarially_trained = robust_accuracy
+    assert adversarially_trained > standard + 0.25, robust_accuracy
+
+
+def test_augmentation_keeps_shape_and_range_and_follows_the_seed():
+    images = stripes(6, seed=0)[0]
+    torch.manual_seed(3)
+    first = augment_batch(images)
+    torch.manual_seed(3)
+    assert torch.equal(first, augment_batch(images))
+    assert first.shape == images.shape and 0 <= first.min() and first.max() <= 1
+    assert not torch.equal(first, images)
+
+
+def specs(**changes):
+    options = {"model": "compact", "classes": ("car", "person", "train"), "image_size": 64, "data_fingerprint": "abc",
+               "pretrained": False, "weights_path": "", "epochs": 10, "batch_size": 32, "optimizer": "sgd", "lr": 0.01,
+               "momentum": 0.9, "weight_decay": 0.0002, "nesterov": False, "augment": False, "seed": 0,
+               "adv_training": True, "adv_epsilon": 4.0, "adv_steps": 7, "adv_step_size": 2.0,
+               "adv_random_start": True, "adv_epochs": 0}
+    return classifier_specs(**{**options, **changes})
+
+
+def test_cache_keys_name_what_determines_the_model():
+    standard, adversarial = specs()
+    assert adversarial.epochs == 10 and adversarial.adversarial == AdversarialTraining()
+    assert classifier_cache_key(standard).startswith("m-") and classifier_cache_key(adversarial).startswith("m-adv-")
+    assert classifier_cache_key(standard) == classifier_cache_key(specs()[0])
+    assert classifier_cache_key(standard) != classifier_cache_key(specs(lr=0.02)[0])
+    assert classifier_cache_key(standard) != classifier_cache_key(specs(data_fingerprint="abd")[0])
+    # the adversarial options change only the adversarially trained model
+    assert classifier_cache_key(standard) == classifier_cache_key(specs(adv_epsilon=8.0)[0])
+    assert classifier_cache_key(adversarial) != classifier_cache_key(specs(adv_epsilon=8.0)[1])
+    assert specs(adv_epochs=3)[1].epochs == 3 and specs(adv_training=False)[1] is None
+
+
+def write_folders(root: Path, class_set: str = "cs3-1", per_split: dict[str, int] | None = None) -> None:
+    for split, count in (per_split or {"train": 60, "val": 15, "test": 15}).items():
+        images, labels = stripes(count, seed=len(split))
+        for index, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
+            folder = root / class_set / split / CLASS_SETS[class_set][label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy()).save(folder / f"{index}.png")
+
+
+TRAIN_M = ["train-m", "--class-set", "cs3-1", "--image-size", "32", "--epochs", "2", "--adv-epochs", "1",
+           "--attack-steps", "2", "--lr", "0.05", "--verbosity", "0"]
+
+
+def test_train_m_trains_caches_and_reports_both_models(tmp_path, capsys):
+    write_folders(tmp_path / "data")
+    arguments = [*TRAIN_M, "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "results")]
+    assert cli.main(arguments) == 0
+    output = capsys.readouterr().out
+    assert "M (compact" in output and "adversarially trained M (compact" in output
+    assert output.count("pgd_linf:16") == 2
+    folders = [path.name for path in (tmp_path / "results" / "models").iterdir()]
+    assert sorted(name.rpartition("-")[0] for name in folders) == ["m", "m-adv"]
+    assert cli.main(arguments) == 0  # from the cache
+    assert capsys.readouterr().out.splitlines()[-2:] == output.splitlines()[-2:]
+
+
+def test_train_m_without_data_points_to_prepare(tmp_path, capsys):
+    assert cli.main([*TRAIN_M, "--data-dir", str(tmp_path / "nothing")]) == 1
+    assert "prepare --dataset synthetic" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_m_runs_under_torchrun(tmp_path):
+    write_folders(tmp_path / "data")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main.py", *TRAIN_M,
+               "--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "results"), "--device", "cpu"]
+    run = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("test accuracy") == 2  # printed by rank 0 only
+    assert len(list((tmp_path / "results" / "models").iterdir())) == 2

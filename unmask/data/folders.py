@@ -1,0 +1,93 @@
+"""M's images in the UnMask dataset's folder layout: ``<root>/<class set>/<split>/<class>/<image>``.
+
+Labels follow the class set's order from ``unmask.parts.CLASS_SETS`` (not alphabetical, as
+torchvision's ImageFolder would have it): that order fixes M's label indices and breaks UnMask's
+re-classification ties. Images are decoded to RGB, ``Resize(size) -> CenterCrop(size)`` as the
+original, and returned as float tensors in [0, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from unmask.io import stable_hash
+from unmask.parts import class_set_classes, class_set_name
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+PREPARE_HINT = "python main.py prepare --dataset synthetic generates the synthetic one"
+
+
+class DataLayoutError(FileNotFoundError):
+    """A dataset folder that does not have the expected layout; the message names the folder."""
+
+
+class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
+    """One split of one class set: ``(image, label)`` pairs, image (3, size, size) in [0, 1].
+
+    ``cache`` decodes every image once, here, and keeps it in memory as uint8 (a 128 px image
+    takes 48 KiB): re-decoding files every epoch dominates training time on a small CPU.
+    """
+
+    def __init__(self, root: str | Path, class_set: str, split: str, *, image_size: int, cache: bool = False) -> None:
+        self.class_set = class_set_name(class_set)
+        self.classes = class_set_classes(self.class_set)
+        self.root = Path(root)
+        self.folder = self.root / self.class_set / split
+        self.image_size = image_size
+        self.samples = _find_samples(self.folder, self.classes)
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+        self._cache = [self._read(path) for path, _ in self.samples] if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self._cache[index] if self._cache is not None else self._read(self.samples[index][0])
+        return image.float().div_(255), self.samples[index][1]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images (N, 3, size, size) in [0, 1] and their int64 labels (N,)."""
+        if not self.samples:
+            return torch.zeros(0, 3, self.image_size, self.image_size), self.labels.clone()
+        return torch.stack([self[index][0] for index in range(len(self))]), self.labels.clone()
+
+    def fingerprint(self) -> str:
+        """A hash of the split's file names, sizes and labels: changes when the data is regenerated
+        differently (a cheap stand-in for hashing every image)."""
+        return stable_hash([(str(path.relative_to(self.folder)), path.stat().st_size, label)
+                            for path, label in self.samples])
+
+    def _read(self, path: Path) -> torch.Tensor:
+        try:
+            with Image.open(path) as file:
+                image = file.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise ValueError(f"cannot decode image {path}: {error}. Expected a JPEG, PNG, BMP, GIF or WebP file") \
+                from None
+        # PIL's bilinear resize with antialiasing, as the original's transforms.Resize on PIL images
+        image = TF.center_crop(TF.resize(image, [self.image_size]), [self.image_size, self.image_size])
+        return TF.pil_to_tensor(image)
+
+
+def _find_samples(folder: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+    layout = f"<root>/<class set>/<split>/<class>/*{{{','.join(IMAGE_SUFFIXES)}}} with class folders {', '.join(classes)}"
+    if not folder.is_dir():
+        raise DataLayoutError(f"dataset folder {folder} does not exist; expected the layout {layout} "
+                              f"({PREPARE_HINT})")
+    samples: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        class_folder = folder / name
+        if not class_folder.is_dir():
+            raise DataLayoutError(f"class folder {class_folder} does not exist; expected the layout {layout} "
+                                  f"({PREPARE_HINT})")
+        images = sorted(path for path in class_folder.iterdir()
+                        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."))
+        if not images:
+            raise DataLayoutError(f"class folder {class_folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        samples.extend((path, label) for path in images)
+    return samples
