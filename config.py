@@ -67,6 +67,8 @@ class Config:
     weight_decay: float = option(0.0002, "Weight decay (the original: 0.0002).")
     nesterov: bool = option(False, "Nesterov momentum for SGD.")
     augment: bool = option(False, "Augment M's training images (flip, crop, colour jitter).")
+    lr_schedule: str = option("cosine", "M's learning-rate schedule: constant (the original) or cosine "
+                              "(decays towards 0 over the epochs).")
 
     # --- the adversarial-training baseline ---------------------------------------------------
     adv_training: bool = option(True, "Train and evaluate the adversarial-training baseline "
@@ -127,6 +129,7 @@ PROFILES: dict[str, dict[str, object]] = {
         "momentum": 0.9,
         "weight_decay": 0.0002,
         "nesterov": False,
+        "lr_schedule": "constant",
         "k_model": "resnet50-fpn",
         "k_pretrained": True,
         "k_epochs": 40,

@@ -233,7 +233,7 @@ def _prepare_pascal_part(config: Any, args: argparse.Namespace) -> int:
 
 
 _CLASSIFIER_OPTIONS = ("model", "image_size", "pretrained", "weights_path", "epochs", "batch_size", "optimizer", "lr",
-                       "momentum", "weight_decay", "nesterov", "augment", "seed", "adv_training", "adv_epsilon",
+                       "momentum", "weight_decay", "nesterov", "lr_schedule", "augment", "seed", "adv_training", "adv_epsilon",
                        "adv_steps", "adv_step_size", "adv_random_start", "adv_epochs")
 """Configuration fields that determine a trained M (``unmask.train.classifier.classifier_specs``)."""
 
@@ -257,11 +257,15 @@ def _train_m(config: Any, args: argparse.Namespace) -> int:
     from unmask.models.classifier import predict
     from unmask.runtime import init_distributed, resolve_device
     from unmask.train.classifier import (
+        LR_SCHEDULES,
         classifier_specs,
         load_trained_classifier,
         train_or_load_classifier,
     )
 
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"--lr-schedule: unknown value {config.lr_schedule!r}; expected one of: "
+                          f"{', '.join(LR_SCHEDULES)}")
     device = resolve_device(config.device)
     runtime = init_distributed(device)
     data = _classifier_data(config)

@@ -69,20 +69,34 @@ def test_training_reduces_the_loss():
     assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
 
 
-def test_interrupted_training_resumes_exactly(tmp_path):
+def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
     train, val = datasets(train=64, val=16)
-    options = {"lr": 0.05, "batch_size": 16, "augment": True, "progress": False,
-               "adversarial": AdversarialTraining(epsilon=4, steps=1, step_size=4)}
-    straight = train_classifier(fresh_model(), train, val, epochs=3, checkpoint_dir=tmp_path / "straight", **options)
-    train_classifier(fresh_model(), train, val, epochs=1, checkpoint_dir=tmp_path / "resumed", **options)
-    resumed = train_classifier(fresh_model(), train, val, epochs=3, checkpoint_dir=tmp_path / "resumed", **options)
+    options = {"epochs": 3, "lr": 0.05, "batch_size": 16, "lr_schedule": "cosine", "augment": True,
+               "progress": False, "adversarial": AdversarialTraining(epsilon=4, steps=1, step_size=4)}
+    straight = train_classifier(fresh_model(), train, val, checkpoint_dir=tmp_path / "straight", **options)
+
+    validate, calls = training._validate, []
+
+    def validate_then_stop(*args, **kwargs):  # an interruption in the second epoch, after its training
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return validate(*args, **kwargs)
+    monkeypatch.setattr(training, "_validate", validate_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(fresh_model(), train, val, checkpoint_dir=tmp_path / "resumed", **options)
+    monkeypatch.setattr(training, "_validate", validate)
+    assert load_checkpoint(tmp_path / "resumed" / "state.pt")["epoch"] == 1
+
+    resumed = train_classifier(fresh_model(), train, val, checkpoint_dir=tmp_path / "resumed", **options)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     without_time = [[{k: v for k, v in record.items() if k != "seconds"} for record in result.history]
                     for result in (straight, resumed)]
     assert without_time[0] == without_time[1]
-    assert torch.equal(load_checkpoint(tmp_path / "straight" / "state.pt")["model"]["network.5.weight"],
-                       load_checkpoint(tmp_path / "resumed" / "state.pt")["model"]["network.5.weight"])
+    final = [load_checkpoint(tmp_path / name / "state.pt") for name in ("straight", "resumed")]
+    assert all(torch.equal(value, final[1]["model"][key]) for key, value in final[0]["model"].items())
+    assert final[0]["scheduler"] == final[1]["scheduler"]
 
 
 def test_a_finished_run_returns_its_best_epoch_without_training(tmp_path, monkeypatch):
@@ -129,7 +143,7 @@ def test_augmentation_keeps_shape_and_range_and_follows_the_seed():
 def specs(**changes):
     options = {"model": "compact", "classes": ("car", "person", "train"), "image_size": 64, "data_fingerprint": "abc",
                "pretrained": False, "weights_path": "", "epochs": 10, "batch_size": 32, "optimizer": "sgd", "lr": 0.01,
-               "momentum": 0.9, "weight_decay": 0.0002, "nesterov": False, "augment": False, "seed": 0,
+               "momentum": 0.9, "weight_decay": 0.0002, "nesterov": False, "lr_schedule": "cosine", "augment": False, "seed": 0,
                "adv_training": True, "adv_epsilon": 4.0, "adv_steps": 7, "adv_step_size": 2.0,
                "adv_random_start": True, "adv_epochs": 0}
     return classifier_specs(**{**options, **changes})

@@ -34,6 +34,8 @@ from unmask.runtime import Distributed, init_distributed, seed_everything
 from unmask.train.common import load_model_weights, load_training_state, save_training_state, unwrap
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+"""constant: the original's; cosine: decays from lr towards 0 over the epochs (per epoch)."""
 STATE_FILE = "state.pt"
 BEST_FILE = "best.pt"
 HISTORY_FILE = "history.json"
@@ -89,6 +91,7 @@ def train_classifier(
     momentum: float = 0.9,
     weight_decay: float = 0.0002,
     nesterov: bool = False,
+    lr_schedule: str = "constant",
     augment: bool = False,
     adversarial: AdversarialTraining | None = None,
     device: str | torch.device = "cpu",
@@ -104,17 +107,21 @@ def train_classifier(
     adversarial validation accuracy; ties keep the earlier epoch. ``checkpoint_dir`` (None: keep
     nothing on disk) holds the per-epoch training state: a rerun with the same settings resumes
     after the last finished epoch, and one whose epochs are all done returns at once. ``amp``
-    uses float16 autocast on CUDA (ignored elsewhere). Returns the model with the best weights.
+    uses float16 autocast on CUDA (ignored elsewhere). ``lr_schedule``: one of ``LR_SCHEDULES``.
+    Returns the model with the best weights.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of: {', '.join(OPTIMIZERS)}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}; expected one of: {', '.join(LR_SCHEDULES)}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs} and {batch_size}")
     device = torch.device(device)
     runtime = init_distributed(device)
     model = model.to(device)
-    settings = {"batch_size": batch_size, "optimizer": optimizer, "lr": lr, "momentum": momentum,
-                "weight_decay": weight_decay, "nesterov": nesterov, "augment": augment, "seed": seed,
+    settings = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "momentum": momentum,
+                "weight_decay": weight_decay, "nesterov": nesterov, "lr_schedule": lr_schedule, "augment": augment,
+                "seed": seed,
                 "adversarial": dataclasses.asdict(adversarial) if adversarial else None,
                 "world_size": runtime.world_size}
     if optimizer == "sgd":
@@ -122,6 +129,7 @@ def train_classifier(
                                                        weight_decay=weight_decay, nesterov=nesterov)
     else:
         optim = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=epochs) if lr_schedule == "cosine" else None
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
@@ -129,8 +137,8 @@ def train_classifier(
     finished, history, best_epoch = 0, [], 0
     if folder is not None and (folder / STATE_FILE).is_file():
         # every epoch seeds its own RNG (below), so a resumed run needs no saved RNG state
-        finished, extra = load_training_state(folder / STATE_FILE, model=model, optimizer=optim, scaler=scaler,
-                                              restore_rng=False)
+        finished, extra = load_training_state(folder / STATE_FILE, model=model, optimizer=optim, scheduler=scheduler,
+                                              scaler=scaler, restore_rng=False)
         _check_settings(folder / STATE_FILE, extra.get("settings", {}), settings)
         history, best_epoch = list(extra["history"]), int(extra["best_epoch"])
     best_weights = _state_copy(model) if folder is None else None
@@ -151,6 +159,8 @@ def train_classifier(
             loss, accuracy = _train_epoch(network, loader, optim, device=device, augment=augment,
                                           adversarial=adversarial, scaler=scaler,
                                           description=f"epoch {epoch}/{epochs}" if show else None)
+            if scheduler is not None:
+                scheduler.step()
             record = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy}
             record.update(_validate(model, val_set, batch_size=batch_size, device=device,
                                     adversarial=adversarial, runtime=runtime))
@@ -163,7 +173,8 @@ def train_classifier(
                 elif runtime.is_main:
                     atomic_torch_save(unwrap(model).state_dict(), folder / BEST_FILE)
             if folder is not None and runtime.is_main:
-                save_training_state(folder / STATE_FILE, model=model, optimizer=optim, epoch=epoch, scaler=scaler,
+                save_training_state(folder / STATE_FILE, model=model, optimizer=optim, epoch=epoch, scheduler=scheduler,
+                                    scaler=scaler,
                                     extra={"history": history, "best_epoch": best_epoch, "settings": settings})
                 atomic_write_json(folder / HISTORY_FILE, {"best_epoch": best_epoch, "history": history})
             if show:
@@ -305,6 +316,7 @@ class ClassifierSpec:
     momentum: float
     weight_decay: float
     nesterov: bool
+    lr_schedule: str
     augment: bool
     seed: int
     adversarial: AdversarialTraining | None = None
@@ -325,6 +337,7 @@ def classifier_specs(
     momentum: float,
     weight_decay: float,
     nesterov: bool,
+    lr_schedule: str,
     augment: bool,
     seed: int,
     adv_training: bool,
@@ -339,7 +352,8 @@ def classifier_specs(
     standard = ClassifierSpec(model=model, classes=tuple(classes), image_size=image_size,
                               data_fingerprint=data_fingerprint, pretrained=pretrained, weights_path=weights_path,
                               epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
-                              weight_decay=weight_decay, nesterov=nesterov, augment=augment, seed=seed)
+                              weight_decay=weight_decay, nesterov=nesterov, lr_schedule=lr_schedule, augment=augment,
+                              seed=seed)
     if not adv_training:
         return standard, None
     adversarial = AdversarialTraining(epsilon=adv_epsilon, steps=adv_steps, step_size=adv_step_size,
@@ -375,7 +389,7 @@ def train_or_load_classifier(
     return train_classifier(
         model, train_set, val_set, epochs=spec.epochs, batch_size=spec.batch_size, optimizer=spec.optimizer,
         lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, nesterov=spec.nesterov,
-        augment=spec.augment, adversarial=spec.adversarial, device=device,
+        lr_schedule=spec.lr_schedule, augment=spec.augment, adversarial=spec.adversarial, device=device,
         checkpoint_dir=Path(models_dir) / classifier_cache_key(spec), workers=workers, seed=spec.seed, amp=amp,
         progress=progress,
     )
