@@ -67,13 +67,18 @@ def _conv_block(in_channels: int, out_channels: int, *, kernel_size: int, stride
 
 
 class CompactCNN(nn.Sequential):
-    """A small CNN for the CPU demo: a 4x4 stride-4 stem, two stride-2 3x3 blocks, global average
-    pooling and a linear head (about 0.1 M parameters at ``width=32``; 16x downsampling keeps a
-    128 px image at 8x8 features, so a 20-step attack costs little)."""
+    """A small CNN for the CPU demo: 2x2 average pooling and a 2x2 stride-2 convolution (a 4x4
+    stride-4 patch embedding whose patches are pooled first), two stride-2 3x3 blocks, global
+    average pooling and a linear head; 24 k parameters at ``width=16``.
 
-    def __init__(self, num_classes: int, *, width: int = 32) -> None:
+    Why this shape: an attack costs one forward and backward pass per step, at full input
+    resolution. Pooling first keeps that cheap at 128 px (on a 2-core CPU, about twice the
+    attack throughput of a plain 4x4 stride-4 convolution, whose input gradient is slow)."""
+
+    def __init__(self, num_classes: int, *, width: int = 16) -> None:
         super().__init__(
-            _conv_block(3, width, kernel_size=4, stride=4),
+            nn.AvgPool2d(2),
+            _conv_block(3, width, kernel_size=2, stride=2),
             _conv_block(width, 2 * width, kernel_size=3, stride=2),
             _conv_block(2 * width, 4 * width, kernel_size=3, stride=2),
             nn.AdaptiveAvgPool2d(1),
