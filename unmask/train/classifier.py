@@ -121,9 +121,8 @@ def train_classifier(
     model = model.to(device)
     settings = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "momentum": momentum,
                 "weight_decay": weight_decay, "nesterov": nesterov, "lr_schedule": lr_schedule, "augment": augment,
-                "seed": seed,
-                "adversarial": dataclasses.asdict(adversarial) if adversarial else None,
-                "world_size": runtime.world_size}
+                "seed": seed, "adversarial": dataclasses.asdict(adversarial) if adversarial else None,
+                "world_size": runtime.world_size}  # a resumed run must continue the same run
     if optimizer == "sgd":
         optim: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                                        weight_decay=weight_decay, nesterov=nesterov)
