@@ -42,7 +42,7 @@ def trained():
     """A compact CNN (twice the demo's width, for 32 px) trained on the shapes, and test images it
     classifies correctly."""
     torch.manual_seed(0)
-    model = Classifier(CompactCNN(3, width=32), name="compact", classes=3)
+    model = Classifier(CompactCNN(3, width=32), name="compact", num_classes=3)
     train = TensorDataset(*shapes(300, seed=0))
     model = train_classifier(model, train, TensorDataset(*shapes(60, seed=1)), epochs=8, lr=0.05,
                              lr_schedule="cosine", progress=False).model

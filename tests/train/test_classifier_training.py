@@ -51,7 +51,7 @@ def datasets(train: int = 120, val: int = 30) -> tuple[TensorDataset, TensorData
 def fresh_model() -> torch.nn.Module:
     """The compact CNN, twice as wide as the demo's: at 32 px the demo's has too little to learn with."""
     torch.manual_seed(0)
-    return Classifier(CompactCNN(3, width=32), name="compact", classes=3)
+    return Classifier(CompactCNN(3, width=32), name="compact", num_classes=3)
 
 
 def mean_loss(model: torch.nn.Module, dataset: TensorDataset) -> float:

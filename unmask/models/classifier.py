@@ -47,12 +47,12 @@ class Normalize(nn.Module):
 class Classifier(nn.Module):
     """[0, 1] images -> logits: normalisation, then ``network``."""
 
-    def __init__(self, network: nn.Module, *, name: str, classes: int) -> None:
+    def __init__(self, network: nn.Module, *, name: str, num_classes: int) -> None:
         super().__init__()
         self.normalize = Normalize()
         self.network = network
         self.name = name
-        self.num_classes = classes
+        self.num_classes = num_classes
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(self.normalize(images))
@@ -168,7 +168,7 @@ def build_classifier(
         if weights is not None:
             _load_imagenet_weights(network, weights, name=name, source=weights_path or "torchvision's cache")
     architecture.replace_head(network, num_classes)
-    return Classifier(network, name=name, classes=num_classes)
+    return Classifier(network, name=name, num_classes=num_classes)
 
 
 def imagenet_weights_file(name: str) -> Path | None:
