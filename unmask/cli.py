@@ -193,8 +193,21 @@ def _prepare_synthetic(config: Any, args: argparse.Namespace) -> int:
 
 
 def _prepare_pascal_part(config: Any, args: argparse.Namespace) -> int:
-    print("prepare --dataset pascal-part: not implemented yet.")
-    return 1
+    from unmask.data.pascal_part import PascalPartConversionError, convert_pascal_part
+
+    if not config.pascal_root:
+        raise ConfigError("prepare --dataset pascal-part needs --pascal-root DIR: the folder holding "
+                          "Annotations_Part/ and VOC2010's JPEGImages/")
+    if not hasattr(args, "data_dir"):
+        # the default data folder holds the synthetic world; K's converted data must not land there by accident
+        raise ConfigError("prepare --dataset pascal-part needs --out DIR: K's data is written to DIR/VOC2010/")
+    try:
+        convert_pascal_part(config.pascal_root, config.data_dir, merge_mode=config.pascal_merge, seed=config.seed,
+                            progress=config.verbosity > 0)
+    except (PascalPartConversionError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _train_m(config: Any, args: argparse.Namespace) -> int:
