@@ -13,10 +13,13 @@ import math
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unmask.io import CheckpointError
 from unmask.parts import MERGE_MODES, UnknownNameError, class_set_name
+
+if TYPE_CHECKING:
+    from unmask.data.synthetic import SyntheticSpec
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -187,8 +190,8 @@ def _prepare(config: Any, args: argparse.Namespace) -> int:
     return 1
 
 
-def _synthetic_spec(config: Any) -> Any:
-    """The synthetic world the configuration asks for."""
+def _synthetic_spec(config: Any) -> SyntheticSpec:
+    """The synthetic world the configuration asks for (every class set, so --class-set never regenerates)."""
     from unmask.data.synthetic import SyntheticDataError, SyntheticSpec
 
     try:
@@ -220,7 +223,7 @@ def _prepare_synthetic(config: Any, args: argparse.Namespace) -> int:
         raise ConfigError(f"--data-dir: {error}") from None
     elapsed = time.perf_counter() - start
     if config.verbosity > 0:
-        classes = sum(1 for _ in spec.m_classes)
+        classes = len(spec.m_classes)
         images = classes * spec.images_per_class + spec.k_images
         print(f"prepare: drew {images} images ({classes} classes x {spec.images_per_class} for M, {spec.k_images} "
               f"for K) into {root} in {elapsed:.1f} s ({images / elapsed:.0f} images/s)")
