@@ -1,4 +1,6 @@
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -105,3 +107,15 @@ def test_plain_process_is_rank_zero_of_one(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     context = init_distributed(torch.device("cpu"))
     assert (context.rank, context.world_size, context.is_main, context.enabled) == (0, 1, True, False)
+
+
+def test_atomic_results_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {})
+        with atomic_directory(tmp_path / "folder"):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
