@@ -13,10 +13,13 @@ import math
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unmask.io import CheckpointError
 from unmask.parts import MERGE_MODES, UnknownNameError, class_set_name
+
+if TYPE_CHECKING:
+    from unmask.data.synthetic import SyntheticSpec
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -187,8 +190,8 @@ def _prepare(config: Any, args: argparse.Namespace) -> int:
     return 1
 
 
-def _synthetic_spec(config: Any) -> Any:
-    """The synthetic world the configuration asks for."""
+def _synthetic_spec(config: Any) -> SyntheticSpec:
+    """The synthetic world the configuration asks for (every class set, so --class-set never regenerates)."""
     from unmask.data.synthetic import SyntheticDataError, SyntheticSpec
 
     try:
@@ -220,7 +223,7 @@ def _prepare_synthetic(config: Any, args: argparse.Namespace) -> int:
         raise ConfigError(f"--data-dir: {error}") from None
     elapsed = time.perf_counter() - start
     if config.verbosity > 0:
-        classes = sum(1 for _ in spec.m_classes)
+        classes = len(spec.m_classes)
         images = classes * spec.images_per_class + spec.k_images
         print(f"prepare: drew {images} images ({classes} classes x {spec.images_per_class} for M, {spec.k_images} "
               f"for K) into {root} in {elapsed:.1f} s ({images / elapsed:.0f} images/s)")
@@ -228,8 +231,21 @@ def _prepare_synthetic(config: Any, args: argparse.Namespace) -> int:
 
 
 def _prepare_pascal_part(config: Any, args: argparse.Namespace) -> int:
-    print("prepare --dataset pascal-part: not implemented yet.")
-    return 1
+    from unmask.data.pascal_part import PascalPartConversionError, convert_pascal_part
+
+    if not config.pascal_root:
+        raise ConfigError("prepare --dataset pascal-part needs --pascal-root DIR: the folder holding "
+                          "Annotations_Part/ and VOC2010's JPEGImages/")
+    if not hasattr(args, "data_dir"):
+        # the default data folder holds the synthetic world; K's converted data must not land there by accident
+        raise ConfigError("prepare --dataset pascal-part needs --out DIR: K's data is written to DIR/VOC2010/")
+    try:
+        convert_pascal_part(config.pascal_root, config.data_dir, merge_mode=config.pascal_merge, seed=config.seed,
+                            progress=config.verbosity > 0)
+    except (PascalPartConversionError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 _CLASSIFIER_OPTIONS = ("model", "image_size", "pretrained", "weights_path", "epochs", "batch_size", "optimizer", "lr",

@@ -18,6 +18,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what was expected."""
 
 
+def _default_mode(directory: bool) -> int:
+    # mkstemp/mkdtemp create owner-only entries; results should get the usual permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
@@ -27,6 +34,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        os.chmod(temporary, _default_mode(directory=False))
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -55,6 +63,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield temporary
+        os.chmod(temporary, _default_mode(directory=True))
         if path.exists():
             shutil.rmtree(path)
         os.replace(temporary, path)

@@ -1,0 +1,67 @@
+import math
+
+import numpy as np
+
+from unmask.parts import PARTS
+from unmask.report import (
+    ExamplePanel,
+    RocSeries,
+    format_grid_table,
+    format_tables,
+    plot_accuracy,
+    plot_examples,
+    plot_roc,
+)
+
+
+def _metrics():
+    detection = {"auc": 0.95, "auc_soft": 0.97, "n_pairs": 40, "threshold": 0.8, "tpr": 0.9, "fpr": 0.05,
+                 "tpr_soft": 0.92, "fpr_soft": 0.08}
+    return {
+        "config": {"class_set": "cs5-2", "model": "compact", "dataset": "synthetic"},
+        "clean": {"accuracy_m": 0.97, "accuracy_adv_trained": 0.9, "accuracy_unmask": 0.88, "n_images": 50},
+        "attacks": [
+            {"name": "pgd_linf", "norm": "linf", "epsilon": 8, "accuracy_m": 0.02, "accuracy_adv_trained": 0.5,
+             "accuracy_unmask": 0.86, "detection": detection},
+            {"name": "mim_l2", "norm": "l2", "epsilon": 300, "accuracy_m": 0.1, "accuracy_adv_trained": 0.6,
+             "accuracy_unmask": 0.87, "detection": {**detection, "auc": math.nan}},
+        ],
+        "summary": {"mean_accuracy_m": 0.06, "mean_accuracy_unmask": 0.865, "mean_accuracy_adv_trained": 0.55,
+                    "mean_gain_over_adv_training": 31.5},
+    }
+
+
+def test_tables_hold_every_attack_and_the_summary():
+    tables = format_tables(_metrics())
+    assert "| pgd_linf | 8 | 2.0 | 50.0 | 86.0 |" in tables
+    assert "| mim_l2 | 300 | 10.0 | 60.0 | 87.0 |" in tables
+    assert "| none (clean) | 0 | 97.0 | 90.0 | 88.0 |" in tables
+    assert "+31.5 percentage points" in tables
+    assert "| pgd_linf | 8 | 40 | 0.950 | 0.970 | 90.0 | 5.0 | 92.0 | 8.0 |" in tables
+    assert "| mim_l2 | 300 | 40 | n/a |" in tables  # an undefined AUC is shown, not hidden
+
+
+def test_grid_table_row():
+    row = {"class_set": "cs3-1", "model": "compact", "m_adv_trained": False, "clean_accuracy_m": 0.9,
+           "mean_accuracy_m": 0.1, "mean_accuracy_adv_trained": 0.4, "mean_accuracy_unmask": 0.8,
+           "mean_gain_over_adv_training": 40.0, "mean_auc": 0.9, "run": "cs3-1-compact-abc"}
+    assert "| cs3-1 | compact | no | 90.0 | 10.0 | 40.0 | 80.0 | 40.0 | 0.900 | cs3-1-compact-abc |" in (
+        format_grid_table([row])
+    )
+
+
+def test_figures_are_written_as_png_and_pdf(tmp_path):
+    curve = RocSeries("pgd_linf:8", np.array([0, 0.5, 1]), np.array([0, 0.9, 1]), 0.7)
+    empty = RocSeries("mim_l2:300", np.array([]), np.array([]), math.nan)
+    written = plot_roc([curve, empty], [curve], tmp_path / "roc")
+    written += plot_accuracy(_metrics(), tmp_path / "accuracy")
+    mask = np.zeros((2, 32, 32), bool)
+    mask[0, 4:12, 4:12] = mask[1, 20:28, 10:30] = True
+    panel = ExamplePanel("clean", np.full((32, 32, 3), 0.5), mask, np.array([PARTS.index("beak"), 3]), "M: bird")
+    written += plot_examples([panel, panel], tmp_path / "example")
+    assert sorted(p.name for p in written) == sorted(
+        f"{stem}.{ext}" for stem in ("roc", "accuracy", "example") for ext in ("png", "pdf")
+    )
+    for path in written:
+        assert path.stat().st_size > 1000
+        assert path.read_bytes()[:4] in (b"\x89PNG", b"%PDF")

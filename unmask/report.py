@@ -1,0 +1,192 @@
+"""Tables and figures from an experiment's numbers: the paper-style Markdown tables, ROC curves,
+accuracy bars and an example panel of K's parts on a clean and an adversarial image.
+
+Everything here takes plain numbers and arrays (the contents of ``metrics.json`` and the cached
+per-image results), so a finished run can be re-reported without recomputing anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from unmask.io import atomic_path  # noqa: E402
+from unmask.parts import PARTS  # noqa: E402
+
+FIGURE_FORMATS = ("png", "pdf")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def format_tables(metrics: Mapping[str, Any]) -> str:
+    """The paper-style tables (accuracy in %, detection AUC/TPR/FPR) as Markdown."""
+    clean, attacks, summary = metrics["clean"], metrics["attacks"], metrics["summary"]
+    config = metrics.get("config", {})
+    title = f"{config.get('class_set', '?')} · M = {config.get('model', '?')} · {config.get('dataset', '?')} data"
+    lines = [
+        f"### Accuracy (%) — {title}",
+        "",
+        "| attack | ε (0-255) | undefended M | adversarial training | UnMask |",
+        "|---|---:|---:|---:|---:|",
+        f"| none (clean) | 0 | {_percent(clean['accuracy_m'])} | {_percent(clean['accuracy_adv_trained'])} | "
+        f"{_percent(clean['accuracy_unmask'])} |",
+    ]
+    for entry in attacks:
+        lines.append(
+            f"| {entry['name']} | {entry['epsilon']:g} | {_percent(entry['accuracy_m'])} | "
+            f"{_percent(entry['accuracy_adv_trained'])} | {_percent(entry['accuracy_unmask'])} |"
+        )
+    lines.append(
+        f"| **mean over attacks** | | {_percent(summary.get('mean_accuracy_m'))} | "
+        f"{_percent(summary['mean_accuracy_adv_trained'])} | {_percent(summary['mean_accuracy_unmask'])} |"
+    )
+    gain = summary.get("mean_gain_over_adv_training")
+    lines += [
+        "",
+        f"UnMask vs adversarial training, mean over the attack vectors: "
+        f"{'n/a' if gain is None or math.isnan(gain) else f'{gain:+.1f}'} percentage points "
+        f"({clean['n_images']} test images).",
+        "",
+        f"### Detection — {title}",
+        "",
+        "Pairs: images whose adversarial version fools M, and their clean versions (the original's protocol). "
+        "Threshold fixed on clean validation images at the target false-positive rate; TPR on the fooled "
+        "adversarial test images, FPR on all clean test images.",
+        "",
+        "| attack | ε (0-255) | pairs | AUC | AUC (soft) | TPR @ thr | FPR @ thr | TPR (soft) | FPR (soft) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in attacks:
+        detection = entry["detection"]
+        lines.append(
+            f"| {entry['name']} | {entry['epsilon']:g} | {detection['n_pairs']} | {_number(detection['auc'])} | "
+            f"{_number(detection['auc_soft'])} | {_percent(detection['tpr'])} | {_percent(detection['fpr'])} | "
+            f"{_percent(detection.get('tpr_soft'))} | {_percent(detection.get('fpr_soft'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def format_grid_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One line per finished grid configuration: its mean figures over the attack vectors."""
+    lines = [
+        "| class set | M | M adversarially trained | clean M | mean attacked M | mean adv. training | "
+        "mean UnMask | gain (pp) | mean AUC | results |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['class_set']} | {row['model']} | {'yes' if row['m_adv_trained'] else 'no'} | "
+            f"{_percent(row['clean_accuracy_m'])} | {_percent(row['mean_accuracy_m'])} | "
+            f"{_percent(row['mean_accuracy_adv_trained'])} | {_percent(row['mean_accuracy_unmask'])} | "
+            f"{_number(row['mean_gain_over_adv_training'], 1)} | {_number(row['mean_auc'])} | {row['run']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _save(figure: plt.Figure, path_stem: Path) -> list[Path]:
+    paths = []
+    for extension in FIGURE_FORMATS:
+        path = path_stem.with_suffix(f".{extension}")
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format=extension, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(figure)
+    return paths
+
+
+@dataclass(frozen=True)
+class RocSeries:
+    label: str
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auc: float
+
+
+def plot_roc(set_curves: Sequence[RocSeries], soft_curves: Sequence[RocSeries], path_stem: Path) -> list[Path]:
+    """ROC curves of every attack vector on one plot per score: set Jaccard and confidence-weighted."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
+    colours = plt.get_cmap("tab10")
+    for axis, curves, title in ((axes[0], set_curves, "set Jaccard"), (axes[1], soft_curves, "confidence-weighted")):
+        for index, curve in enumerate(curves):
+            if curve.fpr.size:
+                axis.plot(curve.fpr, curve.tpr, color=colours(index % 10), lw=1.6,
+                          label=f"{curve.label} (AUC {_number(curve.auc)})")
+        axis.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", title=f"UnMask detection, {title}")
+        axis.legend(loc="lower right", fontsize=8)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("true-positive rate")
+    return _save(figure, path_stem)
+
+
+def plot_accuracy(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
+    """Grouped bars: accuracy per attack vector for undefended M, adversarial training and UnMask."""
+    clean, attacks = metrics["clean"], metrics["attacks"]
+    labels = ["clean", *[f"{a['name']}\nε={a['epsilon']:g}" for a in attacks]]
+    series = {
+        "undefended M": [clean["accuracy_m"], *[a["accuracy_m"] for a in attacks]],
+        "adversarial training": [clean["accuracy_adv_trained"], *[a["accuracy_adv_trained"] for a in attacks]],
+        "UnMask": [clean["accuracy_unmask"], *[a["accuracy_unmask"] for a in attacks]],
+    }
+    figure, axis = plt.subplots(figsize=(max(7.0, 1.1 * len(labels)), 4.2))
+    width = 0.8 / len(series)
+    positions = np.arange(len(labels))
+    for index, (name, values) in enumerate(series.items()):
+        heights = [100 * v if v is not None and not math.isnan(v) else 0.0 for v in values]
+        axis.bar(positions + (index - 1) * width, heights, width, label=name)
+    axis.set_xticks(positions, labels, fontsize=8)
+    axis.set(ylim=(0, 105), ylabel="accuracy (%)", title="Accuracy under attack")
+    axis.legend(fontsize=8, loc="upper right")
+    axis.grid(axis="y", alpha=0.3)
+    return _save(figure, path_stem)
+
+
+@dataclass(frozen=True)
+class ExamplePanel:
+    """One image with K's detections and the verdicts to print above it."""
+
+    title: str
+    image: np.ndarray  # (H, W, 3) in [0, 1]
+    masks: np.ndarray  # (detections, H, W) bool
+    part_indices: np.ndarray  # (detections,) index into PARTS
+    caption: str
+
+
+def plot_examples(panels: Sequence[ExamplePanel], path_stem: Path) -> list[Path]:
+    """Side-by-side images with K's part masks outlined and named, and the verdicts below."""
+    from skimage.segmentation import find_boundaries
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.9))
+    axes = np.atleast_1d(axes)
+    colours = plt.get_cmap("tab20")
+    for axis, panel in zip(axes, panels, strict=True):
+        shown = panel.image.copy()
+        for mask, part in zip(panel.masks, panel.part_indices, strict=True):
+            colour = np.array(colours(int(part) % 20)[:3])
+            shown[find_boundaries(mask, mode="inner")] = colour
+        axis.imshow(shown, interpolation="nearest")
+        for mask, part in zip(panel.masks, panel.part_indices, strict=True):
+            rows, columns = np.nonzero(mask)
+            if rows.size:
+                axis.text(columns.mean(), rows.mean(), PARTS[int(part)], fontsize=7, ha="center", va="center",
+                          color="white", bbox={"facecolor": colours(int(part) % 20), "alpha": 0.75, "pad": 1, "lw": 0})
+        axis.set_title(panel.title, fontsize=10)
+        axis.set_xlabel(panel.caption, fontsize=8)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    return _save(figure, path_stem)
