@@ -292,6 +292,7 @@ def _train_m(config: Any, args: argparse.Namespace) -> int:
     test_images, test_labels = data["test"].tensors()
 
     def report(title: str, model: torch.nn.Module, how: str) -> None:
+        torch.manual_seed(config.seed)  # the random starts: the same figures on every run
         figures = [f"clean {(predict(model, test_images) == test_labels).float().mean().item():.3f}"]
         for epsilon in (8, 16):
             adversarials = attack(model, test_images, test_labels, "pgd_linf", epsilon, steps=config.attack_steps,
