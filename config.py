@@ -78,6 +78,8 @@ class Config:
     adv_step_size: float = option(2.0, "PGD step size per training step, 0-255 scale.")
     adv_random_start: bool = option(True, "Start training PGD at a random point of the epsilon ball.")
     adv_epochs: int = option(0, "Epochs of adversarial training (0: the same as --epochs).")
+    m_adv_trained: bool = option(False, "UnMask protects the adversarially trained M instead of the standard one "
+                                 "(the original's grid runs both).")
 
     # --- model K, the part extractor -------------------------------------------------------------
     k_model: str = option("lean", "K's architecture: lean (ResNet-18 FPN, trainable BatchNorm, for the CPU) "

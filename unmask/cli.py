@@ -21,9 +21,6 @@ from unmask.parts import MERGE_MODES, UnknownNameError, class_set_name
 if TYPE_CHECKING:
     from unmask.data.synthetic import SyntheticSpec
 
-OPTIMIZERS = ("sgd", "adam")
-
-
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the option and what was expected."""
 
@@ -116,6 +113,7 @@ def validate(config: Any) -> None:
     from unmask.models.classifier import CLASSIFIER_NAMES
     from unmask.models.part_extractor import PART_EXTRACTOR_NAMES
     from unmask.runtime import resolve_device
+    from unmask.train.classifier import LR_SCHEDULES, OPTIMIZERS
 
     def choose(option: str, value: str, valid: Sequence[str]) -> None:
         if value not in valid:
@@ -134,6 +132,7 @@ def validate(config: Any) -> None:
         choose("grid-models", name, CLASSIFIER_NAMES)
     choose("k-model", config.k_model, PART_EXTRACTOR_NAMES)
     choose("optimizer", config.optimizer, OPTIMIZERS)
+    choose("lr-schedule", config.lr_schedule, LR_SCHEDULES)
     choose("pascal-merge", config.pascal_merge, MERGE_MODES)
     try:
         resolve_device(config.device)
@@ -273,15 +272,11 @@ def _train_m(config: Any, args: argparse.Namespace) -> int:
     from unmask.models.classifier import predict
     from unmask.runtime import init_distributed, resolve_device
     from unmask.train.classifier import (
-        LR_SCHEDULES,
         classifier_specs,
         load_trained_classifier,
         train_or_load_classifier,
     )
 
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"--lr-schedule: unknown value {config.lr_schedule!r}; expected one of: "
-                          f"{', '.join(LR_SCHEDULES)}")
     device = resolve_device(config.device)
     runtime = init_distributed(device)
     data = _classifier_data(config)
