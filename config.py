@@ -48,6 +48,8 @@ class Config:
     pascal_root: str = option("", "prepare --dataset pascal-part: folder with Annotations_Part/ and JPEGImages/.")
     pascal_merge: str = option("explicit", "PASCAL-Part name merge: explicit (the corrected table) or "
                                "original (the original's substring merge, with handlebar->hand and chainwheel->wheel).")
+    synthetic_workers: int = option(0, "Synthetic world: processes drawing images (0: one per CPU core, at most 8); "
+                                    "the images do not depend on it.")
 
     # --- model M, the protected classifier -----------------------------------------------------
     model: str = option("compact", "M's architecture: compact, resnet18 (CPU demo) or the paper's "

@@ -188,9 +188,44 @@ def _prepare(config: Any, args: argparse.Namespace) -> int:
     return 1
 
 
+def _synthetic_spec(config: Any) -> Any:
+    """The synthetic world the configuration asks for."""
+    from unmask.data.synthetic import SyntheticDataError, SyntheticSpec
+
+    try:
+        return SyntheticSpec(image_size=config.image_size, images_per_class=config.synthetic_images_per_class,
+                             k_images=config.synthetic_k_images, distractor_prob=config.synthetic_distractor_prob,
+                             seed=config.seed)
+    except SyntheticDataError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _prepare_synthetic(config: Any, args: argparse.Namespace) -> int:
-    print("prepare --dataset synthetic: not implemented yet.")
-    return 1
+    import time
+    from pathlib import Path
+
+    from unmask.data.synthetic import SyntheticDataError, generate_synthetic, manifest_matches
+
+    spec = _synthetic_spec(config)
+    if config.synthetic_workers < 0:
+        raise ConfigError(f"--synthetic-workers: expected a number >= 0, got {config.synthetic_workers}")
+    root = Path(config.data_dir)
+    if manifest_matches(root, spec):
+        if config.verbosity > 0:
+            print(f"prepare: the synthetic world in {root} matches the configuration (manifest.json); reusing it")
+        return 0
+    start = time.perf_counter()
+    try:
+        generate_synthetic(root, spec, progress=config.verbosity > 0, workers=config.synthetic_workers or None)
+    except SyntheticDataError as error:
+        raise ConfigError(f"--data-dir: {error}") from None
+    elapsed = time.perf_counter() - start
+    if config.verbosity > 0:
+        classes = sum(1 for _ in spec.m_classes)
+        images = classes * spec.images_per_class + spec.k_images
+        print(f"prepare: drew {images} images ({classes} classes x {spec.images_per_class} for M, {spec.k_images} "
+              f"for K) into {root} in {elapsed:.1f} s ({images / elapsed:.0f} images/s)")
+    return 0
 
 
 def _prepare_pascal_part(config: Any, args: argparse.Namespace) -> int:
@@ -284,9 +319,16 @@ def _trained_part_extractor(config: Any, *, device: Any) -> tuple[Any, Any]:
     return model, directory
 
 
+EXAMPLES_FIGURE = "images/synthetic_examples.png"
+
+
 def _examples(config: Any, args: argparse.Namespace) -> int:
-    print("examples: not implemented yet.")
-    return 1
+    from unmask.data.synthetic import render_examples
+
+    path = render_examples(EXAMPLES_FIGURE, spec=_synthetic_spec(config))
+    if config.verbosity > 0:
+        print(f"examples: one synthetic object per class with its part masks saved to {path}")
+    return 0
 
 
 COMMANDS: dict[str, tuple[str, Callable[[Any, argparse.Namespace], int]]] = {

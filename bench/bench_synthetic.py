@@ -1,0 +1,72 @@
+"""Speed of the synthetic part world on this machine.
+
+Prints, for image sizes 96 and 128: images per second of one process drawing M images (draw +
+PNG) and K images (draw + PNG + RLE annotations); then the wall time of generating the default
+dataset (``python main.py prepare --dataset synthetic`` with the default config) with the default
+number of worker processes, at both sizes. The load average is printed too: on a shared machine
+other work slows every figure down.
+
+    python bench/bench_synthetic.py [--images 320] [--skip-default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from unmask.data.coco import mask_to_annotation  # noqa: E402
+from unmask.data.synthetic import (  # noqa: E402
+    SyntheticSpec,
+    default_workers,
+    encode_png,
+    generate_synthetic,
+    image_rng,
+    render_object,
+)
+from unmask.parts import CLASSES, PART_INDEX  # noqa: E402
+
+
+def images_per_second(image_size: int, images: int, *, annotate: bool) -> float:
+    spec = SyntheticSpec(image_size=image_size)
+    start = time.perf_counter()
+    for index in range(images):
+        object_class = CLASSES[index % len(CLASSES)]
+        rendered = render_object(object_class, image_rng(0, "k", "train", object_class, index), spec)
+        encode_png(rendered.image)
+        if annotate:
+            for number, (mask, part) in enumerate(zip(rendered.masks, rendered.parts, strict=True)):
+                mask_to_annotation(mask, annotation_id=number + 1, image_id=index + 1, category_id=PART_INDEX[part])
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=320, help="images per single-process measurement")
+    parser.add_argument("--skip-default", action="store_true", help="skip generating the default dataset")
+    args = parser.parse_args()
+    print(f"CPU cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}")
+    for size in (96, 128):
+        m_rate = images_per_second(size, args.images, annotate=False)
+        k_rate = images_per_second(size, args.images, annotate=True)
+        print(f"image size {size}: one process draws {m_rate:.0f} M images/s, {k_rate:.0f} K images/s")
+    if args.skip_default:
+        return
+    for size in (96, 128):
+        spec = SyntheticSpec(image_size=size)
+        images = len(spec.m_classes) * spec.images_per_class + spec.k_images
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            generate_synthetic(Path(folder) / "synthetic", spec, progress=False)
+            elapsed = time.perf_counter() - start
+        print(f"default dataset at image size {size} ({images} images, {default_workers()} workers): "
+              f"{elapsed:.1f} s wall, {images / elapsed:.0f} images/s; load average now {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
