@@ -248,6 +248,12 @@ def _train_k(config: Any, args: argparse.Namespace) -> int:
 
     device = resolve_device(config.device)
     distributed = init_distributed(device)
+    if config.dataset == "synthetic" and distributed.is_main:
+        from unmask.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(config.data_dir, _synthetic_spec(config), progress=config.verbosity > 0,
+                         workers=config.synthetic_workers or None)
+    distributed.barrier()
     model, directory = _trained_part_extractor(config, device=device)
     if not distributed.is_main:
         return 0
