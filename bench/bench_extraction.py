@@ -2,7 +2,7 @@
 detection, rebuilding K for every batch), measured in one run on this machine.
 
     python bench/bench_extraction.py [--weights results/models/k-<key>/weights.pt]
-        [--data-dir data/synthetic] [--images 128] [--batch-size 32] [--image-size 128]
+        [--data-dir data/synthetic] [--images 128] [--batch-size 16] [--image-size 128]
 
 Without ``--weights`` K's classifier is set to answer with a part for every proposal, so every
 image carries the full ``max_detections`` (the slowest case); a trained K finds fewer. Images
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="trained K (weights.pt of train-k)")
     parser.add_argument("--data-dir", type=Path, default=Path("data/synthetic"))
     parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--fpn-channels", type=int, default=64)
     parser.add_argument("--score-threshold", type=float, default=0.5)
