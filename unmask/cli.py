@@ -249,10 +249,13 @@ def _train_k(config: Any, args: argparse.Namespace) -> int:
     device = resolve_device(config.device)
     distributed = init_distributed(device)
     if config.dataset == "synthetic" and distributed.is_main:
-        from unmask.data.synthetic import ensure_synthetic
+        from unmask.data.synthetic import SyntheticDataError, ensure_synthetic
 
-        ensure_synthetic(config.data_dir, _synthetic_spec(config), progress=config.verbosity > 0,
-                         workers=config.synthetic_workers or None)
+        try:
+            ensure_synthetic(config.data_dir, _synthetic_spec(config), progress=config.verbosity > 0,
+                             workers=config.synthetic_workers or None)
+        except SyntheticDataError as error:
+            raise ConfigError(f"--data-dir: {error}") from None
     distributed.barrier()
     model, directory = _trained_part_extractor(config, device=device)
     if not distributed.is_main:
@@ -300,11 +303,14 @@ def _trained_part_extractor(config: Any, *, device: Any) -> tuple[Any, Any]:
     from unmask.train.part_extractor import WEIGHTS_FILE, load_part_extractor_weights, train_part_extractor
 
     seed_everything(config.seed)
-    model = build_part_extractor(
-        config.k_model, image_size=config.image_size, pretrained=config.k_pretrained and not config.k_checkpoint,
-        weights_path=config.k_weights_path or None, allow_random_init=config.allow_random_init,
-        nms_threshold=config.k_nms_threshold, max_detections=config.k_max_detections,
-    )
+    try:
+        model = build_part_extractor(
+            config.k_model, image_size=config.image_size, pretrained=config.k_pretrained and not config.k_checkpoint,
+            weights_path=config.k_weights_path or None, allow_random_init=config.allow_random_init,
+            nms_threshold=config.k_nms_threshold, max_detections=config.k_max_detections,
+        )
+    except ValueError as error:
+        raise ConfigError(f"--k-model {config.k_model}: {error}") from None
     if config.k_checkpoint:
         return load_part_extractor_weights(model, config.k_checkpoint), Path(config.k_checkpoint).parent
     directory = _part_extractor_directory(config)

@@ -210,16 +210,16 @@ def _lean(*, image_size: int, fpn_channels: int, **detection: Any) -> MaskRCNN:
     )  # fmt: skip
 
 
-def coco_weights_candidates(weights_path: str | Path | None) -> list[Path]:
+def coco_weights_path(weights_path: str | Path | None = None) -> Path:
     """Where COCO weights are looked for: the given file, else torchvision's cache."""
     if weights_path:
-        return [Path(weights_path)]
-    return [Path(torch.hub.get_dir()) / "checkpoints" / COCO_WEIGHTS_FILE]
+        return Path(weights_path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / COCO_WEIGHTS_FILE
 
 
 def _resnet50_fpn(*, pretrained: bool, weights_path: str | Path | None, allow_random_init: bool,
                   **detection: Any) -> MaskRCNN:
-    path = coco_weights_candidates(weights_path)[0] if pretrained else None
+    path = coco_weights_path(weights_path) if pretrained else None
     if path is not None and not path.is_file():
         if weights_path or not allow_random_init:
             raise FileNotFoundError(

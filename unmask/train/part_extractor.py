@@ -17,8 +17,8 @@ import io
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,14 @@ class PartExtractorTraining:
     resumed_epochs: int
     weights_path: Path | None
     seconds: float
-    steps: int = field(default=0)
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps this call ran (0 when it found the training finished)."""
+        return len(self.step_losses)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, *, warmup_factor: float = 0.001):
+def warmup_cosine(total_steps: int, warmup_steps: int, *, warmup_factor: float = 0.001) -> Callable[[int], float]:
     """Learning-rate factor per step: linear warm-up from ``warmup_factor`` to 1, then cosine to 0."""
 
     def factor(step: int) -> float:
@@ -188,8 +192,7 @@ def train_part_extractor(
             atomic_torch_save(unwrap(network).state_dict(), weights_path)
             atomic_write_json(checkpoint_dir / HISTORY_FILE, {"history": history})
         distributed.barrier()
-    return PartExtractorTraining(history, step_losses, first_epoch, weights_path, time.perf_counter() - started,
-                                 steps=len(step_losses))
+    return PartExtractorTraining(history, step_losses, first_epoch, weights_path, time.perf_counter() - started)
 
 
 def _format_losses(losses: dict[str, torch.Tensor]) -> str:
@@ -338,11 +341,3 @@ def _coco_stats(ground_truth: COCO, results: list[dict[str, Any]], iou_type: str
         evaluation.summarize()
     # -1 marks "no ground truth of this size"; report it as NaN rather than a fake score
     return [float(v) if v >= 0 else float("nan") for v in evaluation.stats[: len(COCO_STATS)]]
-
-
-def training_summary(result: PartExtractorTraining) -> dict[str, Any]:
-    """A JSON-serialisable view of a training result."""
-    summary = asdict(result)
-    summary["weights_path"] = str(result.weights_path) if result.weights_path else None
-    summary.pop("step_losses")
-    return summary
