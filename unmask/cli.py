@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import sys
 import typing
@@ -318,8 +319,96 @@ def _train_m(config: Any, args: argparse.Namespace) -> int:
 
 
 def _train_k(config: Any, args: argparse.Namespace) -> int:
-    print("train-k: not implemented yet.")
-    return 1
+    import json
+
+    from unmask.data.coco import split_paths
+    from unmask.models.part_extractor import PartExtractor
+    from unmask.runtime import init_distributed, resolve_device
+    from unmask.train.part_extractor import evaluate_part_extractor
+
+    device = resolve_device(config.device)
+    distributed = init_distributed(device)
+    if config.dataset == "synthetic" and distributed.is_main:
+        from unmask.data.synthetic import SyntheticDataError, ensure_synthetic
+
+        try:
+            ensure_synthetic(config.data_dir, _synthetic_spec(config), progress=config.verbosity > 0,
+                             workers=config.synthetic_workers or None)
+        except SyntheticDataError as error:
+            raise ConfigError(f"--data-dir: {error}") from None
+    distributed.barrier()
+    model, directory = _trained_part_extractor(config, device=device)
+    if not distributed.is_main:
+        return 0
+    extractor = PartExtractor(model, score_threshold=config.k_score_threshold, device=device)
+    metrics_file = directory / "metrics.json"
+    metrics = evaluate_part_extractor(extractor, *split_paths(config.data_dir, "test"), output_file=metrics_file,
+                                      progress=config.verbosity > 0)
+    if config.verbosity > 0:
+        print(json.dumps(metrics, indent=2))
+        print(f"train-k: K's weights are in {directory}, its test metrics in {metrics_file}")
+    return 0
+
+
+def _part_extractor_directory(config: Any) -> Any:
+    """``<output dir>/models/k-<key>/``, the key hashing everything that determines the trained K
+    (architecture, schedule, seed and the training annotations themselves)."""
+    from pathlib import Path
+
+    from unmask.data.coco import split_paths
+    from unmask.models.part_extractor import part_extractor_cache_key
+
+    annotation_file = split_paths(config.data_dir, "train")[0]
+    if not annotation_file.is_file():
+        raise FileNotFoundError(f"K's training annotations {annotation_file} do not exist; expected "
+                                f"<data dir>/VOC2010/train.json (python main.py prepare builds the synthetic ones)")
+    key = part_extractor_cache_key(
+        model=config.k_model, image_size=config.image_size, pretrained=config.k_pretrained,
+        epochs=config.k_epochs, batch_size=config.k_batch_size, lr=config.k_lr, momentum=config.k_momentum,
+        weight_decay=config.k_weight_decay, warmup_steps=config.k_warmup_steps, seed=config.seed,
+        nms_threshold=config.k_nms_threshold, max_detections=config.k_max_detections, dataset=config.dataset,
+        train_annotations=hashlib.sha256(annotation_file.read_bytes()).hexdigest(),
+    )
+    return Path(config.output_dir) / "models" / f"k-{key}"
+
+
+def _trained_part_extractor(config: Any, *, device: Any) -> tuple[Any, Any]:
+    """K trained as the configuration says (resuming or reusing ``models/k-<key>/``), or loaded
+    from ``--k-checkpoint``; returns (model, its folder)."""
+    from pathlib import Path
+
+    from unmask.data.coco import PartSegmentationDataset, split_paths
+    from unmask.models.part_extractor import build_part_extractor
+    from unmask.runtime import seed_everything
+    from unmask.train.part_extractor import WEIGHTS_FILE, load_part_extractor_weights, train_part_extractor
+
+    seed_everything(config.seed)
+    try:
+        model = build_part_extractor(
+            config.k_model, image_size=config.image_size, pretrained=config.k_pretrained and not config.k_checkpoint,
+            weights_path=config.k_weights_path or None, allow_random_init=config.allow_random_init,
+            nms_threshold=config.k_nms_threshold, max_detections=config.k_max_detections,
+        )
+    except ValueError as error:
+        raise ConfigError(f"--k-model {config.k_model}: {error}") from None
+    if config.k_checkpoint:
+        return load_part_extractor_weights(model, config.k_checkpoint), Path(config.k_checkpoint).parent
+    directory = _part_extractor_directory(config)
+    if (directory / WEIGHTS_FILE).is_file():
+        if config.verbosity > 0:
+            print(f"train-k: reusing the trained K in {directory}")
+        return load_part_extractor_weights(model, directory / WEIGHTS_FILE), directory
+    # a mirrored photo of a car's left side shows a right side; the synthetic world's sides differ in colour
+    train_set = PartSegmentationDataset(*split_paths(config.data_dir, "train"), hflip_prob=0.5,
+                                        mirror_sides=config.dataset != "synthetic")
+    val_set = PartSegmentationDataset(*split_paths(config.data_dir, "val"))
+    train_part_extractor(
+        model, train_set, val_set, epochs=config.k_epochs, batch_size=config.k_batch_size, lr=config.k_lr,
+        momentum=config.k_momentum, weight_decay=config.k_weight_decay, warmup_steps=config.k_warmup_steps,
+        device=device, checkpoint_dir=directory, workers=config.workers, seed=config.seed, amp=config.amp,
+        score_threshold=config.k_score_threshold, progress=config.verbosity > 0,
+    )
+    return model, directory
 
 
 EXAMPLES_FIGURE = "images/synthetic_examples.png"

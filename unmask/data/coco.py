@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 
 from unmask.io import atomic_write_json
@@ -80,16 +81,17 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
 
 def annotation_to_mask(annotation: dict[str, Any], height: int, width: int) -> np.ndarray:
     """Decode an annotation's segmentation (polygons, RLE or uncompressed RLE) to a bool mask."""
-    segmentation = annotation["segmentation"]
+    return mask_utils.decode(_to_rle(annotation["segmentation"], height, width)).astype(bool)
+
+
+def _to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """Compressed RLE of any COCO segmentation (polygons, RLE, uncompressed RLE)."""
     if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = {"size": segmentation["size"], "counts": segmentation["counts"]}
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    return mask_utils.decode(rle).astype(bool)
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def write_coco(path: str | Path, *, images: Sequence[dict[str, Any]], annotations: Sequence[dict[str, Any]],
@@ -163,3 +165,122 @@ def load_coco_parts(annotation_file: str | Path, image_dir: str | Path) -> list[
             {**annotation, "part_index": part_of_category[annotation["category_id"]]}
         )
     return list(images.values())
+
+
+# --- a torch dataset of Mask R-CNN targets --------------------------------------------------
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as a uint8 tensor (3, H, W), RGB."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} does not exist") from None
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error}") from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+
+def _mirrored(part: str) -> str:
+    side = part.rsplit("_", 1)[-1]
+    twin = {"left": "right", "right": "left"}.get(side)
+    return part[: -len(side)] + twin if twin and part[: -len(side)] + twin in PART_INDEX else part
+
+
+MIRRORED_LABELS = torch.tensor([0] + [PART_INDEX[_mirrored(part)] + 1 for part in PARTS])
+"""Mask R-CNN label (part index + 1, 0 the background) of each label's mirror image:
+vehicle_left <-> vehicle_right, coach_left <-> coach_right, every other part itself."""
+
+
+@dataclass
+class _Sample:
+    """One decoded image with its instances; masks stay run-length encoded until used."""
+
+    image: torch.Tensor  # uint8 (3, H, W)
+    boxes: torch.Tensor  # float32 (N, 4), x0, y0, x1, y1
+    labels: torch.Tensor  # int64 (N,), part index + 1
+    rles: list[dict[str, Any]]
+
+
+class PartSegmentationDataset(torch.utils.data.Dataset):
+    """A COCO part file as Mask R-CNN training samples.
+
+    Item ``i`` is ``(image, target)``: the image as float (3, H, W) in [0, 1] and the target dict
+    torchvision's Mask R-CNN expects: ``boxes`` (N, 4) float x0, y0, x1, y1; ``labels`` (N,)
+    int64 with ``label = part index + 1`` (0 is the background); ``masks`` (N, H, W) uint8;
+    plus ``image_id``. Annotations whose box is thinner than a pixel are left out (Mask R-CNN
+    cannot learn from them).
+
+    ``hflip_prob`` flips image, masks and boxes together (the original's only augmentation),
+    drawing from torch's global RNG, so a restored RNG state replays the same flips.
+    ``mirror_sides`` also swaps the ``*_left`` and ``*_right`` parts of flipped images (in a
+    photo a mirrored left side of a car looks like a right side; the original did not swap).
+    ``cache`` keeps every decoded image and its run-length-encoded masks in memory after first
+    use: decoding JPEGs and polygons again every epoch dominates a small CPU run.
+    """
+
+    def __init__(self, annotation_file: str | Path, image_dir: str | Path, *, hflip_prob: float = 0.0,
+                 mirror_sides: bool = False, cache: bool = True) -> None:
+        if not 0.0 <= hflip_prob <= 1.0:
+            raise ValueError(f"hflip_prob must lie in [0, 1], got {hflip_prob}")
+        self.mirror_sides = mirror_sides
+        self.annotation_file = Path(annotation_file)
+        self.images = load_coco_parts(annotation_file, image_dir)
+        self.hflip_prob = hflip_prob
+        self.cache = cache
+        self._samples: dict[int, _Sample] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def part_sets(self) -> list[frozenset[str]]:
+        """The set of annotated parts of every image, in order."""
+        return [entry.part_set() for entry in self.images]
+
+    def _sample(self, index: int) -> _Sample:
+        if index in self._samples:
+            return self._samples[index]
+        entry = self.images[index]
+        image = read_image(entry.path)
+        if tuple(image.shape[1:]) != (entry.height, entry.width):
+            raise ValueError(f"{self.annotation_file}: image {entry.path} is {image.shape[2]}x{image.shape[1]} "
+                             f"pixels but the file says {entry.width}x{entry.height}")
+        kept = [a for a in entry.annotations if a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
+        boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        labels = torch.tensor([a["part_index"] + 1 for a in kept], dtype=torch.int64)
+        rles = [_to_rle(a["segmentation"], entry.height, entry.width) for a in kept]
+        sample = _Sample(image, boxes, labels, rles)
+        if self.cache:
+            self._samples[index] = sample
+        return sample
+
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as float (3, H, W) in [0, 1], without its target or augmentation."""
+        return self._sample(index).image.float().div_(255)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sample = self._sample(index)
+        entry = self.images[index]
+        if sample.rles:
+            masks = torch.from_numpy(mask_utils.decode(sample.rles)).permute(2, 0, 1)
+        else:
+            masks = torch.zeros((0, entry.height, entry.width), dtype=torch.uint8)
+        image, boxes, labels = sample.image, sample.boxes.clone(), sample.labels.clone()
+        if self.hflip_prob > 0 and torch.rand(()).item() < self.hflip_prob:
+            image, masks = image.flip(-1), masks.flip(-1)
+            boxes[:, [0, 2]] = entry.width - boxes[:, [2, 0]]
+            if self.mirror_sides:
+                labels = MIRRORED_LABELS[labels]
+        target = {"boxes": boxes, "labels": labels, "masks": masks.contiguous(),
+                  "image_id": torch.tensor(entry.id, dtype=torch.int64)}
+        return image.float().div_(255), target
+
+
+def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:
+    """Lists of images and targets (detection models take images of different sizes)."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

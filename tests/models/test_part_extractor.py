@@ -1,0 +1,189 @@
+"""K's builder, its detection rule and the batched extraction API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unmask.defense import jaccard_matrix, reclassify_batch
+from unmask.models.part_extractor import (
+    COCO_WEIGHTS_FILE,
+    NUM_CLASSES,
+    PART_EXTRACTOR_NAMES,
+    PartExtraction,
+    PartExtractor,
+    PartRoIHeads,
+    build_part_extractor,
+    part_extractor_cache_key,
+)
+from unmask.parts import PART_INDEX, PARTS
+
+SIZE = 64
+
+
+def tiny_k(**kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_part_extractor("lean", image_size=SIZE, fpn_channels=16, **kwargs)
+
+
+def always_detecting(part: str, probability: float, **kwargs) -> torch.nn.Module:
+    """A tiny K whose classifier calls every proposal ``part`` with the given probability."""
+    model = tiny_k(**kwargs)
+    predictor = model.roi_heads.box_predictor.cls_score
+    with torch.no_grad():
+        predictor.weight.zero_()
+        predictor.bias.zero_()
+        # softmax over 45 logits, one of them b and 44 of them 0: e^b / (e^b + 44) = probability
+        predictor.bias[PART_INDEX[part] + 1] = float(np.log(probability * (NUM_CLASSES - 1) / (1 - probability)))
+    return model
+
+
+def test_builder_has_one_class_per_part_plus_background() -> None:
+    model = tiny_k()
+    assert NUM_CLASSES == len(PARTS) + 1 == 45
+    assert model.roi_heads.box_predictor.cls_score.out_features == NUM_CLASSES
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 4 * NUM_CLASSES
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == NUM_CLASSES
+    assert isinstance(model.roi_heads, PartRoIHeads)
+    assert model.backbone.out_channels == 16
+    # the lean model's BatchNorm trains (torchvision's detection backbones freeze it)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.body.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_lean_forward_shapes_in_training_and_inference() -> None:
+    model = tiny_k()
+    masks = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
+    masks[0, 10:30, 12:40] = 1
+    target = {"boxes": torch.tensor([[12.0, 10.0, 40.0, 30.0]]), "labels": torch.tensor([5]), "masks": masks}
+    losses = model.train()([torch.rand(3, SIZE, SIZE), torch.rand(3, SIZE, SIZE)], [target, target])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    with torch.no_grad():
+        output = always_detecting("wheel", 0.9).eval()([torch.rand(3, SIZE, SIZE)])[0]
+    count = len(output["labels"])
+    assert count > 0
+    assert output["boxes"].shape == (count, 4) and output["masks"].shape == (count, 1, SIZE, SIZE)
+
+
+def test_unknown_names_and_pretrained_lean_are_refused() -> None:
+    assert PART_EXTRACTOR_NAMES == ("lean", "resnet50-fpn")
+    with pytest.raises(ValueError, match="unknown part extractor 'resnet9'"):
+        build_part_extractor("resnet9", image_size=SIZE)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        build_part_extractor("lean", image_size=SIZE, pretrained=True)
+
+
+def test_resnet50_fpn_offline_names_the_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=COCO_WEIGHTS_FILE):
+        build_part_extractor("resnet50-fpn", image_size=SIZE, pretrained=True)
+    with pytest.raises(FileNotFoundError, match="mine.pth"):  # an explicit file must exist
+        build_part_extractor("resnet50-fpn", image_size=SIZE, pretrained=True, weights_path=tmp_path / "mine.pth",
+                             allow_random_init=True)
+    with pytest.warns(UserWarning, match="random weights"):
+        model = build_part_extractor("resnet50-fpn", image_size=SIZE, pretrained=True, allow_random_init=True)
+    assert model.roi_heads.box_predictor.cls_score.out_features == NUM_CLASSES
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == NUM_CLASSES
+    assert isinstance(model.roi_heads, PartRoIHeads)
+
+
+@pytest.mark.slow
+def test_resnet50_fpn_loads_coco_weights_from_a_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
+
+    torch.manual_seed(1)
+    coco = maskrcnn_resnet50_fpn_v2(num_classes=91).state_dict()
+    save_file(coco, tmp_path / "coco.safetensors")
+    model = build_part_extractor("resnet50-fpn", image_size=SIZE, pretrained=True,
+                                 weights_path=tmp_path / "coco.safetensors")
+    weights = model.state_dict()
+    assert torch.equal(weights["backbone.body.layer3.0.conv1.weight"], coco["backbone.body.layer3.0.conv1.weight"])
+    assert not model.backbone.body.layer1[0].conv1.weight.requires_grad
+    assert model.backbone.body.layer2[0].conv1.weight.requires_grad
+
+
+def test_detection_rule_reports_one_part_per_proposal() -> None:
+    heads = tiny_k(nms_threshold=0.3).roi_heads
+    logits = torch.zeros(4, NUM_CLASSES)
+    logits[0, 0] = 5.0  # background wins: no detection, whatever its parts' scores
+    logits[0, 7] = 4.9
+    logits[1:, 3] = torch.tensor([6.0, 3.0, 4.0])  # part 2 three times; proposal 2 overlaps proposal 1
+    logits[1, 9] = 5.0  # a runner-up class is not reported (torchvision's default rule would)
+    proposals = torch.tensor([[0.0, 0, 20, 20], [0, 0, 20, 20], [1, 1, 21, 21], [40, 40, 60, 60]])
+    boxes, scores, labels = heads.postprocess_detections(logits, torch.zeros(4, 4 * NUM_CLASSES), [proposals],
+                                                         [(SIZE, SIZE)])
+    assert labels[0].tolist() == [3, 3]
+    torch.testing.assert_close(boxes[0], proposals[[1, 3]])
+    torch.testing.assert_close(scores[0], logits[[1, 3]].softmax(-1)[:, 3])
+    heads.score_thresh = float(scores[0][0])  # a detection scoring exactly the threshold stays
+    assert heads.postprocess_detections(logits, torch.zeros(4, 4 * NUM_CLASSES), [proposals],
+                                        [(SIZE, SIZE)])[2][0].tolist() == [3]
+
+
+def test_extraction_types_and_threshold() -> None:
+    extractor = PartExtractor(always_detecting("wheel", 0.6), score_threshold=0.5, batch_size=3)
+    images = torch.rand(5, 3, SIZE, SIZE)
+    extraction = extractor.extract(images)
+    assert isinstance(extraction, PartExtraction) and extraction.detections is None
+    assert extraction.presence.shape == extraction.scores.shape == (5, len(PARTS))
+    assert extraction.presence.dtype == bool and extraction.scores.dtype == np.float32
+    assert extraction.presence[:, PART_INDEX["wheel"]].all() and extraction.presence.sum() == 5
+    np.testing.assert_allclose(extraction.scores[:, PART_INDEX["wheel"]], 0.6, atol=1e-5)
+    assert extraction.part_sets() == [frozenset({"wheel"})] * 5
+    above = extractor.extract(images, score_threshold=0.61)
+    assert not above.presence.any() and not above.scores.any()
+    # the matrices plug straight into UnMask's rules: car (index 1 of cs5-2) expects wheels
+    assert reclassify_batch(extraction.presence, "cs5-2").tolist() == [1] * 5
+    assert jaccard_matrix(extraction.scores, "cs5-2").shape == (5, 5)
+    with pytest.raises(ValueError, match=r"score_threshold must lie in \[0, 1\]"):
+        extractor.extract(images, score_threshold=1.5)
+
+
+def test_kept_detections_hold_boxes_scores_and_masks() -> None:
+    extractor = PartExtractor(always_detecting("eye", 0.7), score_threshold=0.0)
+    extraction = extractor.extract(torch.rand(2, 3, SIZE, SIZE), keep_detections=True)
+    assert extraction.detections is not None and len(extraction.detections) == 2
+    for detections in extraction.detections:
+        count = len(detections.parts)
+        assert count > 0 and set(detections.parts.tolist()) == {PART_INDEX["eye"]}
+        assert detections.boxes.shape == (count, 4) and detections.scores.shape == (count,)
+        assert detections.masks.shape == (count, SIZE, SIZE) and detections.masks.dtype == bool
+        assert (detections.scores >= 0.0).all()
+
+
+def test_batched_extraction_matches_one_image_at_a_time() -> None:
+    torch.manual_seed(3)
+    model = tiny_k()
+    with torch.no_grad():  # a classifier with varied, image-dependent answers
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.5)
+    extractor = PartExtractor(model, score_threshold=0.0)
+    images = torch.rand(4, 3, SIZE, SIZE)
+    batched = extractor.extract(images, batch_size=4)
+    single = [extractor.extract(images[i : i + 1]) for i in range(4)]
+    assert batched.presence.any()
+    np.testing.assert_array_equal(batched.presence, np.concatenate([s.presence for s in single]))
+    np.testing.assert_allclose(batched.scores, np.concatenate([s.scores for s in single]), atol=1e-5)
+    # images of different sizes go in as a list
+    assert extractor.extract([images[0], images[1, :, :48]]).presence.shape == (2, len(PARTS))
+
+
+def test_bad_images_are_refused() -> None:
+    extractor = PartExtractor(tiny_k())
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        extractor.extract(torch.rand(3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="RGB"):
+        extractor.extract(torch.rand(2, 1, SIZE, SIZE))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        extractor.extract(torch.rand(2, 3, SIZE, SIZE) * 255)
+
+
+def test_cache_key_is_stable_and_sensitive() -> None:
+    key = part_extractor_cache_key(model="lean", image_size=128, epochs=3)
+    assert key == part_extractor_cache_key(epochs=3, image_size=128, model="lean")
+    assert key != part_extractor_cache_key(model="lean", image_size=96, epochs=3)
+    assert len(key) == 8
