@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import math
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from unmask.io import CheckpointError
 from unmask.parts import MERGE_MODES, UnknownNameError, class_set_name
 
-if TYPE_CHECKING:
-    from unmask.data.synthetic import SyntheticSpec
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the option and what was expected."""
@@ -150,7 +147,7 @@ def validate(config: Any) -> None:
         if getattr(config, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(config, name)}")
     non_negative = ("lr", "k_lr", "weight_decay", "k_weight_decay", "momentum", "k_momentum", "adv_epochs",
-                    "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size")
+                    "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size", "synthetic_workers")
     for name in non_negative:
         value = getattr(config, name)
         if not (value >= 0 and math.isfinite(value)):
@@ -160,6 +157,14 @@ def validate(config: Any) -> None:
         value = getattr(config, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')}: expected a value in [0, 1], got {value}")
+    if config.dataset == "synthetic":
+        from unmask.data.synthetic import SyntheticDataError
+        from unmask.experiment import synthetic_spec
+
+        try:
+            synthetic_spec(config)  # the generator's own limits on sizes and counts
+        except SyntheticDataError as error:
+            raise ConfigError(str(error)) from None
 
 
 def format_config(config: Any) -> str:
@@ -176,8 +181,12 @@ def format_config(config: Any) -> str:
 
 
 def _run(config: Any, args: argparse.Namespace) -> int:
-    print("python main.py run: the configuration above is valid. The experiment itself is not "
-          "implemented yet, so nothing else is done.")
+    from unmask.experiment import run_experiment, run_grid
+
+    if args.grid:
+        run_grid(config)
+    else:
+        run_experiment(config)
     return 0
 
 
@@ -190,37 +199,21 @@ def _prepare(config: Any, args: argparse.Namespace) -> int:
     return 1
 
 
-def _synthetic_spec(config: Any) -> SyntheticSpec:
-    """The synthetic world the configuration asks for (every class set, so --class-set never regenerates)."""
-    from unmask.data.synthetic import SyntheticDataError, SyntheticSpec
-
-    try:
-        return SyntheticSpec(image_size=config.image_size, images_per_class=config.synthetic_images_per_class,
-                             k_images=config.synthetic_k_images, distractor_prob=config.synthetic_distractor_prob,
-                             seed=config.seed)
-    except SyntheticDataError as error:
-        raise ConfigError(str(error)) from None
-
-
 def _prepare_synthetic(config: Any, args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from unmask.data.synthetic import SyntheticDataError, generate_synthetic, manifest_matches
+    from unmask.data.synthetic import generate_synthetic, manifest_matches
+    from unmask.experiment import synthetic_spec
 
-    spec = _synthetic_spec(config)
-    if config.synthetic_workers < 0:
-        raise ConfigError(f"--synthetic-workers: expected a number >= 0, got {config.synthetic_workers}")
+    spec = synthetic_spec(config)
     root = Path(config.data_dir)
     if manifest_matches(root, spec):
         if config.verbosity > 0:
             print(f"prepare: the synthetic world in {root} matches the configuration (manifest.json); reusing it")
         return 0
     start = time.perf_counter()
-    try:
-        generate_synthetic(root, spec, progress=config.verbosity > 0, workers=config.synthetic_workers or None)
-    except SyntheticDataError as error:
-        raise ConfigError(f"--data-dir: {error}") from None
+    generate_synthetic(root, spec, progress=config.verbosity > 0, workers=config.synthetic_workers or None)
     elapsed = time.perf_counter() - start
     if config.verbosity > 0:
         classes = len(spec.m_classes)
@@ -231,7 +224,7 @@ def _prepare_synthetic(config: Any, args: argparse.Namespace) -> int:
 
 
 def _prepare_pascal_part(config: Any, args: argparse.Namespace) -> int:
-    from unmask.data.pascal_part import PascalPartConversionError, convert_pascal_part
+    from unmask.data.pascal_part import convert_pascal_part
 
     if not config.pascal_root:
         raise ConfigError("prepare --dataset pascal-part needs --pascal-root DIR: the folder holding "
@@ -239,176 +232,60 @@ def _prepare_pascal_part(config: Any, args: argparse.Namespace) -> int:
     if not hasattr(args, "data_dir"):
         # the default data folder holds the synthetic world; K's converted data must not land there by accident
         raise ConfigError("prepare --dataset pascal-part needs --out DIR: K's data is written to DIR/VOC2010/")
-    try:
-        convert_pascal_part(config.pascal_root, config.data_dir, merge_mode=config.pascal_merge, seed=config.seed,
-                            progress=config.verbosity > 0)
-    except (PascalPartConversionError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    convert_pascal_part(config.pascal_root, config.data_dir, merge_mode=config.pascal_merge, seed=config.seed,
+                        progress=config.verbosity > 0)
     return 0
 
 
-_CLASSIFIER_OPTIONS = ("model", "image_size", "pretrained", "weights_path", "epochs", "batch_size", "optimizer", "lr",
-                       "momentum", "weight_decay", "nesterov", "lr_schedule", "augment", "seed", "adv_training", "adv_epsilon",
-                       "adv_steps", "adv_step_size", "adv_random_start", "adv_epochs")
-"""Configuration fields that determine a trained M (``unmask.train.classifier.classifier_specs``)."""
-
-
-def _classifier_data(config: Any) -> dict[str, Any]:
-    """M's train, val and test splits of the configured dataset, decoded once into memory."""
-    from unmask.data.folders import ClassFolderDataset
-
-    return {split: ClassFolderDataset(config.data_dir, config.class_set, split, image_size=config.image_size,
-                                      cache=True)
-            for split in ("train", "val", "test")}
-
-
 def _train_m(config: Any, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from unmask.attacks import attack
-    from unmask.io import stable_hash
+    from unmask.experiment import classifier_data, prepare_data, trained_classifiers
     from unmask.models.classifier import predict
     from unmask.runtime import init_distributed, resolve_device
-    from unmask.train.classifier import (
-        classifier_specs,
-        load_trained_classifier,
-        train_or_load_classifier,
-    )
 
     device = resolve_device(config.device)
-    runtime = init_distributed(device)
-    data = _classifier_data(config)
-    standard, adversarial = classifier_specs(
-        **{name: getattr(config, name) for name in _CLASSIFIER_OPTIONS}, classes=data["train"].classes,
-        data_fingerprint=stable_hash([data["train"].fingerprint(), data["val"].fingerprint()]),
-    )
+    distributed = init_distributed(device)
+    prepare_data(config, distributed)
+    data = classifier_data(config)
+    protected, baseline = trained_classifiers(config, data, device=device)
+    if not distributed.is_main:
+        return 0
     test_images, test_labels = data["test"].tensors()
-
-    def report(title: str, model: torch.nn.Module, how: str) -> None:
-        torch.manual_seed(config.seed)  # the random starts: the same figures on every run
-        figures = [f"clean {(predict(model, test_images) == test_labels).float().mean().item():.3f}"]
-        for epsilon in (8, 16):
-            adversarials = attack(model, test_images, test_labels, "pgd_linf", epsilon, steps=config.attack_steps,
-                                  original_step=config.attack_original_step, batch_size=config.attack_batch_size)
-            accuracy = (predict(model, adversarials) == test_labels).float().mean().item()
-            figures.append(f"pgd_linf:{epsilon} {accuracy:.3f}")
-        print(f"{title} ({how}): test accuracy {', '.join(figures)} ({len(test_labels)} images)")
-
-    for title, spec in (("M", standard), ("adversarially trained M", adversarial)):
-        if spec is None:
+    for title, trained in (("M", protected), ("adversarially trained M", baseline)):
+        if trained is None:
             continue
-        if title == "M" and config.m_checkpoint:
-            model = load_trained_classifier(config.m_checkpoint, spec.model, len(spec.classes), device=device)
-            how = f"{spec.model} from {config.m_checkpoint}"
-        else:
-            result = train_or_load_classifier(
-                spec, train_set=data["train"], val_set=data["val"], models_dir=Path(config.output_dir) / "models",
-                device=device, allow_random_init=config.allow_random_init, workers=config.workers, amp=config.amp,
-                progress=config.verbosity > 0,
-            )
-            model = result.model
-            seconds = sum(record["seconds"] for record in result.history)
-            how = (f"{spec.model}, {result.checkpoint_dir}, best epoch {result.best_epoch} of {spec.epochs}, "
-                   f"{seconds:.1f} s of training")
-        if runtime.is_main:
-            report(title, model, how)
+        torch.manual_seed(config.seed)  # the random starts: the same figures on every run
+        figures = [f"clean {(predict(trained.model, test_images) == test_labels).float().mean().item():.3f}"]
+        for epsilon in (8, 16):
+            adversarials = attack(trained.model, test_images, test_labels, "pgd_linf", epsilon,
+                                  steps=config.attack_steps, original_step=config.attack_original_step,
+                                  batch_size=config.attack_batch_size)
+            accuracy = (predict(trained.model, adversarials) == test_labels).float().mean().item()
+            figures.append(f"pgd_linf:{epsilon} {accuracy:.3f}")
+        print(f"{title} ({trained.description}, {trained.seconds:.1f} s of training): test accuracy "
+              f"{', '.join(figures)} ({len(test_labels)} images)")
     return 0
 
 
 def _train_k(config: Any, args: argparse.Namespace) -> int:
     import json
 
-    from unmask.data.coco import split_paths
-    from unmask.models.part_extractor import PartExtractor
+    from unmask.experiment import part_extractor_metrics, prepare_data, trained_part_extractor
     from unmask.runtime import init_distributed, resolve_device
-    from unmask.train.part_extractor import evaluate_part_extractor
 
     device = resolve_device(config.device)
     distributed = init_distributed(device)
-    if config.dataset == "synthetic" and distributed.is_main:
-        from unmask.data.synthetic import SyntheticDataError, ensure_synthetic
-
-        try:
-            ensure_synthetic(config.data_dir, _synthetic_spec(config), progress=config.verbosity > 0,
-                             workers=config.synthetic_workers or None)
-        except SyntheticDataError as error:
-            raise ConfigError(f"--data-dir: {error}") from None
-    distributed.barrier()
-    model, directory = _trained_part_extractor(config, device=device)
+    prepare_data(config, distributed)
+    extractor, directory = trained_part_extractor(config, device=device)
     if not distributed.is_main:
         return 0
-    extractor = PartExtractor(model, score_threshold=config.k_score_threshold, device=device)
-    metrics_file = directory / "metrics.json"
-    metrics = evaluate_part_extractor(extractor, *split_paths(config.data_dir, "test"), output_file=metrics_file,
-                                      progress=config.verbosity > 0)
+    metrics = part_extractor_metrics(config, extractor, directory)
     if config.verbosity > 0:
         print(json.dumps(metrics, indent=2))
-        print(f"train-k: K's weights are in {directory}, its test metrics in {metrics_file}")
+        print(f"train-k: K's weights and test metrics are in {directory}")
     return 0
-
-
-def _part_extractor_directory(config: Any) -> Any:
-    """``<output dir>/models/k-<key>/``, the key hashing everything that determines the trained K
-    (architecture, schedule, seed and the training annotations themselves)."""
-    from pathlib import Path
-
-    from unmask.data.coco import split_paths
-    from unmask.models.part_extractor import part_extractor_cache_key
-
-    annotation_file = split_paths(config.data_dir, "train")[0]
-    if not annotation_file.is_file():
-        raise FileNotFoundError(f"K's training annotations {annotation_file} do not exist; expected "
-                                f"<data dir>/VOC2010/train.json (python main.py prepare builds the synthetic ones)")
-    key = part_extractor_cache_key(
-        model=config.k_model, image_size=config.image_size, pretrained=config.k_pretrained,
-        epochs=config.k_epochs, batch_size=config.k_batch_size, lr=config.k_lr, momentum=config.k_momentum,
-        weight_decay=config.k_weight_decay, warmup_steps=config.k_warmup_steps, seed=config.seed,
-        nms_threshold=config.k_nms_threshold, max_detections=config.k_max_detections, dataset=config.dataset,
-        train_annotations=hashlib.sha256(annotation_file.read_bytes()).hexdigest(),
-    )
-    return Path(config.output_dir) / "models" / f"k-{key}"
-
-
-def _trained_part_extractor(config: Any, *, device: Any) -> tuple[Any, Any]:
-    """K trained as the configuration says (resuming or reusing ``models/k-<key>/``), or loaded
-    from ``--k-checkpoint``; returns (model, its folder)."""
-    from pathlib import Path
-
-    from unmask.data.coco import PartSegmentationDataset, split_paths
-    from unmask.models.part_extractor import build_part_extractor
-    from unmask.runtime import seed_everything
-    from unmask.train.part_extractor import WEIGHTS_FILE, load_part_extractor_weights, train_part_extractor
-
-    seed_everything(config.seed)
-    try:
-        model = build_part_extractor(
-            config.k_model, image_size=config.image_size, pretrained=config.k_pretrained and not config.k_checkpoint,
-            weights_path=config.k_weights_path or None, allow_random_init=config.allow_random_init,
-            nms_threshold=config.k_nms_threshold, max_detections=config.k_max_detections,
-        )
-    except ValueError as error:
-        raise ConfigError(f"--k-model {config.k_model}: {error}") from None
-    if config.k_checkpoint:
-        return load_part_extractor_weights(model, config.k_checkpoint), Path(config.k_checkpoint).parent
-    directory = _part_extractor_directory(config)
-    if (directory / WEIGHTS_FILE).is_file():
-        if config.verbosity > 0:
-            print(f"train-k: reusing the trained K in {directory}")
-        return load_part_extractor_weights(model, directory / WEIGHTS_FILE), directory
-    # a mirrored photo of a car's left side shows a right side; the synthetic world's sides differ in colour
-    train_set = PartSegmentationDataset(*split_paths(config.data_dir, "train"), hflip_prob=0.5,
-                                        mirror_sides=config.dataset != "synthetic")
-    val_set = PartSegmentationDataset(*split_paths(config.data_dir, "val"))
-    train_part_extractor(
-        model, train_set, val_set, epochs=config.k_epochs, batch_size=config.k_batch_size, lr=config.k_lr,
-        momentum=config.k_momentum, weight_decay=config.k_weight_decay, warmup_steps=config.k_warmup_steps,
-        device=device, checkpoint_dir=directory, workers=config.workers, seed=config.seed, amp=config.amp,
-        score_threshold=config.k_score_threshold, progress=config.verbosity > 0,
-    )
-    return model, directory
 
 
 EXAMPLES_FIGURE = "images/synthetic_examples.png"
@@ -416,8 +293,9 @@ EXAMPLES_FIGURE = "images/synthetic_examples.png"
 
 def _examples(config: Any, args: argparse.Namespace) -> int:
     from unmask.data.synthetic import render_examples
+    from unmask.experiment import synthetic_spec
 
-    path = render_examples(EXAMPLES_FIGURE, spec=_synthetic_spec(config))
+    path = render_examples(EXAMPLES_FIGURE, spec=synthetic_spec(config))
     if config.verbosity > 0:
         print(f"examples: one synthetic object per class with its part masks saved to {path}")
     return 0
@@ -455,7 +333,8 @@ def main(argv: Sequence[str] | None = None, *, config_class: type | None = None,
         print(f"configuration (profile {args.profile!r}):\n{format_config(config)}\n", file=sys.stderr)
     try:
         return COMMANDS[args.command][1](config, args)
-    except (ConfigError, CheckpointError, FileNotFoundError, PermissionError, UnknownNameError) as error:
+    except (ValueError, CheckpointError, OSError) as error:
+        # bad input (names, files, layouts, checkpoints): one clear line; --verbosity 2 shows the traceback
         if config.verbosity >= 2:
             raise
         print(f"error: {error}", file=sys.stderr)

@@ -151,7 +151,7 @@ def plot_accuracy(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
         axis.bar(positions + (index - 1) * width, heights, width, label=name)
     axis.set_xticks(positions, labels, fontsize=8)
     axis.set(ylim=(0, 105), ylabel="accuracy (%)", title="Accuracy under attack")
-    axis.legend(fontsize=8, loc="upper right")
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(series), frameon=False)
     axis.grid(axis="y", alpha=0.3)
     return _save(figure, path_stem)
 

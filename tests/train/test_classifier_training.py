@@ -172,7 +172,7 @@ def write_folders(root: Path, class_set: str = "cs3-1", per_split: dict[str, int
             Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy()).save(folder / f"{index}.png")
 
 
-TRAIN_M = ["train-m", "--class-set", "cs3-1", "--image-size", "32", "--epochs", "2", "--adv-epochs", "1",
+TRAIN_M = ["train-m", "--dataset", "unmask", "--class-set", "cs3-1", "--image-size", "32", "--epochs", "2", "--adv-epochs", "1",
            "--attack-steps", "2", "--lr", "0.05", "--verbosity", "0"]
 
 

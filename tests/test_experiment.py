@@ -1,0 +1,118 @@
+"""The experiment end to end on a tiny synthetic world: outputs, resume, caching, determinism."""
+
+import csv
+import json
+import math
+
+import pytest
+
+import unmask.experiment as experiment
+from config import PROFILES, Config
+from unmask.cli import resolve_config
+from unmask.experiment import run_experiment, run_grid, run_name
+
+TINY = {
+    "image_size": 48, "synthetic_images_per_class": 10, "synthetic_k_images": 48, "synthetic_workers": 1,
+    "epochs": 2, "adv_epochs": 1, "adv_steps": 2, "k_epochs": 1, "k_batch_size": 4, "k_warmup_steps": 2,
+    "attacks": ("pgd_linf:16", "mim_l2:300"), "attack_steps": 3, "class_set": "cs3-1", "verbosity": 0,
+}
+
+
+def tiny_config(tmp_path, **overrides):
+    options = {**TINY, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "results"), **overrides}
+    return resolve_config(Config, PROFILES, options)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    config = tiny_config(root)
+    return config, run_experiment(config)
+
+
+def _numbers(metrics):
+    return {key: value for key, value in metrics.items() if key != "timing"}
+
+
+def test_outputs_of_a_run(finished_run):
+    config, directory = finished_run
+    assert directory.name == run_name(config) and directory.name.startswith("cs3-1-compact-")
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert set(metrics["clean"]) >= {"accuracy_m", "accuracy_adv_trained", "accuracy_unmask", "n_images"}
+    assert set(metrics["k"]) >= {"map_mask", "map_box", "part_precision", "part_recall"}
+    assert [(a["name"], a["norm"], a["epsilon"]) for a in metrics["attacks"]] == [("pgd_linf", "linf", 16),
+                                                                                ("mim_l2", "l2", 300)]
+    for entry in metrics["attacks"]:
+        assert set(entry) >= {"accuracy_m", "accuracy_adv_trained", "accuracy_unmask", "detection"}
+        assert set(entry["detection"]) >= {"auc", "auc_soft", "n_pairs", "threshold", "tpr", "fpr"}
+        for key in ("accuracy_m", "accuracy_adv_trained", "accuracy_unmask"):
+            assert 0.0 <= entry[key] <= 1.0
+    assert set(metrics["summary"]) >= {"mean_accuracy_unmask", "mean_accuracy_adv_trained",
+                                       "mean_gain_over_adv_training"}
+    assert set(metrics["timing"]) >= {"data", "train_m", "train_k", "clean", "attacks", "report", "total"}
+    n_images = metrics["clean"]["n_images"]
+    assert n_images == 3 * 2  # 10 per class: 6 train, 2 val, 2 test
+    with open(directory / "per_image.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == n_images * (1 + len(metrics["attacks"]))
+    assert {row["attack"] for row in rows} == {"clean", "pgd_linf", "mim_l2"}
+    assert all(row["label"] in ("car", "person", "train") for row in rows)
+    tables = (directory / "tables.md").read_text()
+    assert "| pgd_linf | 16 |" in tables and "| mim_l2 | 300 |" in tables
+    for stem in ("roc", "accuracy", "example"):
+        for extension in ("png", "pdf"):
+            assert (directory / f"{stem}.{extension}").stat().st_size > 1000
+
+
+def test_rerun_recomputes_nothing_and_gives_the_same_numbers(finished_run, monkeypatch):
+    config, directory = finished_run
+    before = json.loads((directory / "metrics.json").read_text())
+
+    def no_attacks(*args, **kwargs):
+        raise AssertionError("a finished run attacked again")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached model was trained again")
+
+    monkeypatch.setattr(experiment, "attack_vector", no_attacks)
+    monkeypatch.setattr(experiment, "train_part_extractor", no_training)
+    monkeypatch.setattr("unmask.train.classifier._train_epoch", no_training)
+    run_experiment(config)
+    after = json.loads((directory / "metrics.json").read_text())
+    assert _numbers(after) == _numbers(before)
+
+
+def test_an_interrupted_run_resumes_with_identical_results(finished_run, tmp_path):
+    config, directory = finished_run
+    before = json.loads((directory / "metrics.json").read_text())
+    done = sorted((directory / "vectors").glob("*.npz"))
+    done[-1].unlink()  # as if killed during the last vector
+    (directory / "metrics.json").unlink()
+    run_experiment(config)
+    assert done[-1].is_file()
+    assert _numbers(json.loads((directory / "metrics.json").read_text())) == _numbers(before)
+
+
+def test_two_fresh_runs_with_one_seed_agree(finished_run, tmp_path):
+    config, directory = finished_run
+    again = run_experiment(tiny_config(tmp_path, data_dir=config.data_dir))
+    first = json.loads((directory / "metrics.json").read_text())
+    second = json.loads((again / "metrics.json").read_text())
+    assert json.dumps(_numbers(first), sort_keys=True) == json.dumps(_numbers(second), sort_keys=True)
+
+
+def test_missing_real_dataset_names_the_layout(tmp_path):
+    config = tiny_config(tmp_path, dataset="unmask", data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="prepare --dataset synthetic"):
+        run_experiment(config)
+
+
+def test_grid_runs_every_combination_and_writes_one_table(finished_run, tmp_path):
+    config, _ = finished_run
+    grid = run_grid(tiny_config(tmp_path, data_dir=config.data_dir, grid_class_sets=("cs3-1",),
+                                grid_models=("compact",)))
+    rows = json.loads((grid / "grid.json").read_text())
+    assert [(r["class_set"], r["model"], r["m_adv_trained"]) for r in rows] == [("cs3-1", "compact", False),
+                                                                                ("cs3-1", "compact", True)]
+    assert all(not math.isnan(r["mean_accuracy_unmask"]) for r in rows)
+    assert "| cs3-1 | compact | yes |" in (grid / "grid.md").read_text()
