@@ -1,4 +1,4 @@
-"""Entry point: ``python main.py [run|prepare|train-m|train-k|examples] [--option value ...]``.
+"""Entry point: ``python main.py [run|prepare|train-m|train-k|examples|figures] [--option value ...]``.
 
 The experiment is configured in ``config.py``; ``python main.py --help`` lists every option.
 """

@@ -37,7 +37,7 @@ def _comma_separated(text: str) -> tuple[str, ...]:
 def build_parser(config_class: type, profiles: Mapping[str, Mapping[str, Any]]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python main.py",
-        usage="python main.py [{run,prepare,train-m,train-k,examples}] [--option VALUE ...]",
+        usage="python main.py [{run,prepare,train-m,train-k,examples,figures}] [--option VALUE ...]",
         description="UnMask: adversarial detection and defense through building-block alignment. "
         "Every option overrides the field of the same name in config.py.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -301,6 +301,24 @@ def _examples(config: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+README_FIGURES = ("accuracy", "roc", "example")
+
+
+def _figures(config: Any, args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from unmask.experiment import run_experiment
+
+    directory = run_experiment(config)  # re-reports a finished run without recomputing it
+    for stem in README_FIGURES:
+        target = Path("images") / f"results_{stem}.png"
+        shutil.copyfile(directory / f"{stem}.png", target)
+        if config.verbosity > 0:
+            print(f"figures: {directory / f'{stem}.png'} -> {target}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Any, argparse.Namespace], int]]] = {
     "run": ("prepare data if missing, train or load M, adversarially trained M and K, attack, evaluate and "
             "report (the default)", _run),
@@ -309,6 +327,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Any, argparse.Namespace], int]]] = {
     "train-m": ("train M and, with --adv-training, the adversarial-training baseline", _train_m),
     "train-k": ("train K and evaluate it on the test split (COCO mAP, part precision and recall)", _train_k),
     "examples": ("render example images with their part masks to images/synthetic_examples.png", _examples),
+    "figures": ("run (or re-report) the configured experiment and copy its figures to images/results_*.png, "
+                "the ones the README shows", _figures),
 }
 
 
