@@ -3,14 +3,20 @@
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import unmask.experiment as experiment
 from config import PROFILES, Config
+from unmask import cli
 from unmask.cli import resolve_config
 from unmask.experiment import run_experiment, run_grid, run_name
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "image_size": 48, "synthetic_images_per_class": 10, "synthetic_k_images": 48, "synthetic_workers": 1,
     "epochs": 2, "adv_epochs": 1, "adv_steps": 2, "k_epochs": 1, "k_batch_size": 4, "k_warmup_steps": 2,
@@ -116,3 +122,41 @@ def test_grid_runs_every_combination_and_writes_one_table(finished_run, tmp_path
                                                                                 ("cs3-1", "compact", True)]
     assert all(not math.isnan(r["mean_accuracy_unmask"]) for r in rows)
     assert "| cs3-1 | compact | yes |" in (grid / "grid.md").read_text()
+
+
+def _argv(config):
+    argv = []
+    for key, value in TINY.items():
+        if key == "verbosity":
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+    return argv + ["--data-dir", config.data_dir, "--output-dir", config.output_dir, "--verbosity", "1"]
+
+
+def test_train_k_and_train_m_commands_reuse_the_run_models(finished_run, capsys, monkeypatch):
+    config, _ = finished_run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached model was trained again")
+
+    monkeypatch.setattr(experiment, "train_part_extractor", no_training)
+    monkeypatch.setattr("unmask.train.classifier._train_epoch", no_training)
+    assert cli.main(["train-k", *_argv(config)]) == 0
+    output = capsys.readouterr().out
+    assert '"map_mask_50"' in output and "K's weights and test metrics are in" in output
+    assert cli.main(["train-m", *_argv(config)]) == 0
+    output = capsys.readouterr().out
+    assert "M (compact" in output and "adversarially trained M (compact" in output
+
+
+@pytest.mark.slow
+def test_the_run_under_torchrun_on_two_processes(tmp_path):
+    config = tiny_config(tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main.py", *_argv(config),
+               "--device", "cpu"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("### Accuracy") == 1  # the evaluation runs on the main process only
+    assert len(list((tmp_path / "results").glob("cs3-1-compact-*/metrics.json"))) == 1

@@ -190,7 +190,7 @@ def test_train_m_trains_caches_and_reports_both_models(tmp_path, capsys):
 
 
 def test_train_m_without_data_points_to_prepare(tmp_path, capsys):
-    assert cli.main([*TRAIN_M, "--data-dir", str(tmp_path / "nothing")]) == 1
+    assert cli.main([*TRAIN_M, "--data-dir", str(tmp_path / "nothing"), "--output-dir", str(tmp_path / "results")]) == 1
     assert "prepare --dataset synthetic" in capsys.readouterr().err
 
 
