@@ -42,7 +42,7 @@ from unmask.evaluation import (
     summary_metrics,
     vector_metrics,
 )
-from unmask.io import atomic_path, atomic_write_json, atomic_write_text, stable_hash
+from unmask.io import atomic_path, atomic_write_json, atomic_write_text, load_checkpoint, stable_hash
 from unmask.metrics import roc
 from unmask.models.classifier import predict
 from unmask.models.part_extractor import (
@@ -444,7 +444,7 @@ def _figures(directory: Path, metrics: dict[str, Any], labels: np.ndarray, clean
     plot_accuracy(metrics, directory / "accuracy")
     if attacked:
         vector = max(attacked, key=lambda v: (v.name == "pgd_linf", v.epsilon))  # the strongest PGD if run
-        example = torch.load(_example_file(directory, vector), weights_only=True)
+        example = load_checkpoint(_example_file(directory, vector))
         _example_figure(directory, example, vector, labels, clean, attacked[vector], extractor, class_set, classes)
 
 
