@@ -46,8 +46,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
 
 
-def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+def atomic_write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> None:
+    """``indent=None`` writes compact JSON (annotation files with ~100k polygons)."""
+    separators = (",", ":") if indent is None else None
+    atomic_write_text(path, json.dumps(data, indent=indent, separators=separators, allow_nan=True) + "\n")
 
 
 @contextmanager

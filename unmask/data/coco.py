@@ -96,9 +96,10 @@ def _to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
 
 def write_coco(path: str | Path, *, images: Sequence[dict[str, Any]], annotations: Sequence[dict[str, Any]],
                info: dict[str, Any] | None = None) -> None:
-    """Write a COCO file with the 44 part categories, atomically."""
+    """Write a COCO file with the 44 part categories, atomically, as compact JSON (polygon
+    annotations of all PASCAL-Part would take gigabytes indented)."""
     atomic_write_json(path, {"info": info or {}, "images": list(images), "annotations": list(annotations),
-                             "categories": part_categories()})
+                             "categories": part_categories()}, indent=None)
 
 
 @dataclass
