@@ -1,7 +1,7 @@
 """Attack throughput: adversarial images per second for each of the paper's eight vectors, on the
 CPU demo's M (``compact`` at 128 px) and on the paper's ResNet50 at 150 px, in one run.
 
-    python -m bench.bench_attacks [--device auto] [--steps 20] [--demo-images 300] [--resnet50-images 4]
+    python bench/bench_attacks.py [--device auto] [--steps 20] [--demo-images 300] [--resnet50-images 4]
 
 Weights are random (throughput does not depend on them: every paper vector runs a fixed number of
 steps). Each vector runs once as warm-up on a few images, then is timed ``--repeats`` times on
@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from unmask.attacks import PAPER_VECTORS, attack_vector
-from unmask.models.classifier import PAPER_IMAGE_SIZE, build_classifier
-from unmask.runtime import resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from unmask.attacks import PAPER_VECTORS, attack_vector  # noqa: E402
+from unmask.models.classifier import PAPER_IMAGE_SIZE, build_classifier  # noqa: E402
+from unmask.runtime import resolve_device  # noqa: E402
 
 
 def throughput(name: str, image_size: int, images: int, *, steps: int, batch_size: int, repeats: int,
