@@ -136,10 +136,10 @@ def prepare_data(config: Any, distributed: Distributed) -> None:
     distributed.barrier()
 
 
-def classifier_data(config: Any, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, ClassFolderDataset]:
-    """M's splits of the configured class set, decoded once into memory."""
+def classifier_data(config: Any) -> dict[str, ClassFolderDataset]:
+    """M's train, val and test splits of the configured class set, decoded once into memory."""
     return {split: ClassFolderDataset(config.data_dir, config.class_set, split, image_size=config.image_size,
-                                      cache=True) for split in splits}
+                                      cache=True) for split in ("train", "val", "test")}
 
 
 # --- stage: M and the adversarially trained M -------------------------------------------------
