@@ -1,144 +1,26 @@
-"""The experiment configuration: edit the defaults here, or override any field on the command line.
+"""Your experiment configuration: edit ``SETTINGS`` (and ``PROFILES``) here; ``python main.py`` reads this file.
 
-Every field below is a command-line option: ``class_set`` is ``--class-set``, ``adv_training`` is
-``--adv-training`` / ``--no-adv-training``, tuples take comma-separated values
-(``--attacks pgd_linf:8,mim_l2:300``). ``python main.py --help`` lists them all with their help.
-
-Values are resolved in this order: the defaults below, then the profile chosen with
-``--profile`` (``PROFILES`` at the end of this file), then the command line. The resolved
-configuration is printed at the start of every run and saved with its results.
+Every option, with its default and what it does, is listed by ``python main.py --help`` and
+defined in ``unmask/config.py`` (the schema). Values resolve in this order: unmask's defaults,
+then ``SETTINGS`` below, then the profile chosen with ``--profile``, then the command line. The
+resolved configuration is printed at the start of every run and saved with its results.
 
 Sizes: pixel budgets (``epsilon``, ``step_size``) are on the paper's 0-255 scale; the code works
 on images in [0, 1] and divides by 255 itself.
 """
 
-from __future__ import annotations
+from unmask.config import PROFILES as BUILT_IN_PROFILES
 
-from dataclasses import dataclass, field
-
-
-def option(default, help: str, **metadata):  # noqa: A002 - "help" reads best at the call sites
-    """A configuration field with its ``--help`` text (and optional CLI metadata)."""
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
-
-
-@dataclass
-class Config:
-    # --- general ---------------------------------------------------------------------------
-    seed: int = option(0, "Seed for data generation, training, attacks and sampling.", group="general")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps; auto takes this process's GPU when there is one.")
-    workers: int = option(0, "DataLoader worker processes (0: load in the main process).")
-    verbosity: int = option(1, "0: quiet, 1: progress bars and stage messages, 2: debug detail.")
-    output_dir: str = option("results", "Where runs write results/<run name>/ and cached models results/models/.")
-    run_name: str = option("", "Name of the results folder; empty: <class set>-<model>-<hash of the config>.")
-
-    # --- data ------------------------------------------------------------------------------
-    dataset: str = option("synthetic", "synthetic: the embedded part world, generated on first use; "
-                          "unmask: the real UnMask dataset (data.zip) in its original layout.", group="data")
-    data_dir: str = option("data/synthetic", aliases=("--out",), help="Dataset root: <root>/<class set>/{train,val,test}/<class>/ for M "
-                           "and <root>/VOC2010/{train,val,test}.json with Images/ for K.")
-    class_set: str = option("cs5-2", "cs3-1, cs3-2, cs5-1, cs5-2 (or the paper's CS3a, CS3b, CS5a, CS5b).")
-    image_size: int = option(128, "Side of the square images M and K see (the original: 150).")
-    synthetic_images_per_class: int = option(300, aliases=("--images-per-class",), help="Synthetic world: M images per class, over train/val/test.")
-    synthetic_k_images: int = option(1600, "Synthetic world: K images (all 16 classes), over train/val/test.")
-    synthetic_distractor_prob: float = option(0.0, "Synthetic world: chance that an object carries one "
-                                              "part of another class (marked in the annotations).")
-    pascal_root: str = option("", "prepare --dataset pascal-part: folder with Annotations_Part/ and JPEGImages/.")
-    pascal_merge: str = option("explicit", "PASCAL-Part name merge: explicit (the corrected table) or "
-                               "original (the original's substring merge, with handlebar->hand and chainwheel->wheel).")
-    synthetic_workers: int = option(0, "Synthetic world: processes drawing images (0: one per CPU core, at most 8); "
-                                    "the images do not depend on it.")
-
-    # --- model M, the protected classifier -----------------------------------------------------
-    model: str = option("compact", "M's architecture: compact, resnet18 (CPU demo) or the paper's "
-                        "resnet50, densenet121, vgg16, resnet101.", group="model M")
-    pretrained: bool = option(False, "Start M from ImageNet weights (torchvision cache or --weights-path).")
-    weights_path: str = option("", "File with ImageNet weights for M's backbone (instead of torchvision's cache).")
-    allow_random_init: bool = option(True, "When pretrained weights are missing offline, start from random "
-                                     "weights instead of stopping with an error.")
-    m_checkpoint: str = option("", "Use this trained M instead of training or the cache.")
-    batch_size: int = option(32, "M's training batch size (the original: 32).")
-    epochs: int = option(15, "M's training epochs; the best validation epoch is kept (the original: 30).")
-    optimizer: str = option("sgd", "sgd or adam.")
-    lr: float = option(0.05, "M's learning rate (the original: 0.001).")
-    momentum: float = option(0.9, "SGD momentum (the original: 0.9).")
-    weight_decay: float = option(0.0002, "Weight decay (the original: 0.0002).")
-    nesterov: bool = option(False, "Nesterov momentum for SGD.")
-    augment: bool = option(False, "Augment M's training images (flip, crop, colour jitter).")
-    lr_schedule: str = option("cosine", "M's learning-rate schedule: constant (the original) or cosine "
-                              "(decays towards 0 over the epochs).")
-
-    # --- the adversarial-training baseline ---------------------------------------------------
-    adv_training: bool = option(True, "Train and evaluate the adversarial-training baseline "
-                                "(Madry PGD-Linf training).", group="adversarial training")
-    adv_epsilon: float = option(4.0, "Training epsilon, 0-255 scale (the original searched 1, 2, 4, 6, 8, 16).")
-    adv_steps: int = option(7, "PGD steps per training batch.")
-    adv_step_size: float = option(2.0, "PGD step size per training step, 0-255 scale.")
-    adv_random_start: bool = option(True, "Start training PGD at a random point of the epsilon ball.")
-    adv_epochs: int = option(0, "Epochs of adversarial training (0: the same as --epochs).")
-    m_adv_trained: bool = option(False, "UnMask protects the adversarially trained M instead of the standard one "
-                                 "(the original's grid runs both).")
-
-    # --- model K, the part extractor -------------------------------------------------------------
-    k_model: str = option("lean", "K's architecture: lean (ResNet-18 FPN, trainable BatchNorm, for the CPU) "
-                          "or resnet50-fpn (torchvision's Mask R-CNN v2, for real data).", group="model K")
-    k_pretrained: bool = option(False, "Start K from COCO weights (torchvision cache or --k-weights-path).")
-    k_weights_path: str = option("", "File with COCO Mask R-CNN weights for K.")
-    k_checkpoint: str = option("", "Use this trained K instead of training or the cache.")
-    k_epochs: int = option(5, "K's training epochs (the original: 40).")
-    k_batch_size: int = option(8, "K's training batch size.")
-    k_lr: float = option(0.04, "K's peak SGD learning rate (warm-up, then cosine decay to 0).")
-    k_momentum: float = option(0.9, "K's SGD momentum.")
-    k_weight_decay: float = option(0.0001, "K's weight decay.")
-    k_warmup_steps: int = option(100, "Linear learning-rate warm-up steps for K.")
-    k_score_threshold: float = option(0.5, "Keep K's detections scoring at least this (the original: 0.0, every detection).")
-    k_nms_threshold: float = option(0.3, "K's non-maximum suppression IoU threshold (the original: 0.3).")
-    k_max_detections: int = option(100, "K's detections per image at most (the original: 100).")
-    amp: bool = option(True, "Mixed precision when training on a GPU (ignored on the CPU).")
-
-    # --- attacks ---------------------------------------------------------------------------
-    attacks: tuple[str, ...] = option(("paper",), "Attack vectors name:epsilon (0-255 scale), comma-separated; "
-                                      "'paper' is the paper's eight.", group="attacks")
-    attack_steps: int = option(20, "Iterations of the iterative attacks (the original: 20).")
-    attack_original_step: bool = option(False, "Reproduce the original's step size of 2.0 in [0,1] pixels "
-                                        "(it overshoots every step) instead of the corrected step.")
-    mim_decay: float = option(1.0, "Momentum decay of the MIM attacks (the original: 1.0).")
-    attack_batch_size: int = option(64, "Images per attack batch.")
-
-    # --- evaluation ----------------------------------------------------------------------------
-    detection_fpr: float = option(0.10, "Target false-positive rate for the detection threshold, fixed on "
-                                  "the clean validation split.", group="evaluation")
-    eval_max_images: int = option(0, "Evaluate at most this many test images (0: all).")
-    grid_class_sets: tuple[str, ...] = option(("cs3-1", "cs3-2", "cs5-1", "cs5-2"), "Class sets of --grid.")
-    grid_models: tuple[str, ...] = option(("compact", "resnet18"), "Models M of --grid.")
-
+SETTINGS: dict[str, object] = {
+    # "class_set": "cs3-2",                      # cs3-1, cs3-2, cs5-1, cs5-2 (or CS3a, CS3b, CS5a, CS5b)
+    # "model": "resnet18",                       # compact, resnet18, resnet50, densenet121, vgg16, resnet101
+    # "attacks": ("pgd_linf:8", "mim_l2:300"),   # name:epsilon on the 0-255 scale; ("paper",): the eight
+    # "data_dir": "data/unmask", "dataset": "unmask",
+}
+"""Your defaults: any option of unmask/config.py by its field name."""
 
 PROFILES: dict[str, dict[str, object]] = {
-    # the defaults above: runs on a laptop CPU in minutes on the synthetic world
-    "demo": {},
-    # the paper's models, image size and hyper-parameters (a GPU is strongly advised)
-    "paper": {
-        "image_size": 150,
-        "model": "resnet50",
-        "pretrained": True,
-        "allow_random_init": False,
-        "batch_size": 32,
-        "epochs": 30,
-        "optimizer": "sgd",
-        "lr": 0.001,
-        "momentum": 0.9,
-        "weight_decay": 0.0002,
-        "nesterov": False,
-        "lr_schedule": "constant",
-        "k_model": "resnet50-fpn",
-        "k_pretrained": True,
-        "k_epochs": 40,
-        "k_batch_size": 4,
-        "k_lr": 0.01,
-        "k_score_threshold": 0.0,
-        "grid_models": ("vgg16", "resnet50", "densenet121"),
-    },
+    **BUILT_IN_PROFILES,  # demo (the defaults) and paper (the paper's models and hyper-parameters)
+    # "mine": {"class_set": "cs3-1", "epochs": 30},   # python main.py --profile mine
 }
-"""Named sets of overrides, applied on top of the defaults by ``--profile``."""
+"""Named sets of overrides for ``--profile``, applied after SETTINGS."""

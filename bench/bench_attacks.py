@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from unmask.attacks import PAPER_VECTORS, attack_vector  # noqa: E402
-from unmask.models.classifier import PAPER_IMAGE_SIZE, build_classifier  # noqa: E402
-from unmask.runtime import resolve_device  # noqa: E402
+from unmask.attacks import PAPER_VECTORS, AttackOptions, attack
+from unmask.models.classifier import PAPER_IMAGE_SIZE, build_classifier
+from unmask.runtime import resolve_device
 
 
 def throughput(name: str, image_size: int, images: int, *, steps: int, batch_size: int, repeats: int,
@@ -34,13 +30,13 @@ def throughput(name: str, image_size: int, images: int, *, steps: int, batch_siz
     labels = torch.randint(0, 5, (images,), device=device)
     rates = []
     for vector in PAPER_VECTORS:
-        attack_vector(model, inputs[:2], labels[:2], vector, steps=2)  # warm-up
+        attack(model, inputs[:2], labels[:2], vector, AttackOptions(steps=2))  # warm-up
         seconds = []
         for _ in range(repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            attack_vector(model, inputs, labels, vector, steps=steps, batch_size=batch_size)
+            attack(model, inputs, labels, vector, AttackOptions(steps=steps, batch_size=batch_size))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - started)

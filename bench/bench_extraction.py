@@ -12,17 +12,14 @@ come from the test split of ``--data-dir`` when it exists, else from uniform noi
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from unmask.data.coco import PartSegmentationDataset, split_paths  # noqa: E402
-from unmask.models.part_extractor import PartExtractor, build_part_extractor  # noqa: E402
-from unmask.train.part_extractor import load_part_extractor_weights  # noqa: E402
+from unmask.data.coco import PartSegmentationDataset, split_paths
+from unmask.models.part_extractor import PartExtractor, build_part_extractor
+from unmask.train.part_extractor import load_part_extractor_weights
 
 
 def build(args: argparse.Namespace) -> torch.nn.Module:
@@ -69,7 +66,7 @@ def main() -> None:
 
     images, source = load_images(args)
     extractor = PartExtractor(build(args), score_threshold=args.score_threshold, device=args.device)
-    found = extractor.extract(images).presence.sum(axis=1).mean()
+    found = extractor.extract(images).parts.sum(axis=1).mean()
     print(f"K lean ({'trained: ' + str(args.weights) if args.weights else 'untrained, always detecting'}) on "
           f"{source}, {args.image_size} px, device {args.device}, {torch.get_num_threads()} threads; "
           f"{found:.1f} parts per image at threshold {args.score_threshold}")

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from unmask.data.coco import mask_to_annotation  # noqa: E402
-from unmask.data.synthetic import (  # noqa: E402
+from unmask.data.coco import mask_to_annotation
+from unmask.data.synthetic import (
     SyntheticSpec,
     default_workers,
     encode_png,
@@ -29,7 +26,7 @@ from unmask.data.synthetic import (  # noqa: E402
     image_rng,
     render_object,
 )
-from unmask.parts import CLASSES, PART_INDEX  # noqa: E402
+from unmask.parts import CLASSES, PART_INDEX
 
 
 def images_per_second(image_size: int, images: int, *, annotate: bool) -> float:

@@ -9,13 +9,13 @@ from unmask.attacks import (
     ATTACK_NORMS,
     PAPER_VECTORS,
     AttackOptions,
+    AttackVector,
     attack,
-    attack_vector,
     build_attack,
 )
 from unmask.models.classifier import Classifier, CompactCNN, build_classifier, predict
 from unmask.parts import UnknownNameError
-from unmask.train.classifier import train_classifier
+from unmask.train.classifier import ClassifierTraining, train_classifier
 
 SIZE = 32
 SMALL_EPSILON = {"linf": 1, "l2": 20}
@@ -44,8 +44,8 @@ def trained():
     torch.manual_seed(0)
     model = Classifier(CompactCNN(3, width=32), name="compact", num_classes=3)
     train = TensorDataset(*shapes(300, seed=0))
-    model = train_classifier(model, train, TensorDataset(*shapes(60, seed=1)), epochs=8, lr=0.05,
-                             lr_schedule="cosine", progress=False).model
+    training = ClassifierTraining(epochs=8, lr=0.05, lr_schedule="cosine")
+    model = train_classifier(model, train, TensorDataset(*shapes(60, seed=1)), training, progress=False).model
     images, labels = shapes(60, seed=2)
     correct = predict(model, images) == labels
     assert correct.float().mean() > 0.9
@@ -68,7 +68,7 @@ def test_attacks_stay_in_the_ball_and_in_unit_range_and_succeed_more_with_larger
     rates = []
     for epsilon in (SMALL_EPSILON[norm], LARGE_EPSILON[norm]):
         torch.manual_seed(0)
-        adversarials = attack(model, images, labels, name, epsilon)
+        adversarials = attack(model, images, labels, AttackVector(name, epsilon))
         assert adversarials.shape == images.shape and adversarials.dtype == torch.float32
         assert adversarials.min() >= 0 and adversarials.max() <= 1
         assert perturbation_norm(adversarials, images, norm).max() <= epsilon / 255 * (1 + 1e-5)
@@ -80,7 +80,7 @@ def test_attacks_stay_in_the_ball_and_in_unit_range_and_succeed_more_with_larger
 def test_pgd_success_rises_with_epsilon(trained):
     model, images, labels = trained
     torch.manual_seed(0)
-    rates = [success_rate(model, attack(model, images, labels, "pgd_linf", epsilon), labels) for epsilon in (1, 4, 16)]
+    rates = [success_rate(model, attack(model, images, labels, AttackVector("pgd_linf", epsilon)), labels) for epsilon in (1, 4, 16)]
     assert rates[0] < rates[1] < rates[2]
 
 
@@ -89,7 +89,7 @@ def test_the_papers_eight_vectors_run_through_one_call(trained):
     assert [vector.label for vector in PAPER_VECTORS] == [
         "pgd_linf:8", "pgd_linf:16", "pgd_l2:300", "pgd_l2:600", "mim_linf:8", "mim_linf:16", "mim_l2:300", "mim_l2:600"]
     for vector in PAPER_VECTORS:
-        adversarials = attack_vector(model, images[:8], labels[:8], vector, steps=2)
+        adversarials = attack(model, images[:8], labels[:8], vector, AttackOptions(steps=2))
         assert perturbation_norm(adversarials, images[:8], vector.norm).max() <= vector.epsilon / 255 * (1 + 1e-5)
 
 
@@ -137,7 +137,7 @@ def test_mim_follows_dong_et_al_in_a_hand_computed_two_step_example(norm):
             expected = images + delta * (epsilon / 255 / l2_norms(delta)).clamp(max=1)
         expected = expected.clamp(0, 1)
 
-    result = attack(model, images, labels, f"mim_{norm}", epsilon, steps=2, step_size=20, decay=decay)
+    result = attack(model, images, labels, AttackVector(f"mim_{norm}", epsilon), AttackOptions(steps=2, step_size=20, decay=decay))
     assert torch.allclose(result, expected, atol=1e-6)
     if norm == "linf":  # foolbox's own MI-FGSM accumulates sign(grad): another attack, as the example shows
         foolbox_mim = fb.attacks.LinfMomentumIterativeFastGradientMethod(momentum=decay, abs_stepsize=step, steps=2)
@@ -150,19 +150,19 @@ def test_fgsm_is_one_signed_step_of_epsilon():
     images = torch.tensor([[[[0.5, 0.4], [0.6, 0.98]]]])
     labels = torch.tensor([1])
     expected = (images + 8 / 255 * cross_entropy_gradient(model, images, labels).sign()).clamp(0, 1)
-    assert torch.allclose(attack(model, images, labels, "fgsm", 8), expected, atol=1e-7)
+    assert torch.allclose(attack(model, images, labels, AttackVector("fgsm", 8)), expected, atol=1e-7)
 
 
 def test_step_sizes_follow_the_spec():
     steps = 20
-    assert build_attack("pgd_linf", 8).abs_stepsize == pytest.approx(2 / 255)
-    assert build_attack("mim_linf", 16).abs_stepsize == pytest.approx(2 / 255)
-    assert build_attack("pgd_l2", 300).abs_stepsize == pytest.approx(2.5 * 300 / 255 / steps)
-    assert build_attack("mim_l2", 600, AttackOptions(steps=10)).abs_stepsize == pytest.approx(2.5 * 600 / 255 / 10)
+    assert build_attack(AttackVector("pgd_linf", 8)).abs_stepsize == pytest.approx(2 / 255)
+    assert build_attack(AttackVector("mim_linf", 16)).abs_stepsize == pytest.approx(2 / 255)
+    assert build_attack(AttackVector("pgd_l2", 300)).abs_stepsize == pytest.approx(2.5 * 300 / 255 / steps)
+    assert build_attack(AttackVector("mim_l2", 600), AttackOptions(steps=10)).abs_stepsize == pytest.approx(2.5 * 600 / 255 / 10)
     for name in ("pgd_linf", "pgd_l2", "mim_linf", "mim_l2"):
-        assert build_attack(name, 8, AttackOptions(original_step=True)).abs_stepsize == 2.0
-    assert build_attack("pgd_linf", 8).random_start and build_attack("pgd_l2", 300).random_start
-    assert not build_attack("mim_linf", 8).random_start and not build_attack("mim_l2", 300).random_start
+        assert build_attack(AttackVector(name, 8), AttackOptions(original_step=True)).abs_stepsize == 2.0
+    assert build_attack(AttackVector("pgd_linf", 8)).random_start and build_attack(AttackVector("pgd_l2", 300)).random_start
+    assert not build_attack(AttackVector("mim_linf", 8)).random_start and not build_attack(AttackVector("mim_l2", 300)).random_start
 
 
 def test_one_pgd_step_moves_by_the_step_and_the_original_step_jumps_to_the_ball_edge():
@@ -170,9 +170,9 @@ def test_one_pgd_step_moves_by_the_step_and_the_original_step_jumps_to_the_ball_
     images = torch.full((1, 1, 2, 2), 0.5)
     labels = torch.tensor([0])
     direction = cross_entropy_gradient(model, images, labels).sign()
-    corrected = attack(model, images, labels, "pgd_linf", 8, steps=1, random_start=False)
+    corrected = attack(model, images, labels, AttackVector("pgd_linf", 8), AttackOptions(steps=1, random_start=False))
     assert torch.allclose(corrected, images + 2 / 255 * direction, atol=1e-7)
-    original = attack(model, images, labels, "pgd_linf", 8, steps=1, random_start=False, original_step=True)
+    original = attack(model, images, labels, AttackVector("pgd_linf", 8), AttackOptions(steps=1, random_start=False, original_step=True))
     assert torch.allclose(original, images + 8 / 255 * direction, atol=1e-7)
 
 
@@ -181,14 +181,14 @@ def test_random_starts_are_reproducible_given_a_seed(trained):
     runs = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        runs.append(attack(model, images[:6], labels[:6], "pgd_linf", 8, steps=3))
+        runs.append(attack(model, images[:6], labels[:6], AttackVector("pgd_linf", 8), AttackOptions(steps=3)))
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
 def test_batching_does_not_change_a_deterministic_attack(trained):
     model, images, labels = trained
-    whole = attack(model, images[:10], labels[:10], "bim_linf", 8, steps=3)
-    batched = attack(model, images[:10], labels[:10], "bim_linf", 8, steps=3, batch_size=4)
+    whole = attack(model, images[:10], labels[:10], AttackVector("bim_linf", 8), AttackOptions(steps=3))
+    batched = attack(model, images[:10], labels[:10], AttackVector("bim_linf", 8), AttackOptions(steps=3, batch_size=4))
     assert torch.allclose(whole, batched, atol=1e-6)
 
 
@@ -196,7 +196,7 @@ def test_the_model_comes_back_as_it_was():
     model = build_classifier("compact", 3).train()
     model.network[1][0].weight.requires_grad_(False)
     flags = [parameter.requires_grad for parameter in model.parameters()]
-    attack(model, torch.rand(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 0]), "pgd_linf", 8, steps=2)
+    attack(model, torch.rand(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 0]), AttackVector("pgd_linf", 8), AttackOptions(steps=2))
     assert model.training and [parameter.requires_grad for parameter in model.parameters()] == flags
     assert all(parameter.grad is None for parameter in model.parameters())
 
@@ -205,11 +205,17 @@ def test_bad_inputs_are_refused_with_a_clear_message():
     model = Quadratic()
     images = torch.full((2, 1, 2, 2), 0.5)
     with pytest.raises(UnknownNameError, match="unknown attack 'pgd'.*pgd_linf"):
-        attack(model, images, torch.tensor([0, 1]), "pgd", 8)
+        attack(model, images, torch.tensor([0, 1]), AttackVector("pgd", 8))
     with pytest.raises(ValueError, match=r"\[0, 1\].*normalisation belongs inside the model"):
-        attack(model, images * 3, torch.tensor([0, 1]), "pgd_linf", 8)
+        attack(model, images * 3, torch.tensor([0, 1]), AttackVector("pgd_linf", 8))
     with pytest.raises(ValueError, match="integer labels"):
-        attack(model, images, torch.tensor([0.0, 1.0]), "pgd_linf", 8)
+        attack(model, images, torch.tensor([0.0, 1.0]), AttackVector("pgd_linf", 8))
     with pytest.raises(ValueError, match="epsilon must be positive"):
-        attack(model, images, torch.tensor([0, 1]), "pgd_linf", 0)
-    assert attack(model, images, torch.tensor([0, 1], dtype=torch.int32), "fgsm", 8).shape == images.shape
+        attack(model, images, torch.tensor([0, 1]), AttackVector("pgd_linf", 0))
+    assert attack(model, images, torch.tensor([0, 1], dtype=torch.int32), AttackVector("fgsm", 8)).shape == images.shape
+
+
+def test_the_registry_builds_every_named_attack():
+    from unmask.attacks.registry import BUILDERS
+
+    assert set(BUILDERS) == set(ATTACK_NAMES) == set(ATTACK_NORMS)

@@ -5,14 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from config import PROFILES, Config
-from unmask.cli import ConfigError, build_parser, main, resolve_config
+from unmask.cli import build_parser, main, parse
+from unmask.config import PROFILES, Config, ConfigError, resolve_config
+from unmask.experiment import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_config_field_is_a_documented_option():
-    help_text = build_parser(Config, PROFILES).format_help()
+    help_text = build_parser().format_help()
     for field in dataclasses.fields(Config):
         assert "--" + field.name.replace("_", "-") in help_text
         assert field.metadata.get("help"), f"{field.name} has no help text"
@@ -24,15 +25,27 @@ def test_profiles_only_name_existing_fields():
         assert set(profile) <= names
 
 
-def test_resolution_order_defaults_profile_command_line():
-    assert resolve_config(Config, PROFILES).model == Config().model
-    assert resolve_config(Config, PROFILES, profile="paper").model == "resnet50"
-    paper = resolve_config(Config, PROFILES, {"model": "densenet121"}, profile="paper")
+def test_resolution_order_defaults_settings_profile_command_line():
+    assert resolve_config().model == Config().model
+    assert resolve_config(profile="paper").model == "resnet50"
+    paper = resolve_config(profile="paper", overrides={"model": "densenet121"})
     assert paper.model == "densenet121" and paper.image_size == 150
+    settings = {"model": "resnet18", "class_set": "cs3-1"}
+    assert (resolve_config(settings).model, resolve_config(settings).class_set) == ("resnet18", "cs3-1")
+    assert resolve_config(settings, "paper").model == "resnet50"  # the profile comes after config.py
+    assert resolve_config(settings, overrides={"model": "vgg16"}).model == "vgg16"
+
+
+def test_the_repository_config_file_feeds_main():
+    import config as repository_config
+
+    assert set(repository_config.PROFILES) >= set(PROFILES)
+    for name in repository_config.SETTINGS:
+        assert name in {field.name for field in dataclasses.fields(Config)}
 
 
 def test_command_line_overrides_are_parsed_and_typed():
-    args = build_parser(Config, PROFILES).parse_args(
+    args = build_parser().parse_args(
         ["train-m", "--class-set", "CS3b", "--epochs", "3", "--no-adv-training", "--attacks", "pgd_linf:8, mim_l2:300",
          "--out", "elsewhere", "--images-per-class", "12"]
     )
@@ -40,8 +53,9 @@ def test_command_line_overrides_are_parsed_and_typed():
     assert (args.class_set, args.epochs, args.adv_training) == ("CS3b", 3, False)
     assert args.attacks == ("pgd_linf:8", "mim_l2:300")
     assert (args.data_dir, args.synthetic_images_per_class) == ("elsewhere", 12)
-    config = resolve_config(Config, PROFILES, {"class_set": args.class_set})
-    assert config.class_set == "cs3-2"  # the paper's alias resolves to the code name
+    plan = build_plan(resolve_config(overrides={"class_set": args.class_set}))
+    assert plan.class_set.name == "cs3-2"  # the paper's alias resolves to the code name
+    assert plan.class_set.classes == ("person", "dog", "bird")
 
 
 @pytest.mark.parametrize(
@@ -64,17 +78,28 @@ def test_command_line_overrides_are_parsed_and_typed():
 )
 def test_invalid_values_fail_at_once_listing_the_valid_ones(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        resolve_config(Config, PROFILES, overrides)
+        build_plan(resolve_config(overrides=overrides))
 
 
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="demo, paper"):
-        resolve_config(Config, PROFILES, profile="huge")
+        resolve_config(profile="huge")
 
 
 def test_main_exits_2_with_the_valid_names(capsys):
-    assert main(["--class-set", "nope"], config_class=Config, profiles=PROFILES) == 2
+    assert main(["--class-set", "nope"]) == 2
     assert "expected one of: cs3-1, cs3-2, cs5-1, cs5-2" in capsys.readouterr().err
+
+
+def test_the_plan_carries_each_option_once_to_its_component():
+    plan, args = parse(["train-m", "--class-set", "CS3a", "--attacks", "pgd_linf:8,mim_l2:300", "--attack-steps", "7",
+                        "--k-score-threshold", "0.25", "--adv-epochs", "3", "--epochs", "4", "--m-adv-trained"])
+    assert args.command == "train-m"
+    assert plan.class_set.classes == ("car", "person", "train") and plan.m.classes == plan.class_set.classes
+    assert [v.label for v in plan.vectors] == ["pgd_linf:8", "mim_l2:300"] and plan.attack.steps == 7
+    assert plan.k.rule.score_threshold == 0.25
+    # with --m-adv-trained UnMask protects the adversarially trained M, which is also the baseline
+    assert plan.m is plan.adv_trained and plan.m.training.epochs == 3 and plan.m.training.adversarial is not None
 
 
 def test_help_runs_as_a_script():

@@ -17,10 +17,11 @@ from unmask.defense import (
     soft_jaccard,
     soft_reclassify,
 )
-from unmask.parts import CLASS_PARTS, CLASS_SETS, PARTS, UnknownNameError
+from unmask.parts import CLASS_PARTS, CLASS_SETS, PARTS, ClassSet, UnknownNameError
 
 part_set = st.frozensets(st.sampled_from(PARTS), max_size=12)
-class_set_names = st.sampled_from(sorted(CLASS_SETS))
+class_sets = st.sampled_from(sorted(CLASS_SETS)).map(ClassSet.named)
+CS5_2, CS5_1, CS3_2 = ClassSet.named("cs5-2"), ClassSet.named("cs5-1"), ClassSet.named("cs3-2")
 # multiples of 1/8 are exact in binary, so sums in any order agree to the last bit
 exact_score = st.integers(min_value=0, max_value=8).map(lambda k: k / 8)
 score_map = st.dictionaries(st.sampled_from(PARTS), exact_score.filter(lambda s: s > 0), max_size=12)
@@ -51,41 +52,41 @@ def test_jaccard_hand_examples():
 
 def test_detection_score_is_one_minus_jaccard_with_the_prediction():
     parts = {"beak", "wing", "wheel"}
-    assert detection_score(parts, "bird", "cs5-2") == pytest.approx(1 - 2 / 10)
-    assert detection_score(CLASS_PARTS["car"], "car", "cs5-2") == 0.0
-    assert detection_score(set(), "car", "cs5-2") == 1.0
+    assert detection_score(parts, "bird", CS5_2) == pytest.approx(1 - 2 / 10)
+    assert detection_score(CLASS_PARTS["car"], "car", CS5_2) == 0.0
+    assert detection_score(set(), "car", CS5_2) == 1.0
     with pytest.raises(UnknownNameError, match="dog, car, bottle, train, person"):
-        detection_score(parts, "bird", "cs5-1")
+        detection_score(parts, "bird", CS5_1)
 
 
 def test_reclassify_picks_the_best_matching_class():
-    assert reclassify({"wheel", "window", "door"}, "cs5-2") == "car"
-    assert reclassify({"beak", "wing"}, "cs3-2") == "bird"
-    assert reclassify({"coach_left", "wheel"}, "cs5-2") == "train"  # 1/7 beats car's 1/11
+    assert reclassify({"wheel", "window", "door"}, CS5_2) == "car"
+    assert reclassify({"beak", "wing"}, CS3_2) == "bird"
+    assert reclassify({"coach_left", "wheel"}, CS5_2) == "train"  # 1/7 beats car's 1/11
 
 
 def test_reclassify_ties_go_to_the_earlier_class():
     # cow and sheep expect exactly the same parts: the earlier in the set wins, both orders
     assert CLASS_PARTS["cow"] == CLASS_PARTS["sheep"]
-    assert reclassify({"horn", "muzzle"}, ["cow", "sheep"]) == "cow"
-    assert reclassify({"horn", "muzzle"}, ["sheep", "cow"]) == "sheep"
+    assert reclassify({"horn", "muzzle"}, ClassSet.of(["cow", "sheep"])) == "cow"
+    assert reclassify({"horn", "muzzle"}, ClassSet.of(["sheep", "cow"])) == "sheep"
     # car and bus likewise
-    assert reclassify({"wheel"}, ["bus", "car"]) == "bus"
+    assert reclassify({"wheel"}, ClassSet.of(["bus", "car"])) == "bus"
     # a tie between classes with different part sets: horse (hoof) and cow (horn) both expect
     # 9 parts, so {ear, eye} scores 2/9 with each
     assert CLASS_PARTS["horse"] != CLASS_PARTS["cow"]
     shared = {"ear", "eye"}
     assert jaccard(shared, CLASS_PARTS["horse"]) == jaccard(shared, CLASS_PARTS["cow"])
-    assert reclassify(shared, ["horse", "cow", "bird"]) == "horse"
-    assert reclassify(shared, ["bird", "cow", "horse"]) == "cow"
-    assert reclassify_batch(part_matrix([shared]), ["bird", "cow", "horse"]).tolist() == [1]
+    assert reclassify(shared, ClassSet.of(["horse", "cow", "bird"])) == "horse"
+    assert reclassify(shared, ClassSet.of(["bird", "cow", "horse"])) == "cow"
+    assert reclassify_batch(part_matrix([shared]), ClassSet.of(["bird", "cow", "horse"])).tolist() == [1]
 
 
 def test_reclassify_without_shared_parts_is_no_prediction():
-    assert reclassify(set(), "cs5-2") is None
-    assert reclassify({"screen", "pot"}, "cs5-2") is None
+    assert reclassify(set(), CS5_2) is None
+    assert reclassify({"screen", "pot"}, CS5_2) is None
     matrix = part_matrix([set(), {"screen"}, {"wheel"}])
-    assert reclassify_batch(matrix, "cs5-2").tolist() == [NO_PREDICTION, NO_PREDICTION, 1]
+    assert reclassify_batch(matrix, CS5_2).tolist() == [NO_PREDICTION, NO_PREDICTION, 1]
 
 
 def test_soft_jaccard_equals_set_jaccard_on_full_confidence():
@@ -97,7 +98,7 @@ def test_soft_jaccard_hand_example():
     # bird expects 9 parts; beak 0.5 and wheel 0.25 detected:
     # Σmin = 0.5 (beak), Σmax = 8 * 1 (other bird parts) + 1 (beak) + 0.25 (wheel) = 9.25
     assert soft_jaccard({"beak": 0.5, "wheel": 0.25}, CLASS_PARTS["bird"]) == pytest.approx(0.5 / 9.25)
-    assert soft_detection_score({"beak": 0.5, "wheel": 0.25}, "bird", "cs5-2") == pytest.approx(1 - 0.5 / 9.25)
+    assert soft_detection_score({"beak": 0.5, "wheel": 0.25}, "bird", CS5_2) == pytest.approx(1 - 0.5 / 9.25)
     assert soft_jaccard({}, set()) == 0.0
 
 
@@ -108,10 +109,10 @@ def test_soft_scores_break_set_jaccard_ties():
     assert soft_jaccard(confident, CLASS_PARTS["bird"]) > soft_jaccard(unsure, CLASS_PARTS["bird"])
 
 
-@given(st.lists(part_set, min_size=1, max_size=20), class_set_names)
+@given(st.lists(part_set, min_size=1, max_size=20), class_sets)
 def test_vectorised_set_rules_agree_with_per_image_rules(sets, class_set):
     matrix = part_matrix(sets)
-    classes = CLASS_SETS[class_set]
+    classes = class_set.classes
     similarities = jaccard_matrix(matrix, class_set)
     for row, parts in enumerate(sets):
         for column, name in enumerate(classes):
@@ -124,13 +125,13 @@ def test_vectorised_set_rules_agree_with_per_image_rules(sets, class_set):
     assert scores.tolist() == [detection_score(s, classes[p], class_set) for s, p in zip(sets, predicted, strict=True)]
 
 
-@given(st.lists(score_map, min_size=1, max_size=20), class_set_names)
+@given(st.lists(score_map, min_size=1, max_size=20), class_sets)
 def test_vectorised_soft_rules_agree_with_per_image_rules(maps, class_set):
     matrix = np.zeros((len(maps), len(PARTS)))
     for row, scores in enumerate(maps):
         for part, score in scores.items():
             matrix[row, PARTS.index(part)] = score
-    classes = CLASS_SETS[class_set]
+    classes = class_set.classes
     similarities = jaccard_matrix(matrix, class_set)
     for row, scores in enumerate(maps):
         for column, name in enumerate(classes):
@@ -153,9 +154,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(UnknownNameError, match="unknown part 'fin'"):
         part_matrix([{"fin"}])
     with pytest.raises(ValueError, match=r"shape \(images, 44\)"):
-        jaccard_matrix(np.zeros((3, 10)), "cs5-2")
+        jaccard_matrix(np.zeros((3, 10)), CS5_2)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        jaccard_matrix(np.full((1, 44), 2.0), "cs5-2")
+        jaccard_matrix(np.full((1, 44), 2.0), CS5_2)
     with pytest.raises(ValueError, match="class indices"):
-        detection_scores(np.zeros((2, 44), bool), np.array([0, 5]), "cs5-2")
+        detection_scores(np.zeros((2, 44), bool), np.array([0, 5]), CS5_2)
 

@@ -3,18 +3,19 @@ import math
 import numpy as np
 import pytest
 
-from unmask.attacks import AttackVector
 from unmask.defense import part_matrix
 from unmask.evaluation import (
     Predictions,
+    Scored,
     clean_metrics,
+    detection_curves,
     fix_thresholds,
     summary_metrics,
     vector_metrics,
 )
-from unmask.parts import CLASS_PARTS
+from unmask.parts import CLASS_PARTS, ClassSet
 
-CLASS_SET = "cs3-1"  # car, person, train
+CLASS_SET = ClassSet.named("cs3-1")  # car, person, train
 CAR, PERSON, TRAIN = 0, 1, 2
 car_parts = set(CLASS_PARTS["car"])
 person_parts = {"head", "arm", "hand", "torso"}
@@ -27,22 +28,30 @@ def _predictions(m, part_sets, adv_trained=None, confidence=1.0):
                        adv_trained=None if adv_trained is None else np.array(adv_trained))
 
 
+def _scored(*args, **kwargs):
+    return Scored.of(_predictions(*args, **kwargs), CLASS_SET)
+
+
+def _vector_metrics(labels, clean, attacked, thresholds):
+    return vector_metrics(labels, clean, attacked, thresholds, detection_curves(labels, clean, attacked))
+
+
 def test_clean_and_vector_metrics_by_hand():
     labels = np.array([CAR, PERSON, TRAIN, PERSON])
     parts = [car_parts, person_parts, train_parts, set()]  # K finds nothing in the last image
-    clean = _predictions([CAR, PERSON, TRAIN, PERSON], parts, adv_trained=[CAR, PERSON, CAR, PERSON])
+    clean = _scored([CAR, PERSON, TRAIN, PERSON], parts, adv_trained=[CAR, PERSON, CAR, PERSON])
     # the attack fools M on images 0, 1 and 3; K still sees the same parts
-    attacked = _predictions([TRAIN, CAR, TRAIN, CAR], parts, adv_trained=[CAR, CAR, TRAIN, PERSON])
+    attacked = _scored([TRAIN, CAR, TRAIN, CAR], parts, adv_trained=[CAR, CAR, TRAIN, PERSON])
 
-    assert clean_metrics(labels, clean, CLASS_SET) == {
+    assert clean_metrics(labels, clean) == {
         "accuracy_m": 1.0, "accuracy_adv_trained": 0.75, "accuracy_unmask": 0.75,  # empty parts: no prediction
         "accuracy_unmask_soft": 0.75, "n_images": 4,
     }
-    validation = _predictions([CAR, PERSON], [car_parts, person_parts])  # clean scores 0 and 9/13
-    thresholds = fix_thresholds(validation, CLASS_SET, 0.5)
+    validation = _scored([CAR, PERSON], [car_parts, person_parts])  # clean scores 0 and 9/13
+    thresholds = fix_thresholds(validation, 0.5)
     assert thresholds.set_jaccard == pytest.approx(1 - 4 / 13)
 
-    entry = vector_metrics(AttackVector("pgd_linf", 8), labels, clean, attacked, CLASS_SET, thresholds)
+    entry = _vector_metrics(labels, clean, attacked, thresholds)
     assert (entry["accuracy_m"], entry["accuracy_adv_trained"], entry["accuracy_unmask"]) == (0.25, 0.75, 0.75)
     detection = entry["detection"]
     # fooled: 0 (car -> train), 1 (person -> car), 3 (person -> car); image 2 stays right
@@ -58,21 +67,19 @@ def test_clean_and_vector_metrics_by_hand():
 def test_soft_scores_separate_what_set_jaccard_ties():
     labels = np.array([CAR, CAR])
     parts = [car_parts, car_parts]
-    clean = _predictions([CAR, CAR], parts)
-    attacked = Predictions(m=np.array([PERSON, PERSON]), parts=part_matrix(parts),
-                           part_scores=part_matrix(parts) * np.array([[0.9], [0.3]]))
-    validation = _predictions([CAR], [car_parts])
-    entry = vector_metrics(AttackVector("mim_l2", 300), labels, clean, attacked, CLASS_SET,
-                           fix_thresholds(validation, CLASS_SET, 0.1))
+    clean = _scored([CAR, CAR], parts)
+    attacked = Scored.of(Predictions(m=np.array([PERSON, PERSON]), parts=part_matrix(parts),
+                                     part_scores=part_matrix(parts) * np.array([[0.9], [0.3]])), CLASS_SET)
+    validation = _scored([CAR], [car_parts])
+    entry = _vector_metrics(labels, clean, attacked, fix_thresholds(validation, 0.1))
     assert entry["detection"]["auc"] == 1.0
     assert entry["accuracy_unmask"] == 1.0 and entry["accuracy_unmask_soft"] == 1.0
 
 
 def test_no_fooled_images_gives_an_undefined_auc_not_a_crash():
     labels = np.array([CAR])
-    clean = _predictions([CAR], [car_parts])
-    entry = vector_metrics(AttackVector("fgsm", 1), labels, clean, clean, CLASS_SET,
-                           fix_thresholds(clean, CLASS_SET, 0.1))
+    clean = _scored([CAR], [car_parts])
+    entry = _vector_metrics(labels, clean, clean, fix_thresholds(clean, 0.1))
     assert entry["detection"]["n_pairs"] == 0
     assert math.isnan(entry["detection"]["auc"]) and math.isnan(entry["detection"]["tpr"])
     assert math.isnan(entry["accuracy_adv_trained"])  # no baseline in this run

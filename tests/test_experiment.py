@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import unmask.experiment as experiment
-from config import PROFILES, Config
+import unmask.experiment.stages as stages
 from unmask import cli
-from unmask.cli import resolve_config
-from unmask.experiment import run_experiment, run_grid, run_name
+from unmask.config import resolve_config
+from unmask.experiment import build_plan, run_experiment, run_grid
+from unmask.experiment.outputs import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -26,14 +26,18 @@ TINY = {
 
 def tiny_config(tmp_path, **overrides):
     options = {**TINY, "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "results"), **overrides}
-    return resolve_config(Config, PROFILES, options)
+    return resolve_config(overrides=options)
+
+
+def tiny_plan(tmp_path, **overrides):
+    return build_plan(tiny_config(tmp_path, **overrides))
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    config = tiny_config(root)
-    return config, run_experiment(config)
+    plan = tiny_plan(root)
+    return plan, run_experiment(plan)
 
 
 def _numbers(metrics):
@@ -41,8 +45,8 @@ def _numbers(metrics):
 
 
 def test_outputs_of_a_run(finished_run):
-    config, directory = finished_run
-    assert directory.name == run_name(config) and directory.name.startswith("cs3-1-compact-")
+    plan, directory = finished_run
+    assert directory.name == run_name(plan) and directory.name.startswith("cs3-1-compact-")
     metrics = json.loads((directory / "metrics.json").read_text())
     assert set(metrics["clean"]) >= {"accuracy_m", "accuracy_adv_trained", "accuracy_unmask", "n_images"}
     assert set(metrics["k"]) >= {"map_mask", "map_box", "part_precision", "part_recall"}
@@ -71,7 +75,7 @@ def test_outputs_of_a_run(finished_run):
 
 
 def test_rerun_recomputes_nothing_and_gives_the_same_numbers(finished_run, monkeypatch):
-    config, directory = finished_run
+    plan, directory = finished_run
     before = json.loads((directory / "metrics.json").read_text())
 
     def no_attacks(*args, **kwargs):
@@ -80,42 +84,42 @@ def test_rerun_recomputes_nothing_and_gives_the_same_numbers(finished_run, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a cached model was trained again")
 
-    monkeypatch.setattr(experiment, "attack_vector", no_attacks)
-    monkeypatch.setattr(experiment, "train_part_extractor", no_training)
+    monkeypatch.setattr(stages, "attack", no_attacks)
+    monkeypatch.setattr(stages, "train_part_extractor", no_training)
     monkeypatch.setattr("unmask.train.classifier._train_epoch", no_training)
-    run_experiment(config)
+    run_experiment(plan)
     after = json.loads((directory / "metrics.json").read_text())
     assert _numbers(after) == _numbers(before)
 
 
 def test_an_interrupted_run_resumes_with_identical_results(finished_run, tmp_path):
-    config, directory = finished_run
+    plan, directory = finished_run
     before = json.loads((directory / "metrics.json").read_text())
     done = sorted((directory / "vectors").glob("*.npz"))
     done[-1].unlink()  # as if killed during the last vector
     (directory / "metrics.json").unlink()
-    run_experiment(config)
+    run_experiment(plan)
     assert done[-1].is_file()
     assert _numbers(json.loads((directory / "metrics.json").read_text())) == _numbers(before)
 
 
 def test_two_fresh_runs_with_one_seed_agree(finished_run, tmp_path):
-    config, directory = finished_run
-    again = run_experiment(tiny_config(tmp_path, data_dir=config.data_dir))
+    plan, directory = finished_run
+    again = run_experiment(tiny_plan(tmp_path, data_dir=str(plan.data.root)))
     first = json.loads((directory / "metrics.json").read_text())
     second = json.loads((again / "metrics.json").read_text())
     assert json.dumps(_numbers(first), sort_keys=True) == json.dumps(_numbers(second), sort_keys=True)
 
 
 def test_missing_real_dataset_names_the_layout(tmp_path):
-    config = tiny_config(tmp_path, dataset="unmask", data_dir=str(tmp_path / "nowhere"))
+    plan = tiny_plan(tmp_path, dataset="unmask", data_dir=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="prepare --dataset synthetic"):
-        run_experiment(config)
+        run_experiment(plan)
 
 
 def test_grid_runs_every_combination_and_writes_one_table(finished_run, tmp_path):
-    config, _ = finished_run
-    grid = run_grid(tiny_config(tmp_path, data_dir=config.data_dir, grid_class_sets=("cs3-1",),
+    plan, _ = finished_run
+    grid = run_grid(tiny_config(tmp_path, data_dir=str(plan.data.root), grid_class_sets=("cs3-1",),
                                 grid_models=("compact",)))
     rows = json.loads((grid / "grid.json").read_text())
     assert [(r["class_set"], r["model"], r["m_adv_trained"]) for r in rows] == [("cs3-1", "compact", False),
@@ -124,36 +128,36 @@ def test_grid_runs_every_combination_and_writes_one_table(finished_run, tmp_path
     assert "| cs3-1 | compact | yes |" in (grid / "grid.md").read_text()
 
 
-def _argv(config):
+def _argv(plan):
     argv = []
     for key, value in TINY.items():
         if key == "verbosity":
             continue
         flag = "--" + key.replace("_", "-")
         argv += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
-    return argv + ["--data-dir", config.data_dir, "--output-dir", config.output_dir, "--verbosity", "1"]
+    return argv + ["--data-dir", str(plan.data.root), "--output-dir", str(plan.output_dir), "--verbosity", "1"]
 
 
 def test_train_k_and_train_m_commands_reuse_the_run_models(finished_run, capsys, monkeypatch):
-    config, _ = finished_run
+    plan, _ = finished_run
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached model was trained again")
 
-    monkeypatch.setattr(experiment, "train_part_extractor", no_training)
+    monkeypatch.setattr(stages, "train_part_extractor", no_training)
     monkeypatch.setattr("unmask.train.classifier._train_epoch", no_training)
-    assert cli.main(["train-k", *_argv(config)]) == 0
+    assert cli.main(["train-k", *_argv(plan)]) == 0
     output = capsys.readouterr().out
     assert '"map_mask_50"' in output and "K's weights and test metrics are in" in output
-    assert cli.main(["train-m", *_argv(config)]) == 0
+    assert cli.main(["train-m", *_argv(plan)]) == 0
     output = capsys.readouterr().out
     assert "M (compact" in output and "adversarially trained M (compact" in output
 
 
 @pytest.mark.slow
 def test_the_run_under_torchrun_on_two_processes(tmp_path):
-    config = tiny_config(tmp_path)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main.py", *_argv(config),
+    plan = tiny_plan(tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main.py", *_argv(plan),
                "--device", "cpu"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})

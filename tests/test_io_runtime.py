@@ -9,7 +9,7 @@ from torch import nn
 
 from unmask.io import CheckpointError, atomic_directory, atomic_write_json, load_checkpoint, stable_hash
 from unmask.runtime import init_distributed, resolve_device, rng_state, set_rng_state
-from unmask.train.common import load_model_weights, load_training_state, save_training_state
+from unmask.train.loop import load_model_weights
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
@@ -62,28 +62,6 @@ def test_rng_state_round_trip_through_a_safe_checkpoint(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(load_checkpoint(path))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
-
-
-def test_training_state_round_trip(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    model(torch.randn(4, 3)).sum().backward()
-    optimizer.step()
-    scheduler.step()
-    save_training_state(tmp_path / "state.pt", model=model, optimizer=optimizer, scheduler=scheduler, epoch=1,
-                        extra={"history": [0.5]})
-    copy = nn.Linear(3, 2)
-    copy_optimizer = torch.optim.SGD(copy.parameters(), lr=0.1, momentum=0.9)
-    copy_scheduler = torch.optim.lr_scheduler.StepLR(copy_optimizer, step_size=1, gamma=0.5)
-    epoch, extra = load_training_state(tmp_path / "state.pt", model=copy, optimizer=copy_optimizer,
-                                       scheduler=copy_scheduler)
-    assert epoch == 1 and extra == {"history": [0.5]}
-    assert torch.equal(copy.weight, model.weight)
-    assert copy_scheduler.get_last_lr() == scheduler.get_last_lr()
-    assert torch.equal(copy_optimizer.state_dict()["state"][0]["momentum_buffer"],
-                       optimizer.state_dict()["state"][0]["momentum_buffer"])
 
 
 def test_weights_for_another_architecture_are_explained(tmp_path):

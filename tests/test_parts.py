@@ -6,9 +6,9 @@ from unmask.parts import (
     PARTS,
     PASCAL_PART_NUMBERED,
     PASCAL_PART_TABLE,
+    ClassSet,
     UnknownNameError,
     UnknownPartNameError,
-    class_set_classes,
     class_set_name,
     merge_pascal_part_name,
 )
@@ -66,7 +66,7 @@ def test_class_sets_keep_the_original_order_and_aliases():
     assert CLASS_SETS["cs5-2"] == ("dog", "car", "bird", "train", "person")
     for alias, name in {"CS3a": "cs3-1", "CS3b": "cs3-2", "CS5a": "cs5-1", "cs5b": "cs5-2"}.items():
         assert class_set_name(alias) == name
-        assert class_set_classes(alias) == CLASS_SETS[name]
+        assert ClassSet.named(alias) == ClassSet(name, CLASS_SETS[name])
 
 
 def test_unknown_class_set_lists_the_valid_ones():
@@ -75,11 +75,22 @@ def test_unknown_class_set_lists_the_valid_ones():
 
 
 def test_class_set_may_be_given_as_classes():
-    assert class_set_classes(["bird", "cat"]) == ("bird", "cat")
+    assert ClassSet.of(["bird", "cat"]).classes == ("bird", "cat")
     with pytest.raises(UnknownNameError, match="unicorn"):
-        class_set_classes(["bird", "unicorn"])
+        ClassSet.of(["bird", "unicorn"])
     with pytest.raises(ValueError, match="distinct"):
-        class_set_classes(["bird", "bird"])
+        ClassSet.of(["bird", "bird"])
+
+
+def test_class_set_expected_parts_matrix_follows_the_table():
+    class_set = ClassSet.named("cs3-2")
+    assert class_set.expected.shape == (3, len(PARTS))
+    for row, name in enumerate(class_set.classes):
+        assert {PARTS[j] for j in class_set.expected[row].nonzero()[0]} == CLASS_PARTS[name]
+    assert not class_set.expected.flags.writeable  # one fact, read everywhere, changed nowhere
+    assert class_set.index("dog") == 1 and class_set.expected_parts("bird") == CLASS_PARTS["bird"]
+    with pytest.raises(UnknownNameError, match="person, dog, bird"):
+        class_set.index("car")
 
 
 @pytest.mark.parametrize(("raw", "part"), sorted(EXPECTED_MERGE.items()))

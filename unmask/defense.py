@@ -18,12 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from unmask.parts import CLASS_PARTS, PART_INDEX, PARTS, UnknownNameError, class_set_classes
+from unmask.parts import PART_INDEX, PARTS, ClassSet, UnknownNameError
 
 NO_PREDICTION = -1
 """Class index that ``reclassify_batch`` returns when no class shares a part with the image."""
-
-ClassSet = str | Sequence[str]
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
@@ -46,25 +44,16 @@ def soft_jaccard(scores: Mapping[str, float], expected: Iterable[str]) -> float:
     return numerator / denominator if denominator > 0 else 0.0
 
 
-def _expected(predicted_class: str, classes: tuple[str, ...]) -> frozenset[str]:
-    if predicted_class not in classes:
-        raise UnknownNameError(
-            f"predicted class {predicted_class!r} is not in the class set; expected one of:"
-            f" {', '.join(classes)}"
-        )
-    return CLASS_PARTS[predicted_class]
-
-
-def detection_score(parts: Iterable[str], predicted_class: str, class_set: ClassSet) -> float:
-    """1 - J(V[predicted_class], parts): how badly the detected parts fit M's prediction."""
-    return 1.0 - jaccard(_expected(predicted_class, class_set_classes(class_set)), parts)
+def detection_score(part_set: Iterable[str], predicted_class: str, class_set: ClassSet) -> float:
+    """1 - J(V[predicted_class], part_set): how badly the detected parts fit M's prediction."""
+    return 1.0 - jaccard(class_set.expected_parts(predicted_class), part_set)
 
 
 def soft_detection_score(
     scores: Mapping[str, float], predicted_class: str, class_set: ClassSet
 ) -> float:
     """1 - soft Jaccard between the part scores and V[predicted_class]."""
-    return 1.0 - soft_jaccard(scores, _expected(predicted_class, class_set_classes(class_set)))
+    return 1.0 - soft_jaccard(scores, class_set.expected_parts(predicted_class))
 
 
 def _argmax_first(similarities: Sequence[float], classes: tuple[str, ...]) -> str | None:
@@ -75,17 +64,17 @@ def _argmax_first(similarities: Sequence[float], classes: tuple[str, ...]) -> st
     return classes[best_index] if best > 0 else None
 
 
-def reclassify(parts: Iterable[str], class_set: ClassSet) -> str | None:
-    """The class whose expected parts best match ``parts``; None when none shares any part."""
-    classes = class_set_classes(class_set)
-    parts = set(parts)
-    return _argmax_first([jaccard(CLASS_PARTS[c], parts) for c in classes], classes)
+def reclassify(part_set: Iterable[str], class_set: ClassSet) -> str | None:
+    """The class whose expected parts best match ``part_set``; None when none shares any part."""
+    part_set = set(part_set)
+    similarities = [jaccard(class_set.expected_parts(c), part_set) for c in class_set.classes]
+    return _argmax_first(similarities, class_set.classes)
 
 
 def soft_reclassify(scores: Mapping[str, float], class_set: ClassSet) -> str | None:
     """``reclassify`` with the confidence-weighted Jaccard."""
-    classes = class_set_classes(class_set)
-    return _argmax_first([soft_jaccard(scores, CLASS_PARTS[c]) for c in classes], classes)
+    similarities = [soft_jaccard(scores, class_set.expected_parts(c)) for c in class_set.classes]
+    return _argmax_first(similarities, class_set.classes)
 
 
 # --- vectorised over a batch -------------------------------------------------------------------
@@ -108,11 +97,6 @@ def part_sets(matrix: np.ndarray) -> list[frozenset[str]]:
     return [frozenset(PARTS[j] for j in np.flatnonzero(row)) for row in np.asarray(matrix)]
 
 
-def class_part_matrix(class_set: ClassSet) -> np.ndarray:
-    """0/1 matrix (classes, 44): row c holds V[c] for the classes of ``class_set`` in order."""
-    return part_matrix(CLASS_PARTS[c] for c in class_set_classes(class_set))
-
-
 def jaccard_matrix(parts: np.ndarray, class_set: ClassSet) -> np.ndarray:
     """Jaccard of every image (rows of ``parts``) with every class: shape (images, classes).
 
@@ -120,7 +104,7 @@ def jaccard_matrix(parts: np.ndarray, class_set: ClassSet) -> np.ndarray:
     confidence-weighted variant (Σ min / Σ max).
     """
     scores = _check_part_matrix(parts)
-    expected = class_part_matrix(class_set).astype(np.float64)
+    expected = class_set.expected
     # Σ_p min(s_p, v_p) and Σ_p max(s_p, v_p) with v in {0, 1}: min is s on V, max is 1 on V, s off V
     intersection = scores @ expected.T
     union = expected.sum(axis=1)[None, :] + scores.sum(axis=1, keepdims=True) - intersection

@@ -2,7 +2,9 @@
 
 Pure functions over arrays: no model runs here. The experiment feeds them the predictions of M,
 of the adversarially trained M and K's part matrices for the clean and the attacked test images
-(and the clean validation images, which fix the detection thresholds).
+(and the clean validation images, which fix the detection thresholds). Each set of predictions
+is scored by UnMask's rules once (``Scored``); metrics, the per-image table, the figures and the
+example choice all read those scores.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.attacks import AttackVector
-from unmask.defense import ClassSet, detection_scores, reclassify_batch
+from unmask.defense import detection_scores, reclassify_batch
 from unmask.io import atomic_path
-from unmask.metrics import accuracy, detection_pairs, rates_at_threshold, roc, threshold_at_fpr
+from unmask.metrics import RocCurve, accuracy, detection_pairs, rates_at_threshold, roc, threshold_at_fpr
+from unmask.parts import ClassSet
 
 
 @dataclass
@@ -24,8 +26,8 @@ class Predictions:
     """What M, the adversarially trained M and K said about one batch of images.
 
     ``m`` and ``adv_trained`` are class indices in the class set's order (``adv_trained`` is
-    None without the baseline); ``part_scores`` is K's (images, 44) matrix of each part's highest
-    score, 0 where K found nothing, and ``parts`` the thresholded presence matrix.
+    None without the baseline); ``parts`` is K's (images, 44) bool matrix of detected parts and
+    ``part_scores`` each part's highest detection score, 0 where K found nothing.
     """
 
     m: np.ndarray
@@ -45,6 +47,37 @@ class Predictions:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """One set of predictions with UnMask's verdicts on it, computed once.
+
+    ``detection`` is the set-Jaccard detection score of each image against M's prediction
+    (high: likely adversarial) and ``unmask`` UnMask's re-classification from K's parts
+    (``NO_PREDICTION`` when no class shares a part); the ``_soft`` twins use K's part scores
+    (confidence-weighted Jaccard).
+    """
+
+    predictions: Predictions
+    detection: np.ndarray
+    detection_soft: np.ndarray
+    unmask: np.ndarray
+    unmask_soft: np.ndarray
+
+    @classmethod
+    def of(cls, predictions: Predictions, class_set: ClassSet) -> Scored:
+        return cls(
+            predictions,
+            detection=detection_scores(predictions.parts, predictions.m, class_set),
+            detection_soft=detection_scores(predictions.part_scores, predictions.m, class_set),
+            unmask=reclassify_batch(predictions.parts, class_set),
+            unmask_soft=reclassify_batch(predictions.part_scores, class_set),
+        )
+
+    @property
+    def m(self) -> np.ndarray:
+        return self.predictions.m
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """Detection thresholds fixed on clean validation images at a target false-positive rate."""
 
@@ -53,68 +86,66 @@ class Thresholds:
     target_fpr: float
 
 
-def detection_score_pair(predictions: Predictions, class_set: ClassSet) -> tuple[np.ndarray, np.ndarray]:
-    """(set-Jaccard score, confidence-weighted score) of each image against M's prediction."""
-    return (detection_scores(predictions.parts, predictions.m, class_set),
-            detection_scores(predictions.part_scores, predictions.m, class_set))
-
-
-def fix_thresholds(validation: Predictions, class_set: ClassSet, target_fpr: float) -> Thresholds:
+def fix_thresholds(validation: Scored, target_fpr: float) -> Thresholds:
     """Thresholds at ``target_fpr`` on clean validation images scored against M's predictions."""
-    set_scores, soft_scores = detection_score_pair(validation, class_set)
-    return Thresholds(threshold_at_fpr(set_scores, target_fpr), threshold_at_fpr(soft_scores, target_fpr),
-                      target_fpr)
+    return Thresholds(threshold_at_fpr(validation.detection, target_fpr),
+                      threshold_at_fpr(validation.detection_soft, target_fpr), target_fpr)
 
 
 def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def clean_metrics(labels: np.ndarray, clean: Predictions, class_set: ClassSet) -> dict:
+def clean_metrics(labels: np.ndarray, clean: Scored) -> dict:
+    adv_trained = clean.predictions.adv_trained
     return {
         "accuracy_m": accuracy(clean.m, labels),
-        "accuracy_adv_trained": accuracy(clean.adv_trained, labels) if clean.adv_trained is not None else math.nan,
-        "accuracy_unmask": accuracy(reclassify_batch(clean.parts, class_set), labels),
-        "accuracy_unmask_soft": accuracy(reclassify_batch(clean.part_scores, class_set), labels),
+        "accuracy_adv_trained": accuracy(adv_trained, labels) if adv_trained is not None else math.nan,
+        "accuracy_unmask": accuracy(clean.unmask, labels),
+        "accuracy_unmask_soft": accuracy(clean.unmask_soft, labels),
         "n_images": int(len(labels)),
     }
 
 
-def vector_metrics(
-    vector: AttackVector,
-    labels: np.ndarray,
-    clean: Predictions,
-    attacked: Predictions,
-    class_set: ClassSet,
-    thresholds: Thresholds,
-) -> dict:
-    """One attack vector's entry of ``metrics.json``.
+@dataclass(frozen=True)
+class DetectionCurves:
+    """ROC curves of one attack's detection pairs, for set Jaccard and the soft variant."""
+
+    set_jaccard: RocCurve
+    soft_jaccard: RocCurve
+
+
+def detection_curves(labels: np.ndarray, clean: Scored, attacked: Scored) -> DetectionCurves:
+    """The original's detection protocol: images whose adversarial version fools M, each giving
+    the adversarial image as a positive and its clean version as a negative."""
+    pairs = detection_pairs(labels, attacked.m, clean.detection, attacked.detection)
+    soft_pairs = detection_pairs(labels, attacked.m, clean.detection_soft, attacked.detection_soft)
+    return DetectionCurves(roc(pairs.positive, pairs.negative), roc(soft_pairs.positive, soft_pairs.negative))
+
+
+def vector_metrics(labels: np.ndarray, clean: Scored, attacked: Scored, thresholds: Thresholds,
+                   curves: DetectionCurves) -> dict:
+    """One attack vector's figures for ``metrics.json`` (the caller adds its name and budget).
 
     Accuracies are over all test images ("no prediction" counts as wrong). Detection follows the
-    original: only images whose adversarial version fools M count, each giving the adversarial
-    image as a positive and its clean version as a negative; AUC over those pairs. The deployable
-    TPR is measured on the same fooled adversarial images, the FPR on all clean test images, both
-    at the threshold fixed on validation data.
+    original: ``curves`` over the pairs of images whose adversarial version fools M. The
+    deployable TPR is measured on the same fooled adversarial images, the FPR on all clean test
+    images, both at the threshold fixed on validation data.
     """
-    clean_set, clean_soft = detection_score_pair(clean, class_set)
-    attacked_set, attacked_soft = detection_score_pair(attacked, class_set)
-    pairs = detection_pairs(labels, attacked.m, clean_set, attacked_set)
-    soft_pairs = detection_pairs(labels, attacked.m, clean_soft, attacked_soft)
-    tpr, fpr = rates_at_threshold(pairs.positive, clean_set, thresholds.set_jaccard)
-    tpr_soft, fpr_soft = rates_at_threshold(soft_pairs.positive, clean_soft, thresholds.soft_jaccard)
-    adv_trained = attacked.adv_trained
+    fooled = attacked.m != labels
+    tpr, fpr = rates_at_threshold(attacked.detection[fooled], clean.detection, thresholds.set_jaccard)
+    tpr_soft, fpr_soft = rates_at_threshold(attacked.detection_soft[fooled], clean.detection_soft,
+                                            thresholds.soft_jaccard)
+    adv_trained = attacked.predictions.adv_trained
     return {
-        "name": vector.name,
-        "norm": vector.norm,
-        "epsilon": vector.epsilon,
         "accuracy_m": accuracy(attacked.m, labels),
         "accuracy_adv_trained": accuracy(adv_trained, labels) if adv_trained is not None else math.nan,
-        "accuracy_unmask": accuracy(reclassify_batch(attacked.parts, class_set), labels),
-        "accuracy_unmask_soft": accuracy(reclassify_batch(attacked.part_scores, class_set), labels),
+        "accuracy_unmask": accuracy(attacked.unmask, labels),
+        "accuracy_unmask_soft": accuracy(attacked.unmask_soft, labels),
         "detection": {
-            "auc": roc(pairs.positive, pairs.negative).auc,
-            "auc_soft": roc(soft_pairs.positive, soft_pairs.negative).auc,
-            "n_pairs": len(pairs),
+            "auc": curves.set_jaccard.auc,
+            "auc_soft": curves.soft_jaccard.auc,
+            "n_pairs": int(fooled.sum()),
             "threshold": _finite(thresholds.set_jaccard),
             "tpr": tpr,
             "fpr": fpr,

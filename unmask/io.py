@@ -101,6 +101,41 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") 
         ) from error
 
 
+def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A state dict (parameter name -> tensor) from a torch file or a ``.safetensors`` file.
+
+    Torch files are read with ``weights_only=True``; a ``{"state_dict": ...}`` wrapper (as some
+    training scripts save) is unwrapped. Raises ``CheckpointError`` naming the file otherwise.
+    """
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"cannot load checkpoint {path}: {error}") from error
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def link_or_copy(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+    """Hard-link ``source`` to ``destination`` (no copy on the same file system), else copy it."""
+    try:
+        os.link(source, destination)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(source, destination)
+
+
 def stable_hash(data: Any, *, length: int = 8) -> str:
     """Short hex digest of a JSON-serialisable value, independent of dict key order."""
     encoded = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

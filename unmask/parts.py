@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
+
+import numpy as np
 
 PARTS: tuple[str, ...] = (
     "arm", "beak", "body", "cap", "coach_back", "coach_front", "coach_left", "coach_right",
@@ -96,17 +100,57 @@ def class_set_name(name: str) -> str:
     raise _unknown("class set", name, valid)
 
 
-def class_set_classes(class_set: str | Sequence[str]) -> tuple[str, ...]:
-    """The ordered classes of a class set, given by name (or alias) or as a sequence of classes."""
-    if isinstance(class_set, str):
-        return CLASS_SETS[class_set_name(class_set)]
-    classes = tuple(class_set)
-    for name in classes:
-        if name not in CLASS_PARTS:
-            raise _unknown("class", name, CLASSES)
-    if len(set(classes)) != len(classes) or not classes:
-        raise ValueError(f"a class set needs distinct classes and at least one: got {classes!r}")
-    return classes
+@dataclass(frozen=True)
+class ClassSet:
+    """A class set resolved once: its code name, its classes in order (M's label indices and the
+    re-classification tie order), and their expected parts as a (classes, 44) 0/1 matrix.
+
+    Build it with ``ClassSet.named("cs5-2")`` (paper names accepted) or from any ordered classes.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for name in self.classes:
+            if name not in CLASS_PARTS:
+                raise _unknown("class", name, CLASSES)
+        if len(set(self.classes)) != len(self.classes) or not self.classes:
+            raise ValueError(f"a class set needs distinct classes and at least one: got {self.classes!r}")
+
+    @classmethod
+    def named(cls, name: str) -> ClassSet:
+        """The class set ``name`` (code name or the paper's alias)."""
+        code = class_set_name(name)
+        return cls(code, CLASS_SETS[code])
+
+    @classmethod
+    def of(cls, classes: Sequence[str]) -> ClassSet:
+        """An ad-hoc class set of ``classes`` in this order."""
+        classes = tuple(classes)
+        return cls(",".join(classes), classes)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def index(self, class_name: str) -> int:
+        """The label index of ``class_name``; raises ``UnknownNameError`` listing the classes."""
+        if class_name not in self.classes:
+            raise _unknown("class", class_name, self.classes)
+        return self.classes.index(class_name)
+
+    def expected_parts(self, class_name: str) -> frozenset[str]:
+        """V[class_name], the expected parts of one of this set's classes."""
+        return CLASS_PARTS[self.classes[self.index(class_name)]]
+
+    @cached_property
+    def expected(self) -> np.ndarray:
+        """Read-only float matrix (classes, 44): row c is 1 on the expected parts of class c."""
+        matrix = np.zeros((len(self.classes), len(PARTS)))
+        for row, name in enumerate(self.classes):
+            matrix[row, [PART_INDEX[part] for part in CLASS_PARTS[name]]] = 1.0
+        matrix.flags.writeable = False
+        return matrix
 
 
 # --- PASCAL-Part raw part names -> the 44 parts -------------------------------------------------

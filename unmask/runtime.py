@@ -100,3 +100,24 @@ def init_distributed(device: torch.device) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where one run executes: its device, its place in a ``torchrun`` job, DataLoader workers
+    and how much it tells (``progress``: this process shows messages and progress bars)."""
+
+    device: torch.device
+    distributed: Distributed = Distributed()
+    workers: int = 0
+    verbosity: int = 1
+
+    @property
+    def progress(self) -> bool:
+        return self.verbosity > 0 and self.distributed.is_main
+
+    @classmethod
+    def start(cls, device: str, *, workers: int = 0, verbosity: int = 1) -> Runtime:
+        """Resolve ``device`` and join the process group when launched by ``torchrun``."""
+        resolved = resolve_device(device)
+        return cls(resolved, init_distributed(resolved), workers, verbosity)

@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from unmask.data.folders import ClassFolderDataset, DataLayoutError
-from unmask.parts import CLASS_SETS
+from unmask.parts import ClassSet
 
-CLASS_SET = "cs5-2"  # dog, car, bird, train, person: not alphabetical
+CLASS_SET = ClassSet.named("cs5-2")  # dog, car, bird, train, person: not alphabetical
 
 
 def write_image(path: Path, image: torch.Tensor) -> None:
@@ -16,8 +16,8 @@ def write_image(path: Path, image: torch.Tensor) -> None:
 
 def write_split(root: Path, split: str = "train", *, per_class: int = 2, size: tuple[int, int] = (40, 60)) -> None:
     """Images whose red channel encodes the class index, so a label can be read off the pixels."""
-    for label, name in enumerate(CLASS_SETS[CLASS_SET]):
-        folder = root / CLASS_SET / split / name
+    for label, name in enumerate(CLASS_SET.classes):
+        folder = root / CLASS_SET.name / split / name
         folder.mkdir(parents=True)
         for index in range(per_class):
             image = torch.zeros(3, *size, dtype=torch.uint8)
@@ -29,16 +29,16 @@ def write_split(root: Path, split: str = "train", *, per_class: int = 2, size: t
 def test_labels_follow_the_class_set_order_not_the_alphabet(tmp_path):
     write_split(tmp_path)
     dataset = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16)
-    assert dataset.classes == CLASS_SETS[CLASS_SET]
+    assert dataset.classes == CLASS_SET.classes
     for index in range(len(dataset)):
         image, label = dataset[index]
         assert round(image[0].mean().item() * 255 / 40) == label
-        assert dataset.samples[index][0].parent.name == CLASS_SETS[CLASS_SET][label]
+        assert dataset.samples[index][0].parent.name == CLASS_SET.classes[label]
 
 
 def test_images_are_resized_and_center_cropped_floats_in_unit_range(tmp_path):
     write_split(tmp_path, size=(40, 60))
-    dataset = ClassFolderDataset(tmp_path, "CS5b", "train", image_size=24)  # the paper's name works too
+    dataset = ClassFolderDataset(tmp_path, ClassSet.named("CS5b"), "train", image_size=24)  # the paper's name works too
     image, _ = dataset[3]
     assert image.shape == (3, 24, 24) and image.dtype == torch.float32
     assert 0 <= image.min() and image.max() <= 1
@@ -57,7 +57,7 @@ def test_cached_images_equal_decoded_ones(tmp_path):
 
 def test_jpeg_images_are_read(tmp_path):
     write_split(tmp_path)
-    write_image(tmp_path / CLASS_SET / "train" / "dog" / "x.JPG", torch.full((3, 30, 30), 128, dtype=torch.uint8))
+    write_image(tmp_path / CLASS_SET.name / "train" / "dog" / "x.JPG", torch.full((3, 30, 30), 128, dtype=torch.uint8))
     assert len(ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16)) == 11
 
 
@@ -68,7 +68,7 @@ def test_missing_split_names_the_layout_and_the_prepare_command(tmp_path):
 
 def test_missing_and_empty_class_folders_are_named(tmp_path):
     write_split(tmp_path)
-    bird = tmp_path / CLASS_SET / "train" / "bird"
+    bird = tmp_path / CLASS_SET.name / "train" / "bird"
     for file in bird.iterdir():
         file.unlink()
     with pytest.raises(DataLayoutError, match="bird holds no images"):
@@ -80,7 +80,7 @@ def test_missing_and_empty_class_folders_are_named(tmp_path):
 
 def test_undecodable_image_is_named(tmp_path):
     write_split(tmp_path)
-    broken = tmp_path / CLASS_SET / "train" / "car" / "broken.png"
+    broken = tmp_path / CLASS_SET.name / "train" / "car" / "broken.png"
     broken.write_bytes(b"not an image")
     dataset = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16)
     index = [path for path, _ in dataset.samples].index(broken)
@@ -94,5 +94,5 @@ def test_fingerprint_changes_with_the_files(tmp_path):
     write_split(tmp_path)
     before = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16).fingerprint()
     assert ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16).fingerprint() == before
-    write_image(tmp_path / CLASS_SET / "train" / "car" / "new.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
+    write_image(tmp_path / CLASS_SET.name / "train" / "car" / "new.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
     assert ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16).fingerprint() != before

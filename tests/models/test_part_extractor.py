@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from unmask.defense import jaccard_matrix, reclassify_batch
+from unmask.defense import jaccard_matrix, part_sets, reclassify_batch
 from unmask.models.part_extractor import (
     COCO_WEIGHTS_FILE,
     NUM_CLASSES,
     PART_EXTRACTOR_NAMES,
+    DetectionRule,
     PartExtraction,
     PartExtractor,
     PartRoIHeads,
     build_part_extractor,
-    part_extractor_cache_key,
 )
-from unmask.parts import PART_INDEX, PARTS
+from unmask.parts import PART_INDEX, PARTS, ClassSet
 
 SIZE = 64
 
@@ -108,7 +108,7 @@ def test_resnet50_fpn_loads_coco_weights_from_a_file(tmp_path: Path) -> None:
 
 
 def test_detection_rule_reports_one_part_per_proposal() -> None:
-    heads = tiny_k(nms_threshold=0.3).roi_heads
+    heads = tiny_k(rule=DetectionRule(nms_threshold=0.3)).roi_heads
     logits = torch.zeros(4, NUM_CLASSES)
     logits[0, 0] = 5.0  # background wins: no detection, whatever its parts' scores
     logits[0, 7] = 4.9
@@ -130,16 +130,16 @@ def test_extraction_types_and_threshold() -> None:
     images = torch.rand(5, 3, SIZE, SIZE)
     extraction = extractor.extract(images)
     assert isinstance(extraction, PartExtraction) and extraction.detections is None
-    assert extraction.presence.shape == extraction.scores.shape == (5, len(PARTS))
-    assert extraction.presence.dtype == bool and extraction.scores.dtype == np.float32
-    assert extraction.presence[:, PART_INDEX["wheel"]].all() and extraction.presence.sum() == 5
-    np.testing.assert_allclose(extraction.scores[:, PART_INDEX["wheel"]], 0.6, atol=1e-5)
-    assert extraction.part_sets() == [frozenset({"wheel"})] * 5
+    assert extraction.parts.shape == extraction.part_scores.shape == (5, len(PARTS))
+    assert extraction.parts.dtype == bool and extraction.part_scores.dtype == np.float32
+    assert extraction.parts[:, PART_INDEX["wheel"]].all() and extraction.parts.sum() == 5
+    np.testing.assert_allclose(extraction.part_scores[:, PART_INDEX["wheel"]], 0.6, atol=1e-5)
+    assert part_sets(extraction.parts) == [frozenset({"wheel"})] * 5
     above = extractor.extract(images, score_threshold=0.61)
-    assert not above.presence.any() and not above.scores.any()
+    assert not above.parts.any() and not above.part_scores.any()
     # the matrices plug straight into UnMask's rules: car (index 1 of cs5-2) expects wheels
-    assert reclassify_batch(extraction.presence, "cs5-2").tolist() == [1] * 5
-    assert jaccard_matrix(extraction.scores, "cs5-2").shape == (5, 5)
+    assert reclassify_batch(extraction.parts, ClassSet.named("cs5-2")).tolist() == [1] * 5
+    assert jaccard_matrix(extraction.part_scores, ClassSet.named("cs5-2")).shape == (5, 5)
     with pytest.raises(ValueError, match=r"score_threshold must lie in \[0, 1\]"):
         extractor.extract(images, score_threshold=1.5)
 
@@ -165,11 +165,11 @@ def test_batched_extraction_matches_one_image_at_a_time() -> None:
     images = torch.rand(4, 3, SIZE, SIZE)
     batched = extractor.extract(images, batch_size=4)
     single = [extractor.extract(images[i : i + 1]) for i in range(4)]
-    assert batched.presence.any()
-    np.testing.assert_array_equal(batched.presence, np.concatenate([s.presence for s in single]))
-    np.testing.assert_allclose(batched.scores, np.concatenate([s.scores for s in single]), atol=1e-5)
+    assert batched.parts.any()
+    np.testing.assert_array_equal(batched.parts, np.concatenate([s.parts for s in single]))
+    np.testing.assert_allclose(batched.part_scores, np.concatenate([s.part_scores for s in single]), atol=1e-5)
     # images of different sizes go in as a list
-    assert extractor.extract([images[0], images[1, :, :48]]).presence.shape == (2, len(PARTS))
+    assert extractor.extract([images[0], images[1, :, :48]]).parts.shape == (2, len(PARTS))
 
 
 def test_bad_images_are_refused() -> None:
@@ -181,9 +181,3 @@ def test_bad_images_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         extractor.extract(torch.rand(2, 3, SIZE, SIZE) * 255)
 
-
-def test_cache_key_is_stable_and_sensitive() -> None:
-    key = part_extractor_cache_key(model="lean", image_size=128, epochs=3)
-    assert key == part_extractor_cache_key(epochs=3, image_size=128, model="lean")
-    assert key != part_extractor_cache_key(model="lean", image_size=96, epochs=3)
-    assert len(key) == 8

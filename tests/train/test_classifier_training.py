@@ -9,16 +9,17 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from unmask import cli
-from unmask.attacks import attack
+from unmask.attacks import AttackOptions, AttackVector, attack
 from unmask.io import CheckpointError, load_checkpoint
 from unmask.models.classifier import Classifier, CompactCNN, predict
 from unmask.parts import CLASS_SETS
 from unmask.train import classifier as training
 from unmask.train.classifier import (
     AdversarialTraining,
+    ClassifierSpec,
+    ClassifierTraining,
     augment_batch,
     classifier_cache_key,
-    classifier_specs,
     train_classifier,
 )
 
@@ -64,7 +65,7 @@ def test_training_reduces_the_loss():
     train, val = datasets()
     model = fresh_model()
     before = mean_loss(model, train)
-    result = train_classifier(model, train, val, epochs=4, batch_size=16, lr=0.05, progress=False)
+    result = train_classifier(model, train, val, ClassifierTraining(epochs=4, batch_size=16, lr=0.05), progress=False)
     assert mean_loss(result.model, train) < 0.8 * before
     assert [record["epoch"] for record in result.history] == [1, 2, 3, 4]
     assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
@@ -72,9 +73,10 @@ def test_training_reduces_the_loss():
 
 def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
     train, val = datasets(train=64, val=16)
-    options = {"epochs": 3, "lr": 0.05, "batch_size": 16, "lr_schedule": "cosine", "augment": True,
-               "progress": False, "adversarial": AdversarialTraining(epsilon=4, steps=1, step_size=4)}
-    straight = train_classifier(fresh_model(), train, val, checkpoint_dir=tmp_path / "straight", **options)
+    recipe = ClassifierTraining(epochs=3, lr=0.05, batch_size=16, lr_schedule="cosine", augment=True,
+                                adversarial=AdversarialTraining(epsilon=4, steps=1, step_size=4))
+    options = {"progress": False}
+    straight = train_classifier(fresh_model(), train, val, recipe, checkpoint_dir=tmp_path / "straight", **options)
 
     validate, calls = training._validate, []
 
@@ -85,11 +87,11 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
         return validate(*args, **kwargs)
     monkeypatch.setattr(training, "_validate", validate_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(fresh_model(), train, val, checkpoint_dir=tmp_path / "resumed", **options)
+        train_classifier(fresh_model(), train, val, recipe, checkpoint_dir=tmp_path / "resumed", **options)
     monkeypatch.setattr(training, "_validate", validate)
     assert load_checkpoint(tmp_path / "resumed" / "state.pt")["epoch"] == 1
 
-    resumed = train_classifier(fresh_model(), train, val, checkpoint_dir=tmp_path / "resumed", **options)
+    resumed = train_classifier(fresh_model(), train, val, recipe, checkpoint_dir=tmp_path / "resumed", **options)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     without_time = [[{k: v for k, v in record.items() if k != "seconds"} for record in result.history]
@@ -102,18 +104,20 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
 
 def test_a_finished_run_returns_its_best_epoch_without_training(tmp_path, monkeypatch):
     train, val = datasets()
-    first = train_classifier(fresh_model(), train, val, epochs=3, lr=0.05, checkpoint_dir=tmp_path, progress=False)
+    recipe = ClassifierTraining(epochs=3, lr=0.05)
+    first = train_classifier(fresh_model(), train, val, recipe, checkpoint_dir=tmp_path, progress=False)
     scores = [record["score"] for record in first.history]
     assert first.best_epoch == scores.index(max(scores)) + 1
-    best = load_checkpoint(tmp_path / "best.pt")
+    best = load_checkpoint(tmp_path / "weights.pt")
     assert all(torch.equal(value, best[key]) for key, value in first.model.state_dict().items())
 
     monkeypatch.setattr(training, "_train_epoch", lambda *args, **kwargs: pytest.fail("trained again"))
-    again = train_classifier(fresh_model(), train, val, epochs=3, lr=0.05, checkpoint_dir=tmp_path, progress=False)
+    again = train_classifier(fresh_model(), train, val, recipe, checkpoint_dir=tmp_path, progress=False)
     assert again.best_epoch == first.best_epoch and again.history == first.history
     assert all(torch.equal(value, best[key]) for key, value in again.model.state_dict().items())
     with pytest.raises(CheckpointError, match=r"state.pt was written by a training run with other settings \(lr"):
-        train_classifier(fresh_model(), train, val, epochs=3, lr=0.1, checkpoint_dir=tmp_path, progress=False)
+        train_classifier(fresh_model(), train, val, ClassifierTraining(epochs=3, lr=0.1), checkpoint_dir=tmp_path,
+                         progress=False)
 
 
 def test_adversarial_training_makes_the_model_more_robust_to_pgd():
@@ -121,11 +125,11 @@ def test_adversarial_training_makes_the_model_more_robust_to_pgd():
     images, labels = stripes(90, seed=2)
     robust_accuracy = []
     for adversarial in (None, AdversarialTraining(epsilon=8, steps=3, step_size=4)):
-        model = train_classifier(fresh_model(), train, val, epochs=4, lr=0.05, adversarial=adversarial,
+        model = train_classifier(fresh_model(), train, val, ClassifierTraining(epochs=4, lr=0.05, adversarial=adversarial),
                                  progress=False).model
         assert (predict(model, images) == labels).float().mean() > 0.8
         torch.manual_seed(0)
-        adversarials = attack(model, images, labels, "pgd_linf", 8, steps=10)
+        adversarials = attack(model, images, labels, AttackVector("pgd_linf", 8), AttackOptions(steps=10))
         robust_accuracy.append((predict(model, adversarials) == labels).float().mean().item())
     standard, adversarially_trained = robust_accuracy
     assert adversarially_trained > standard + 0.25, robust_accuracy
@@ -141,26 +145,20 @@ def test_augmentation_keeps_shape_and_range_and_follows_the_seed():
     assert not torch.equal(first, images)
 
 
-def specs(**changes):
-    options = {"model": "compact", "classes": ("car", "person", "train"), "image_size": 64, "data_fingerprint": "abc",
-               "pretrained": False, "weights_path": "", "epochs": 10, "batch_size": 32, "optimizer": "sgd", "lr": 0.01,
-               "momentum": 0.9, "weight_decay": 0.0002, "nesterov": False, "lr_schedule": "cosine", "augment": False, "seed": 0,
-               "adv_training": True, "adv_epsilon": 4.0, "adv_steps": 7, "adv_step_size": 2.0,
-               "adv_random_start": True, "adv_epochs": 0}
-    return classifier_specs(**{**options, **changes})
+def spec(**changes):
+    training = ClassifierTraining(**{"epochs": 10, "lr": 0.01, "lr_schedule": "cosine", **changes})
+    return ClassifierSpec("compact", ("car", "person", "train"), 64, training)
 
 
 def test_cache_keys_name_what_determines_the_model():
-    standard, adversarial = specs()
-    assert adversarial.epochs == 10 and adversarial.adversarial == AdversarialTraining()
-    assert classifier_cache_key(standard).startswith("m-") and classifier_cache_key(adversarial).startswith("m-adv-")
-    assert classifier_cache_key(standard) == classifier_cache_key(specs()[0])
-    assert classifier_cache_key(standard) != classifier_cache_key(specs(lr=0.02)[0])
-    assert classifier_cache_key(standard) != classifier_cache_key(specs(data_fingerprint="abd")[0])
-    # the adversarial options change only the adversarially trained model
-    assert classifier_cache_key(standard) == classifier_cache_key(specs(adv_epsilon=8.0)[0])
-    assert classifier_cache_key(adversarial) != classifier_cache_key(specs(adv_epsilon=8.0)[1])
-    assert specs(adv_epochs=3)[1].epochs == 3 and specs(adv_training=False)[1] is None
+    standard, adversarial = spec(), spec(adversarial=AdversarialTraining())
+    assert classifier_cache_key(standard, "abc").startswith("m-")
+    assert classifier_cache_key(adversarial, "abc").startswith("m-adv-")
+    assert classifier_cache_key(standard, "abc") == classifier_cache_key(spec(), "abc")
+    assert classifier_cache_key(standard, "abc") != classifier_cache_key(spec(lr=0.02), "abc")
+    assert classifier_cache_key(standard, "abc") != classifier_cache_key(standard, "abd")  # other data
+    assert classifier_cache_key(adversarial, "abc") != classifier_cache_key(
+        spec(adversarial=AdversarialTraining(epsilon=8.0)), "abc")
 
 
 def write_folders(root: Path, class_set: str = "cs3-1", per_split: dict[str, int] | None = None) -> None:
@@ -184,6 +182,7 @@ def test_train_m_trains_caches_and_reports_both_models(tmp_path, capsys):
     assert "M (compact" in output and "adversarially trained M (compact" in output
     assert output.count("pgd_linf:16") == 2
     folders = [path.name for path in (tmp_path / "results" / "models").iterdir()]
+    assert all((tmp_path / "results" / "models" / name / "weights.pt").is_file() for name in folders)
     assert sorted(name.rpartition("-")[0] for name in folders) == ["m", "m-adv"]
     assert cli.main(arguments) == 0  # from the cache
     assert capsys.readouterr().out.splitlines()[-2:] == output.splitlines()[-2:]

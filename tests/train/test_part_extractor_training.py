@@ -13,14 +13,15 @@ from unmask.data.coco import PartSegmentationDataset, load_coco_parts, split_pat
 from unmask.io import load_checkpoint
 from unmask.models.part_extractor import PartDetections, PartExtraction, PartExtractor, build_part_extractor
 from unmask.parts import PARTS
-from unmask.train import part_extractor as training
-from unmask.train.common import save_training_state
+from unmask.train import loop
+from unmask.train.loop import HISTORY_FILE, STATE_FILE, WEIGHTS_FILE
 from unmask.train.part_extractor import (
-    STATE_FILE,
-    WEIGHTS_FILE,
+    PartExtractorSpec,
     PartExtractorTraining,
+    PartExtractorTrainingResult,
     evaluate_part_extractor,
     load_part_extractor_weights,
+    part_extractor_cache_key,
     part_set_precision_recall,
     train_part_extractor,
     warmup_cosine,
@@ -28,7 +29,8 @@ from unmask.train.part_extractor import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-TRAINING = {"batch_size": 4, "lr": 0.01, "warmup_steps": 3, "progress": False, "seed": 0}
+def training(epochs: int) -> PartExtractorTraining:
+    return PartExtractorTraining(epochs=epochs, batch_size=4, lr=0.01, warmup_steps=3, seed=0)
 
 
 def tiny_k() -> torch.nn.Module:
@@ -37,21 +39,22 @@ def tiny_k() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def three_epochs(shape_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[PartExtractorTraining, Path]:
+def three_epochs(shape_world: Path, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> tuple[PartExtractorTrainingResult, Path]:
     """A tiny K trained for three epochs on the shape world, and its checkpoint folder."""
     folder = tmp_path_factory.mktemp("three-epochs")
     train_set = PartSegmentationDataset(*split_paths(shape_world, "train"), hflip_prob=0.5)
-    return train_part_extractor(tiny_k(), train_set, epochs=3, checkpoint_dir=folder, **TRAINING), folder
+    return train_part_extractor(tiny_k(), train_set, None, training(3), checkpoint_dir=folder, progress=False), folder
 
 
-def test_a_few_epochs_reduce_the_loss(three_epochs: tuple[PartExtractorTraining, Path]) -> None:
+def test_a_few_epochs_reduce_the_loss(three_epochs: tuple[PartExtractorTrainingResult, Path]) -> None:
     result, tmp_path = three_epochs
     train_set_size = 24
     assert [record["epoch"] for record in result.history] == [1, 2, 3]
-    assert result.steps == 3 * train_set_size // TRAINING["batch_size"] == len(result.step_losses)
+    assert result.steps == 3 * train_set_size // training(3).batch_size == len(result.step_losses)
     assert result.history[-1]["loss"] < 0.7 * result.history[0]["loss"]
     assert result.weights_path == tmp_path / WEIGHTS_FILE
-    assert json.loads((tmp_path / "training.json").read_text())["history"] == result.history
+    assert json.loads((tmp_path / HISTORY_FILE).read_text())["history"] == result.history
     # the saved weights load into a fresh model with load_checkpoint (weights_only) and give the same outputs
     trained = load_part_extractor_weights(tiny_k(), result.weights_path)
     for key, value in load_checkpoint(result.weights_path).items():
@@ -60,30 +63,31 @@ def test_a_few_epochs_reduce_the_loss(three_epochs: tuple[PartExtractorTraining,
 
 def test_resume_continues_exactly(shape_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     train_set = PartSegmentationDataset(*split_paths(shape_world, "train"), hflip_prob=0.5)
-    straight = train_part_extractor(tiny_k(), train_set, epochs=2, checkpoint_dir=tmp_path / "straight", **TRAINING)
+    straight = train_part_extractor(tiny_k(), train_set, None, training(2), checkpoint_dir=tmp_path / "straight",
+                                    progress=False)
 
-    def save_then_crash(*args, **kwargs) -> None:
-        save_training_state(*args, **kwargs)
+    def write_then_crash(*args, **kwargs) -> None:
         raise KeyboardInterrupt  # the run dies right after its first epoch's checkpoint
 
     interrupted = tmp_path / "interrupted"
     with monkeypatch.context() as patch:
-        patch.setattr(training, "save_training_state", save_then_crash)
+        patch.setattr(loop, "atomic_write_json", write_then_crash)
         with pytest.raises(KeyboardInterrupt):
-            train_part_extractor(tiny_k(), train_set, epochs=2, checkpoint_dir=interrupted, **TRAINING)
-    assert (interrupted / STATE_FILE).is_file() and not (interrupted / WEIGHTS_FILE).exists()
+            train_part_extractor(tiny_k(), train_set, None, training(2), checkpoint_dir=interrupted, progress=False)
+    assert load_checkpoint(interrupted / STATE_FILE)["epoch"] == 1
     torch.manual_seed(123)  # the resumed run must not depend on the RNG it starts with
     model = tiny_k()
-    resumed = train_part_extractor(model, train_set, epochs=2, checkpoint_dir=interrupted, **TRAINING)
+    resumed = train_part_extractor(model, train_set, None, training(2), checkpoint_dir=interrupted, progress=False)
     assert resumed.resumed_epochs == 1
-    steps_per_epoch = len(train_set) // TRAINING["batch_size"]
+    steps_per_epoch = len(train_set) // training(2).batch_size
     assert resumed.step_losses == straight.step_losses[steps_per_epoch:]  # the same next-step losses, exactly
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
     final = load_checkpoint(straight.weights_path)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, final[key], rtol=0, atol=0)
-    again = train_part_extractor(tiny_k(), train_set, epochs=2, checkpoint_dir=interrupted, **TRAINING)
+    again = train_part_extractor(tiny_k(), train_set, None, training(2), checkpoint_dir=interrupted, progress=False)
     assert again.steps == 0  # a finished run is not repeated
+    assert (interrupted / WEIGHTS_FILE).is_file()
 
 
 def test_schedule_warms_up_then_decays() -> None:
@@ -135,7 +139,7 @@ def test_cocoeval_scores_perfect_detections_as_perfect(shape_world: Path, tmp_pa
 
 
 def test_cocoeval_runs_on_a_trained_models_predictions(shape_world: Path,
-                                                      three_epochs: tuple[PartExtractorTraining, Path]) -> None:
+                                                      three_epochs: tuple[PartExtractorTrainingResult, Path]) -> None:
     model = load_part_extractor_weights(tiny_k(), three_epochs[0].weights_path)
     with torch.no_grad():  # three epochs leave K shy; make it answer with a part for every proposal
         model.roi_heads.box_predictor.cls_score.bias[0] = -20.0
@@ -159,3 +163,16 @@ def test_part_set_precision_and_recall() -> None:
     assert metrics["part_recall_micro"] == pytest.approx(1 / 4)
     with pytest.raises(ValueError, match="differ in shape"):
         part_set_precision_recall(predicted, actual[:2])
+
+
+def test_cache_key_follows_what_determines_the_weights() -> None:
+    spec = PartExtractorSpec("lean", 128, training(3))
+    key = part_extractor_cache_key(spec, "data-a")
+    assert key.startswith("k-") and key == part_extractor_cache_key(PartExtractorSpec("lean", 128, training(3)), "data-a")
+    assert key != part_extractor_cache_key(PartExtractorSpec("lean", 96, training(3)), "data-a")
+    assert key != part_extractor_cache_key(PartExtractorSpec("lean", 128, training(4)), "data-a")
+    assert key != part_extractor_cache_key(spec, "data-b")
+    # the detection rule applies at inference only: another score threshold reuses the trained K
+    from unmask.models.part_extractor import DetectionRule
+
+    assert key == part_extractor_cache_key(PartExtractorSpec("lean", 128, training(3), DetectionRule(0.7)), "data-a")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from unmask.data.images import read_image
 from unmask.io import atomic_write_json
 from unmask.parts import PART_INDEX, PARTS
 
@@ -169,20 +170,6 @@ def load_coco_parts(annotation_file: str | Path, image_dir: str | Path) -> list[
 
 
 # --- a torch dataset of Mask R-CNN targets --------------------------------------------------
-
-
-def read_image(path: str | Path) -> torch.Tensor:
-    """An image file as a uint8 tensor (3, H, W), RGB."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} does not exist") from None
-    except OSError as error:
-        raise ValueError(f"cannot read image {path}: {error}") from None
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 def _mirrored(part: str) -> str:

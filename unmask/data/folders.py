@@ -11,14 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from unmask.data.images import IMAGE_SUFFIXES, open_rgb
 from unmask.io import stable_hash
-from unmask.parts import class_set_classes, class_set_name
+from unmask.parts import ClassSet
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 PREPARE_HINT = "python main.py prepare --dataset synthetic generates the synthetic one"
 
 
@@ -33,15 +32,19 @@ class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
     takes 48 KiB): re-decoding files every epoch dominates training time on a small CPU.
     """
 
-    def __init__(self, root: str | Path, class_set: str, split: str, *, image_size: int, cache: bool = False) -> None:
-        self.class_set = class_set_name(class_set)
-        self.classes = class_set_classes(self.class_set)
+    def __init__(self, root: str | Path, class_set: ClassSet, split: str, *, image_size: int,
+                 cache: bool = False) -> None:
+        self.class_set = class_set
         self.root = Path(root)
-        self.folder = self.root / self.class_set / split
+        self.folder = self.root / class_set.name / split
         self.image_size = image_size
         self.samples = _find_samples(self.folder, self.classes)
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
         self._cache = [self._read(path) for path, _ in self.samples] if cache else None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.class_set.classes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -63,12 +66,7 @@ class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
                             for path, label in self.samples])
 
     def _read(self, path: Path) -> torch.Tensor:
-        try:
-            with Image.open(path) as file:
-                image = file.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise ValueError(f"cannot decode image {path}: {error}. Expected a JPEG, PNG, BMP, GIF or WebP file") \
-                from None
+        image = open_rgb(path)
         # PIL's bilinear resize with antialiasing, as the original's transforms.Resize on PIL images
         image = TF.center_crop(TF.resize(image, [self.image_size]), [self.image_size, self.image_size])
         return TF.pil_to_tensor(image)

@@ -18,7 +18,6 @@ expects::
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from unmask.data.coco import K_DATA_FOLDER, SPLITS, mask_to_annotation, split_paths, write_coco
-from unmask.io import atomic_directory, atomic_write_json, stable_hash
+from unmask.io import atomic_directory, atomic_write_json, link_or_copy, stable_hash
 from unmask.parts import (
     MERGE_MODES,
     PART_INDEX,
@@ -443,7 +442,7 @@ def convert_pascal_part(
             entries, annotations = [], []
             for name in names:
                 image = by_name[name]
-                _place_image(image.image_path, image_folder / image.image_path.name)
+                link_or_copy(image.image_path, image_folder / image.image_path.name)
                 entries.append({"id": image.image_id, "file_name": image.image_path.name, "height": image.height,
                                 "width": image.width, "pascal_part_file": f"{name}.mat"})
                 for annotation in image.annotations:
@@ -534,10 +533,3 @@ def _object_class(obj: PascalObject, where: str) -> str:
                                     f"{voc_class!r}")
     return voc_class
 
-
-def _place_image(source: Path, destination: Path) -> None:
-    """Hard-link the image (no copy on the same file system), else copy it."""
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copyfile(source, destination)

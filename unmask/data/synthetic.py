@@ -34,7 +34,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,7 @@ from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
 from unmask.data.coco import SPLITS, mask_to_annotation, split_paths, write_coco
-from unmask.io import atomic_directory, atomic_path, atomic_write_json
+from unmask.io import atomic_directory, atomic_path, atomic_write_json, link_or_copy
 from unmask.parts import CLASS_PARTS, CLASS_SETS, CLASSES, PART_INDEX, PARTS, class_set_name
 
 GENERATOR_VERSION = 1
@@ -645,10 +644,7 @@ def _run_task(task: _Task, spec: SyntheticSpec) -> list[dict[str, Any]]:
     first, *copies = task.destinations
     Path(first).write_bytes(encode_png(rendered.image))
     for copy in copies:  # the same image in another class set: a hard link saves disk and time
-        try:
-            os.link(first, copy)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(first, copy)
+        link_or_copy(first, copy)
     if task.kind == "m":
         return []
     return [mask_to_annotation(mask, annotation_id=0, image_id=0, category_id=PART_INDEX[part], distractor=flag)

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision import models as tv
 from torchvision.models import WeightsEnum
 
-from unmask.io import CheckpointError, load_checkpoint
+from unmask.io import CheckpointError, read_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -191,7 +191,7 @@ def _imagenet_state_dict(name: str, architecture: Architecture, weights_path: st
                          allow_random_init: bool) -> dict[str, torch.Tensor] | None:
     if weights_path:
         # a file the user named must exist: falling back to random weights would hide a typo
-        return _read_state_dict(Path(weights_path))
+        return read_weights(Path(weights_path))
     file = imagenet_weights_file(name)
     if file is None:
         problem = f"classifier {name!r} has no ImageNet weights (only {', '.join(_with_weights())} do)"
@@ -199,7 +199,7 @@ def _imagenet_state_dict(name: str, architecture: Architecture, weights_path: st
         if not file.is_file():
             _try_download(architecture.weights.url, file)
         if file.is_file():
-            return _read_state_dict(file)
+            return read_weights(file)
         problem = (f"the ImageNet weights of {name} are not on this machine and cannot be downloaded: fetch "
                    f"{architecture.weights.url} and put it at {file}, or pass its path with --weights-path")
     if allow_random_init:
@@ -222,21 +222,6 @@ def _try_download(url: str, file: Path) -> None:
         pass
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        return load_file(path)
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise CheckpointError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
-    return state
 
 
 _OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")

@@ -44,7 +44,7 @@ from torchvision.models.detection.mask_rcnn import (
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
 
-from unmask.io import load_checkpoint, stable_hash
+from unmask.io import read_weights
 from unmask.parts import PARTS
 
 PART_EXTRACTOR_NAMES: tuple[str, ...] = ("lean", "resnet50-fpn")
@@ -125,6 +125,24 @@ class PartRoIHeads(RoIHeads):
 # --- building ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DetectionRule:
+    """Which of K's detections count: those scoring at least ``score_threshold``, after per-part
+    NMS at ``nms_threshold`` IoU, at most ``max_detections`` per image (the original's: every
+    detection, NMS 0.3, 100)."""
+
+    score_threshold: float = 0.0
+    nms_threshold: float = 0.3
+    max_detections: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "nms_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"detection rule: {name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.max_detections < 1:
+            raise ValueError(f"detection rule: max_detections must be at least 1, got {self.max_detections}")
+
+
 def build_part_extractor(
     name: str,
     *,
@@ -132,9 +150,7 @@ def build_part_extractor(
     pretrained: bool = False,
     weights_path: str | Path | None = None,
     allow_random_init: bool = False,
-    score_threshold: float = 0.0,
-    nms_threshold: float = 0.3,
-    max_detections: int = 100,
+    rule: DetectionRule = DetectionRule(),
     fpn_channels: int = 64,
 ) -> MaskRCNN:
     """K as a torchvision ``MaskRCNN`` with ``NUM_CLASSES`` classes (label = part index + 1).
@@ -146,13 +162,13 @@ def build_part_extractor(
       torch or safetensors file) or else torchvision's cache. Missing offline: a
       ``FileNotFoundError`` naming the file to fetch, or random weights with a warning when
       ``allow_random_init``.
-    - ``score_threshold``, ``nms_threshold`` (per part), ``max_detections`` per image: the
-      detection rule (defaults: the original's, every detection up to 100, NMS 0.3).
+    - ``rule``: its NMS threshold and detection count; the model itself keeps detections of
+      every score (COCO mAP ranks them all), ``PartExtractor`` applies the rule's score threshold.
     """
     if name not in PART_EXTRACTOR_NAMES:
         raise ValueError(f"unknown part extractor {name!r}; expected one of: {', '.join(PART_EXTRACTOR_NAMES)}")
-    detection = {"box_score_thresh": score_threshold, "box_nms_thresh": nms_threshold,
-                 "box_detections_per_img": max_detections}
+    detection = {"box_score_thresh": 0.0, "box_nms_thresh": rule.nms_threshold,
+                 "box_detections_per_img": rule.max_detections}
     if name == "lean":
         if pretrained:
             raise ValueError("the lean part extractor has no pretrained weights; it trains from scratch "
@@ -230,7 +246,7 @@ def _resnet50_fpn(*, pretrained: bool, weights_path: str | Path | None, allow_ra
         path = None
     model = maskrcnn_resnet50_fpn_v2(num_classes=len(COCO_WEIGHTS.meta["categories"]), **detection)
     if path is not None:
-        model.load_state_dict(_read_weights(path))
+        model.load_state_dict(read_weights(path))
         # torchvision's fine-tuning default: the stem and first stage stay as COCO trained them
         for parameter_name, parameter in model.backbone.body.named_parameters():
             if not parameter_name.startswith(("layer2", "layer3", "layer4")):
@@ -241,20 +257,6 @@ def _resnet50_fpn(*, pretrained: bool, weights_path: str | Path | None, allow_ra
     mask_in = model.roi_heads.mask_predictor.conv5_mask.in_channels
     model.roi_heads.mask_predictor = MaskRCNNPredictor(mask_in, 256, NUM_CLASSES)
     return model
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return load_checkpoint(path)
-
-
-def part_extractor_cache_key(**determining_params: Any) -> str:
-    """Short stable hash of whatever determines a trained K (architecture, data, schedule,
-    seed, ...), for caching it under ``models/k-<key>/``."""
-    return stable_hash({"model": "part-extractor", **determining_params})
 
 
 # --- extraction --------------------------------------------------------------------------------
@@ -275,18 +277,15 @@ class PartDetections:
 class PartExtraction:
     """K's output for a batch of N images.
 
-    ``presence`` (N, 44) bool and ``scores`` (N, 44) float (each part's highest detection score,
-    0 where absent) have one column per part of ``PARTS``: they are the part matrices
-    ``unmask.defense`` takes (set Jaccard and its confidence-weighted variant).
-    ``detections``: every kept detection per image, when asked for.
+    ``parts`` (N, 44) bool (which parts K detected) and ``part_scores`` (N, 44) float (each
+    part's highest detection score, 0 where absent) have one column per part of ``PARTS``: they
+    are the part matrices ``unmask.defense`` takes (set Jaccard and its confidence-weighted
+    variant). ``detections``: every kept detection per image, when asked for.
     """
 
-    presence: np.ndarray
-    scores: np.ndarray
+    parts: np.ndarray
+    part_scores: np.ndarray
     detections: list[PartDetections] | None = None
-
-    def part_sets(self) -> list[frozenset[str]]:
-        return [frozenset(PARTS[j] for j in np.flatnonzero(row)) for row in self.presence]
 
 
 class PartExtractor:

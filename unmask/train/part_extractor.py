@@ -1,8 +1,8 @@
 """Training and evaluating K, the Mask R-CNN part extractor.
 
 Training: SGD with a linear warm-up then cosine decay (stepped per iteration), horizontal-flip
-augmentation from the dataset, mixed precision on a GPU, and the per-epoch training state of
-``unmask.train.common`` for exact resume. The loop runs unchanged under ``torchrun``
+augmentation from the dataset, mixed precision on a GPU, in the training loop of
+``unmask.train.loop`` (per-epoch state for exact resume). The loop runs unchanged under ``torchrun``
 (DistributedSampler, DistributedDataParallel, only rank 0 writes and shows progress).
 
 Evaluation: COCO box and mask mAP with pycocotools' COCOeval on every detection (ranked by
@@ -13,6 +13,7 @@ what UnMask consumes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -29,25 +30,72 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torchvision.models.detection import MaskRCNN
 from tqdm import tqdm
 
 from unmask.data.coco import PartSegmentationDataset, collate_detection
-from unmask.io import atomic_torch_save, atomic_write_json, load_checkpoint
-from unmask.models.part_extractor import PartExtractor
+from unmask.io import atomic_write_json, load_checkpoint, stable_hash
+from unmask.models.part_extractor import DetectionRule, PartExtractor, build_part_extractor
 from unmask.parts import PART_INDEX, PARTS
 from unmask.runtime import init_distributed
-from unmask.train.common import load_model_weights, load_training_state, save_training_state, unwrap
+from unmask.train.loop import fit, load_model_weights, unwrap
 
-STATE_FILE = "training_state.pt"
-WEIGHTS_FILE = "weights.pt"
-HISTORY_FILE = "training.json"
+
+@dataclass(frozen=True)
+class PartExtractorTraining:
+    """How K is trained: SGD at peak ``lr`` with ``warmup_steps`` of linear warm-up, then cosine
+    decay to 0 over ``epochs`` (stepped per iteration); ``max_grad_norm`` clips the gradient
+    norm (None: no clipping; from-scratch training at a high rate otherwise diverges in its
+    first steps now and then); ``amp`` trains in float16 autocast (CUDA only)."""
+
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    max_grad_norm: float | None = 10.0
+    seed: int = 0
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"K training: expected epochs >= 1 and batch_size >= 1, got {self.epochs} and "
+                             f"{self.batch_size}")
+
+
+@dataclass(frozen=True)
+class PartExtractorSpec:
+    """Everything that determines a trained K, with the data it trains on: the architecture and
+    its input side (``unmask.models.part_extractor``), COCO initialisation, the detection rule
+    (its score threshold only affects inference) and the training."""
+
+    architecture: str
+    image_size: int
+    training: PartExtractorTraining
+    rule: DetectionRule = DetectionRule()
+    pretrained: bool = False
+    weights_path: str = ""
+
+    def build(self, *, allow_random_init: bool = False) -> MaskRCNN:
+        """The untrained model (COCO weights when ``pretrained``)."""
+        return build_part_extractor(self.architecture, image_size=self.image_size, pretrained=self.pretrained,
+                                    weights_path=self.weights_path or None, allow_random_init=allow_random_init,
+                                    rule=self.rule)
+
+
+def part_extractor_cache_key(spec: PartExtractorSpec, data_fingerprint: str) -> str:
+    """Folder name of a trained K: ``k-<hash>`` of what determines its weights (the detection
+    rule does not: it only applies at inference, so changing it never retrains K)."""
+    determining = {key: value for key, value in dataclasses.asdict(spec).items() if key != "rule"}
+    return f"k-{stable_hash({'spec': determining, 'data': data_fingerprint})}"
 
 
 @dataclass
-class PartExtractorTraining:
+class PartExtractorTrainingResult:
     """What a call of ``train_part_extractor`` did: per-epoch ``history`` (mean losses, learning
     rate, seconds, validation part precision/recall), the loss of every step this call ran,
-    the epoch it resumed after, and the final weights file."""
+    the epochs it found finished, and the final weights file."""
 
     history: list[dict[str, float]]
     step_losses: list[float]
@@ -76,78 +124,59 @@ def warmup_cosine(total_steps: int, warmup_steps: int, *, warmup_factor: float =
 def train_part_extractor(
     model: nn.Module,
     train_set: Dataset,
-    val_set: PartSegmentationDataset | None = None,
+    val_set: PartSegmentationDataset | None,
+    training: PartExtractorTraining,
     *,
-    epochs: int,
-    batch_size: int = 8,
-    lr: float = 0.02,
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
-    warmup_steps: int = 100,
-    max_grad_norm: float | None = 10.0,
     device: torch.device | str = "cpu",
     checkpoint_dir: str | Path | None = None,
     workers: int = 0,
-    seed: int = 0,
-    amp: bool = True,
     score_threshold: float = 0.5,
     progress: bool = True,
-) -> PartExtractorTraining:
-    """Train K (a torchvision ``MaskRCNN``) on ``train_set`` items ``(image, target)``.
-
-    - ``lr`` is the peak learning rate of the warm-up + cosine schedule over ``epochs``;
-      ``max_grad_norm`` clips the gradient norm (None: no clipping; from-scratch training at
-      a high rate otherwise diverges in its first steps now and then).
-    - ``checkpoint_dir``: a training state after every epoch (``training_state.pt``); a run
-      finding one there resumes after its epoch exactly, and a finished one is not repeated.
-      At the end the weights go to ``weights.pt`` and the history to ``training.json``.
-    - ``amp``: float16 autocast with a gradient scaler on CUDA (ignored on the CPU).
-    - ``val_set``: part-set precision/recall at ``score_threshold`` after every epoch.
+) -> PartExtractorTrainingResult:
+    """Train K (a torchvision ``MaskRCNN``) on ``train_set`` items ``(image, target)`` as
+    ``training`` says; after every epoch, part-set precision/recall on ``val_set`` at
+    ``score_threshold``. ``checkpoint_dir`` holds the per-epoch state (``unmask.train.loop``):
+    a rerun resumes exactly, and a finished training is not repeated; the final weights are
+    ``weights.pt``.
     """
     device = torch.device(device)
     distributed = init_distributed(device)
-    torch.manual_seed(seed)
+    torch.manual_seed(training.seed)
     model.to(device)
-    use_amp = amp and device.type == "cuda"
+    use_amp = training.amp and device.type == "cuda"
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(parameters, lr=training.lr, momentum=training.momentum,
+                                weight_decay=training.weight_decay)
     sampler: Any
     if distributed.enabled:
         sampler = DistributedSampler(train_set, num_replicas=distributed.world_size, rank=distributed.rank,
-                                     shuffle=True, seed=seed, drop_last=True)
+                                     shuffle=True, seed=training.seed, drop_last=True)
     else:
         sampler = RandomSampler(train_set, generator=torch.Generator())
-    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    loader = DataLoader(train_set, batch_size=training.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate_detection, drop_last=True, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0)
     if len(loader) == 0:
-        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of {batch_size} "
-                         f"per process; lower the batch size")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(epochs * len(loader), warmup_steps))
+        raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of "
+                         f"{training.batch_size} per process; lower the batch size")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(training.epochs * len(loader),
+                                                                           training.warmup_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state_path = checkpoint_dir / STATE_FILE if checkpoint_dir else None
-    first_epoch, history = 0, []
-    if state_path is not None and state_path.is_file():
-        first_epoch, extra = load_training_state(state_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                                 scaler=scaler)
-        history = list(extra.get("history", []))
     network: nn.Module = model
     if distributed.enabled:
         network = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    show = progress and distributed.is_main
+    step_losses: list[float] = []
 
-    started, step_losses = time.perf_counter(), []
-    for epoch in range(first_epoch, epochs):
-        epoch_started = time.perf_counter()
+    def run_epoch(epoch: int) -> dict[str, float]:
         if distributed.enabled:
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch - 1)
         else:
-            sampler.generator.manual_seed(seed * 1_000_003 + epoch)  # the same order after a resume
+            sampler.generator.manual_seed(training.seed * 1_000_003 + epoch - 1)  # the same order after a resume
         network.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"K epoch {epoch + 1}/{epochs}", disable=not (progress and distributed.is_main),
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"K epoch {epoch}/{training.epochs}", disable=not show, leave=False,
+                   dynamic_ncols=True)
         for images, targets in bar:
             images = [image.to(device, non_blocking=True) for image in images]
             targets = [{key: value.to(device, non_blocking=True) for key, value in t.items()} for t in targets]
@@ -155,13 +184,13 @@ def train_part_extractor(
                 losses = network(images, targets)
                 loss = sum(losses.values())
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"K's training loss became {loss.item()} at epoch {epoch + 1} "
+                raise FloatingPointError(f"K's training loss became {loss.item()} at epoch {epoch} "
                                          f"({_format_losses(losses)}); lower --k-lr or raise --k-warmup-steps")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if max_grad_norm is not None:
+            if training.max_grad_norm is not None:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+                nn.utils.clip_grad_norm_(parameters, training.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -171,28 +200,22 @@ def train_part_extractor(
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             bar.set_postfix_str(_format_losses({"loss": loss, **losses}))
         bar.close()
-        record = {"epoch": epoch + 1, **{key: value / len(loader) for key, value in sums.items()},
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - epoch_started}
+        record = {**{key: value / len(loader) for key, value in sums.items()}, "lr": optimizer.param_groups[0]["lr"]}
         if val_set is not None and distributed.is_main:
             record.update(_val_part_metrics(unwrap(network), val_set, device=device, score_threshold=score_threshold))
             network.train()
-        history.append(record)
-        if progress and distributed.is_main:
-            print(f"K epoch {epoch + 1}/{epochs}: " + ", ".join(
-                f"{key} {value:.4g}" for key, value in record.items() if key != "epoch"))
-        if state_path is not None and distributed.is_main:
-            save_training_state(state_path, model=network, optimizer=optimizer, epoch=epoch + 1, scheduler=scheduler,
-                                scaler=scaler, extra={"history": history})
-        distributed.barrier()
+        return record
 
-    weights_path = None
-    if checkpoint_dir is not None:
-        weights_path = checkpoint_dir / WEIGHTS_FILE
-        if distributed.is_main:
-            atomic_torch_save(unwrap(network).state_dict(), weights_path)
-            atomic_write_json(checkpoint_dir / HISTORY_FILE, {"history": history})
-        distributed.barrier()
-    return PartExtractorTraining(history, step_losses, first_epoch, weights_path, time.perf_counter() - started)
+    def describe(record: dict[str, float]) -> str:
+        return f"K epoch {record['epoch']}/{training.epochs}: " + ", ".join(
+            f"{key} {value:.4g}" for key, value in record.items() if key != "epoch")
+
+    result = fit(model, epochs=training.epochs, run_epoch=run_epoch, optimizer=optimizer, scheduler=scheduler,
+                 scaler=scaler, checkpoint_dir=checkpoint_dir, distributed=distributed,
+                 settings={**dataclasses.asdict(training), "world_size": distributed.world_size},
+                 describe=describe if show else None)
+    return PartExtractorTrainingResult(result.history, step_losses, result.resumed_epochs, result.weights_path,
+                                       result.seconds)
 
 
 def _format_losses(losses: dict[str, torch.Tensor]) -> str:
@@ -248,7 +271,7 @@ def _val_part_metrics(model: nn.Module, dataset: PartSegmentationDataset, *, dev
                       score_threshold: float, batch_size: int = 32) -> dict[str, float]:
     extractor = PartExtractor(model, score_threshold=score_threshold, batch_size=batch_size, device=device)
     presence = np.concatenate([
-        extractor.extract(_load_images(dataset, range(start, min(start + batch_size, len(dataset))))).presence
+        extractor.extract(_load_images(dataset, range(start, min(start + batch_size, len(dataset))))).parts
         for start in range(0, len(dataset), batch_size)
     ])
     metrics = part_set_precision_recall(presence, _actual_parts(dataset))

@@ -1,0 +1,230 @@
+"""The experiment configuration's schema: every option, its type, default and help, and the profiles.
+
+The repository's ``config.py`` is the file users edit (``SETTINGS`` there overrides the defaults
+below); this module owns what the options are, so every signature can say ``Config``.
+
+Every field below is a command-line option: ``class_set`` is ``--class-set``, ``adv_training`` is
+``--adv-training`` / ``--no-adv-training``, tuples take comma-separated values
+(``--attacks pgd_linf:8,mim_l2:300``). ``python main.py --help`` lists them all with their help.
+
+Values are resolved in this order: the defaults below, then ``SETTINGS`` in the repository's
+``config.py``, then the profile chosen with ``--profile`` (``PROFILES`` at the end of this file),
+then the command line (``resolve_config``). The resolved
+configuration is printed at the start of every run and saved with its results.
+
+Sizes: pixel budgets (``epsilon``, ``step_size``) are on the paper's 0-255 scale; the code works
+on images in [0, 1] and divides by 255 itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def option(default, help: str, **metadata):  # noqa: A002 - "help" reads best at the call sites
+    """A configuration field with its ``--help`` text (and optional CLI metadata)."""
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class Config:
+    # --- general ---------------------------------------------------------------------------
+    seed: int = option(0, "Seed for data generation, training, attacks and sampling.", group="general")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps; auto takes this process's GPU when there is one.")
+    workers: int = option(0, "DataLoader worker processes (0: load in the main process).")
+    verbosity: int = option(1, "0: quiet, 1: progress bars and stage messages, 2: debug detail.")
+    output_dir: str = option("results", "Where runs write results/<run name>/ and cached models results/models/.")
+    run_name: str = option("", "Name of the results folder; empty: <class set>-<model>-<hash of the config>.")
+
+    # --- data ------------------------------------------------------------------------------
+    dataset: str = option("synthetic", "synthetic: the embedded part world, generated on first use; "
+                          "unmask: the real UnMask dataset (data.zip) in its original layout.", group="data")
+    data_dir: str = option("data/synthetic", aliases=("--out",), help="Dataset root: <root>/<class set>/{train,val,test}/<class>/ for M "
+                           "and <root>/VOC2010/{train,val,test}.json with Images/ for K.")
+    class_set: str = option("cs5-2", "cs3-1, cs3-2, cs5-1, cs5-2 (or the paper's CS3a, CS3b, CS5a, CS5b).")
+    image_size: int = option(128, "Side of the square images M and K see (the original: 150).")
+    synthetic_images_per_class: int = option(300, aliases=("--images-per-class",), help="Synthetic world: M images per class, over train/val/test.")
+    synthetic_k_images: int = option(1600, "Synthetic world: K images (all 16 classes), over train/val/test.")
+    synthetic_distractor_prob: float = option(0.0, "Synthetic world: chance that an object carries one "
+                                              "part of another class (marked in the annotations).")
+    pascal_root: str = option("", "prepare --dataset pascal-part: folder with Annotations_Part/ and JPEGImages/.")
+    pascal_merge: str = option("explicit", "PASCAL-Part name merge: explicit (the corrected table) or "
+                               "original (the original's substring merge, with handlebar->hand and chainwheel->wheel).")
+    synthetic_workers: int = option(0, "Synthetic world: processes drawing images (0: one per CPU core, at most 8); "
+                                    "the images do not depend on it.")
+
+    # --- model M, the protected classifier -----------------------------------------------------
+    model: str = option("compact", "M's architecture: compact, resnet18 (CPU demo) or the paper's "
+                        "resnet50, densenet121, vgg16, resnet101.", group="model M")
+    pretrained: bool = option(False, "Start M from ImageNet weights (torchvision cache or --weights-path).")
+    weights_path: str = option("", "File with ImageNet weights for M's backbone (instead of torchvision's cache).")
+    allow_random_init: bool = option(True, "When pretrained weights are missing offline, start from random "
+                                     "weights instead of stopping with an error.")
+    m_checkpoint: str = option("", "Use this trained M instead of training or the cache.")
+    batch_size: int = option(32, "M's training batch size (the original: 32).")
+    epochs: int = option(15, "M's training epochs; the best validation epoch is kept (the original: 30).")
+    optimizer: str = option("sgd", "sgd or adam.")
+    lr: float = option(0.05, "M's learning rate (the original: 0.001).")
+    momentum: float = option(0.9, "SGD momentum (the original: 0.9).")
+    weight_decay: float = option(0.0002, "Weight decay (the original: 0.0002).")
+    nesterov: bool = option(False, "Nesterov momentum for SGD.")
+    augment: bool = option(False, "Augment M's training images (flip, crop, colour jitter).")
+    lr_schedule: str = option("cosine", "M's learning-rate schedule: constant (the original) or cosine "
+                              "(decays towards 0 over the epochs).")
+
+    # --- the adversarial-training baseline ---------------------------------------------------
+    adv_training: bool = option(True, "Train and evaluate the adversarial-training baseline "
+                                "(Madry PGD-Linf training).", group="adversarial training")
+    adv_epsilon: float = option(4.0, "Training epsilon, 0-255 scale (the original searched 1, 2, 4, 6, 8, 16).")
+    adv_steps: int = option(7, "PGD steps per training batch.")
+    adv_step_size: float = option(2.0, "PGD step size per training step, 0-255 scale.")
+    adv_random_start: bool = option(True, "Start training PGD at a random point of the epsilon ball.")
+    adv_epochs: int = option(0, "Epochs of adversarial training (0: the same as --epochs).")
+    m_adv_trained: bool = option(False, "UnMask protects the adversarially trained M instead of the standard one "
+                                 "(the original's grid runs both).")
+
+    # --- model K, the part extractor -------------------------------------------------------------
+    k_model: str = option("lean", "K's architecture: lean (ResNet-18 FPN, trainable BatchNorm, for the CPU) "
+                          "or resnet50-fpn (torchvision's Mask R-CNN v2, for real data).", group="model K")
+    k_pretrained: bool = option(False, "Start K from COCO weights (torchvision cache or --k-weights-path).")
+    k_weights_path: str = option("", "File with COCO Mask R-CNN weights for K.")
+    k_checkpoint: str = option("", "Use this trained K instead of training or the cache.")
+    k_epochs: int = option(5, "K's training epochs (the original: 40).")
+    k_batch_size: int = option(8, "K's training batch size.")
+    k_lr: float = option(0.04, "K's peak SGD learning rate (warm-up, then cosine decay to 0).")
+    k_momentum: float = option(0.9, "K's SGD momentum.")
+    k_weight_decay: float = option(0.0001, "K's weight decay.")
+    k_warmup_steps: int = option(100, "Linear learning-rate warm-up steps for K.")
+    k_score_threshold: float = option(0.5, "Keep K's detections scoring at least this (the original: 0.0, every detection).")
+    k_nms_threshold: float = option(0.3, "K's non-maximum suppression IoU threshold (the original: 0.3).")
+    k_max_detections: int = option(100, "K's detections per image at most (the original: 100).")
+    amp: bool = option(True, "Mixed precision when training on a GPU (ignored on the CPU).")
+
+    # --- attacks ---------------------------------------------------------------------------
+    attacks: tuple[str, ...] = option(("paper",), "Attack vectors name:epsilon (0-255 scale), comma-separated; "
+                                      "'paper' is the paper's eight.", group="attacks")
+    attack_steps: int = option(20, "Iterations of the iterative attacks (the original: 20).")
+    attack_original_step: bool = option(False, "Reproduce the original's step size of 2.0 in [0,1] pixels "
+                                        "(it overshoots every step) instead of the corrected step.")
+    mim_decay: float = option(1.0, "Momentum decay of the MIM attacks (the original: 1.0).")
+    attack_batch_size: int = option(64, "Images per attack batch.")
+
+    # --- evaluation ----------------------------------------------------------------------------
+    detection_fpr: float = option(0.10, "Target false-positive rate for the detection threshold, fixed on "
+                                  "the clean validation split.", group="evaluation")
+    eval_max_images: int = option(0, "Evaluate at most this many test images (0: all).")
+    grid_class_sets: tuple[str, ...] = option(("cs3-1", "cs3-2", "cs5-1", "cs5-2"), "Class sets of --grid.")
+    grid_models: tuple[str, ...] = option(("compact", "resnet18"), "Models M of --grid.")
+
+
+PROFILES: dict[str, dict[str, object]] = {
+    # the defaults above: runs on a laptop CPU in minutes on the synthetic world
+    "demo": {},
+    # the paper's models, image size and hyper-parameters (a GPU is strongly advised)
+    "paper": {
+        "image_size": 150,
+        "model": "resnet50",
+        "pretrained": True,
+        "allow_random_init": False,
+        "batch_size": 32,
+        "epochs": 30,
+        "optimizer": "sgd",
+        "lr": 0.001,
+        "momentum": 0.9,
+        "weight_decay": 0.0002,
+        "nesterov": False,
+        "lr_schedule": "constant",
+        "k_model": "resnet50-fpn",
+        "k_pretrained": True,
+        "k_epochs": 40,
+        "k_batch_size": 4,
+        "k_lr": 0.01,
+        "k_score_threshold": 0.0,
+        "grid_models": ("vgg16", "resnet50", "densenet121"),
+    },
+}
+"""Named sets of overrides, applied on top of the defaults by ``--profile``."""
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the option and what was expected."""
+
+
+def option_name(field_name: str) -> str:
+    """The command-line spelling of a field: ``class_set`` -> ``--class-set``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def resolve_config(
+    settings: Mapping[str, Any] | None = None,
+    profile: str = "demo",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    profiles: Mapping[str, Mapping[str, Any]] = PROFILES,
+) -> Config:
+    """Defaults -> ``settings`` (the repository's config.py) -> ``profile`` -> ``overrides`` (the
+    command line), with every number checked. Names (class sets, models, attacks) are checked
+    when the experiment's plan is built from the result (``unmask.experiment.build_plan``)."""
+    if profile not in profiles:
+        raise ConfigError(f"unknown profile {profile!r}; expected one of: {', '.join(profiles)}")
+    names = {f.name for f in dataclasses.fields(Config)}
+    values: dict[str, Any] = {}
+    for source, mapping in (("config.py SETTINGS", settings or {}), (f"profile {profile!r}", profiles[profile]),
+                            ("overrides", overrides or {})):
+        for key, value in mapping.items():
+            if key not in names:
+                raise ConfigError(f"{source}: unknown option {key!r}; expected one of: {', '.join(sorted(names))}")
+            values[key] = value
+    config = Config(**values)
+    check_numbers(config)
+    return config
+
+
+_POSITIVE = ("batch_size", "epochs", "k_epochs", "k_batch_size", "attack_steps", "attack_batch_size", "adv_steps",
+             "synthetic_images_per_class", "synthetic_k_images", "k_max_detections")
+_NON_NEGATIVE = ("lr", "k_lr", "weight_decay", "k_weight_decay", "momentum", "k_momentum", "adv_epochs",
+                 "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size", "synthetic_workers")
+_UNIT_INTERVAL = ("detection_fpr", "k_score_threshold", "k_nms_threshold", "synthetic_distractor_prob")
+MIN_IMAGE_SIZE = 32
+"""Below this side parts stop being recognisable (the original uses 150)."""
+
+
+def check_numbers(config: Config) -> None:
+    """Every numeric option finite and in its range; raises ``ConfigError`` naming the option."""
+    if config.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"--image-size: {config.image_size} is too small; parts stop being recognisable "
+                          f"below {MIN_IMAGE_SIZE} pixels (the original uses 150)")
+    for name in _POSITIVE:
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{option_name(name)}: expected a positive number, got {getattr(config, name)}")
+    for name in _NON_NEGATIVE:
+        value = getattr(config, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"{option_name(name)}: expected a finite number >= 0, got {value}")
+    for name in _UNIT_INTERVAL:
+        value = getattr(config, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{option_name(name)}: expected a value in [0, 1], got {value}")
+
+
+def format_config(config: Config) -> str:
+    """The resolved configuration, one ``name = value`` line per field, grouped as in the schema."""
+    lines = []
+    for config_field in dataclasses.fields(config):
+        if "group" in config_field.metadata:
+            lines.append(f"[{config_field.metadata['group']}]")
+        lines.append(f"  {config_field.name} = {show_value(getattr(config, config_field.name))}")
+    return "\n".join(lines)
+
+
+def show_value(value: Any) -> str:
+    """An option's value as the command line writes it."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "(none)"
+    return repr(value) if isinstance(value, str) else str(value)

@@ -1,0 +1,177 @@
+"""The one place where the configuration becomes the components' options.
+
+``build_plan(config)`` checks every name against its registry (class sets, datasets, models,
+attacks, devices) and builds one options object per component: the data, M and the
+adversarially trained M (``ClassifierSpec``), K (``PartExtractorSpec``), the attacks
+(``AttackVector``s and one ``AttackOptions``) and the evaluation. Everything downstream takes
+these objects; nothing below this module reads the configuration's fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from unmask.attacks import AttackOptions, AttackVector, parse_attack_vectors
+from unmask.config import Config, ConfigError, option_name
+from unmask.data import DATASETS
+from unmask.data.synthetic import SyntheticSpec
+from unmask.models.classifier import CLASSIFIER_NAMES
+from unmask.models.part_extractor import PART_EXTRACTOR_NAMES, DetectionRule
+from unmask.parts import MERGE_MODES, ClassSet, UnknownNameError
+from unmask.runtime import resolve_device
+from unmask.train.classifier import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    AdversarialTraining,
+    ClassifierSpec,
+    ClassifierTraining,
+)
+from unmask.train.part_extractor import PartExtractorSpec, PartExtractorTraining
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the images come from: ``dataset`` under ``root``, M's images of ``class_set`` at
+    ``image_size``; ``synthetic`` is the world to generate there (None for a real dataset)."""
+
+    dataset: str
+    root: Path
+    class_set: ClassSet
+    image_size: int
+    synthetic: SyntheticSpec | None
+    synthetic_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """How the attacked predictions are judged: detection thresholds fixed on clean validation
+    images at ``detection_fpr``; at most ``max_images`` test images (0: all), drawn with ``seed``."""
+
+    detection_fpr: float
+    max_images: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one experiment run needs, resolved and checked once from a ``Config``.
+
+    ``m`` is the classifier UnMask protects (the adversarially trained one with
+    ``--m-adv-trained``); ``adv_trained`` the adversarial-training baseline (None without it).
+    ``m_checkpoint`` / ``k_checkpoint`` replace training by a user's weights file.
+    """
+
+    config: Config
+    data: DataSpec
+    m: ClassifierSpec
+    adv_trained: ClassifierSpec | None
+    k: PartExtractorSpec
+    vectors: tuple[AttackVector, ...]
+    attack: AttackOptions
+    evaluation: EvaluationSpec
+    m_checkpoint: Path | None
+    k_checkpoint: Path | None
+    allow_random_init: bool
+    output_dir: Path
+    device: str
+    workers: int
+    verbosity: int
+
+    @property
+    def class_set(self) -> ClassSet:
+        return self.data.class_set
+
+    @property
+    def models_dir(self) -> Path:
+        """Where trained models are cached, shared by every run of this output folder."""
+        return self.output_dir / "models"
+
+
+def _checked(option: str | None, build: Callable[[], T]) -> T:
+    """``build()``, with a bad value reported as a ``ConfigError`` naming the option (when the
+    error's own message does not)."""
+    try:
+        return build()
+    except ConfigError:
+        raise
+    except (UnknownNameError, ValueError) as error:
+        raise ConfigError(f"{option_name(option)}: {error}" if option else str(error)) from None
+
+
+def _choose(option: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{option_name(option)}: unknown value {value!r}; expected one of: {', '.join(valid)}")
+
+
+def build_plan(config: Config) -> Plan:
+    """The run ``config`` describes; raises ``ConfigError`` naming the first bad option."""
+    class_set = _checked("class_set", lambda: ClassSet.named(config.class_set))
+    for name in config.grid_class_sets:
+        _checked("grid_class_sets", lambda name=name: ClassSet.named(name))
+    _choose("dataset", config.dataset, DATASETS)
+    _choose("model", config.model, CLASSIFIER_NAMES)
+    for name in config.grid_models:
+        _choose("grid_models", name, CLASSIFIER_NAMES)
+    _choose("k_model", config.k_model, PART_EXTRACTOR_NAMES)
+    _choose("pascal_merge", config.pascal_merge, MERGE_MODES)
+    _choose("optimizer", config.optimizer, OPTIMIZERS)
+    _choose("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    device = _checked("device", lambda: resolve_device(config.device))
+    on_gpu = device.type == "cuda"  # mixed precision only takes effect there, so only there is it part of a model
+    vectors = _checked("attacks", lambda: parse_attack_vectors(config.attacks))
+    attack = _checked("mim_decay", lambda: AttackOptions(
+        steps=config.attack_steps, original_step=config.attack_original_step, decay=config.mim_decay,
+        batch_size=config.attack_batch_size))
+
+    synthetic = None
+    if config.dataset == "synthetic":
+        synthetic = _checked(None, lambda: SyntheticSpec(
+            image_size=config.image_size, images_per_class=config.synthetic_images_per_class,
+            k_images=config.synthetic_k_images, distractor_prob=config.synthetic_distractor_prob, seed=config.seed))
+    data = DataSpec(config.dataset, Path(config.data_dir), class_set, config.image_size, synthetic,
+                    config.synthetic_workers or None)
+
+    training = ClassifierTraining(
+        epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
+        momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov,
+        lr_schedule=config.lr_schedule, augment=config.augment, seed=config.seed, amp=config.amp and on_gpu)
+    standard = ClassifierSpec(config.model, class_set.classes, config.image_size, training,
+                              pretrained=config.pretrained, weights_path=config.weights_path)
+    adversarial = None
+    if config.adv_training or config.m_adv_trained:
+        recipe = _checked("adv_epsilon", lambda: AdversarialTraining(
+            epsilon=config.adv_epsilon, steps=config.adv_steps, step_size=config.adv_step_size,
+            random_start=config.adv_random_start))
+        adversarial = dataclasses.replace(standard, training=dataclasses.replace(
+            training, epochs=config.adv_epochs or config.epochs, adversarial=recipe))
+
+    k = PartExtractorSpec(
+        config.k_model, config.image_size,
+        training=_checked("k_epochs", lambda: PartExtractorTraining(
+            epochs=config.k_epochs, batch_size=config.k_batch_size, lr=config.k_lr, momentum=config.k_momentum,
+            weight_decay=config.k_weight_decay, warmup_steps=config.k_warmup_steps, seed=config.seed,
+            amp=config.amp and on_gpu)),
+        rule=_checked("k_score_threshold", lambda: DetectionRule(
+            config.k_score_threshold, config.k_nms_threshold, config.k_max_detections)),
+        pretrained=config.k_pretrained, weights_path=config.k_weights_path)
+    if k.pretrained and k.architecture == "lean":
+        raise ConfigError("--k-pretrained: the lean part extractor has no pretrained weights; it trains from "
+                          "scratch (use --no-k-pretrained, or --k-model resnet50-fpn for COCO weights)")
+
+    return Plan(
+        config=config, data=data,
+        m=adversarial if config.m_adv_trained else standard,
+        adv_trained=adversarial if config.adv_training else None,
+        k=k, vectors=vectors, attack=attack,
+        evaluation=EvaluationSpec(config.detection_fpr, config.eval_max_images, config.seed),
+        m_checkpoint=Path(config.m_checkpoint) if config.m_checkpoint else None,
+        k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,
+        allow_random_init=config.allow_random_init, output_dir=Path(config.output_dir), device=config.device,
+        workers=config.workers, verbosity=config.verbosity,
+    )
