@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def test_rerun_recomputes_nothing_and_gives_the_same_numbers(finished_run, monke
         raise AssertionError("a cached model was trained again")
 
     monkeypatch.setattr(stages, "attack", no_attacks)
-    monkeypatch.setattr(stages, "train_part_extractor", no_training)
+    monkeypatch.setattr("unmask.train.part_extractor.train_part_extractor", no_training)
     monkeypatch.setattr("unmask.train.classifier._train_epoch", no_training)
     run_experiment(plan)
     after = json.loads((directory / "metrics.json").read_text())
@@ -105,10 +106,13 @@ def test_an_interrupted_run_resumes_with_identical_results(finished_run, tmp_pat
 
 def test_two_fresh_runs_with_one_seed_agree(finished_run, tmp_path):
     plan, directory = finished_run
-    again = run_experiment(tiny_plan(tmp_path, data_dir=str(plan.data.root)))
+    again = run_experiment(tiny_plan(tmp_path))  # its own synthetic world, models and results, from nothing
+    assert (tmp_path / "data" / "manifest.json").is_file()
     first = json.loads((directory / "metrics.json").read_text())
     second = json.loads((again / "metrics.json").read_text())
-    assert json.dumps(_numbers(first), sort_keys=True) == json.dumps(_numbers(second), sort_keys=True)
+    figures = [{key: value for key, value in _numbers(m).items() if key not in ("config", "models")}
+               for m in (first, second)]
+    assert json.dumps(figures[0], sort_keys=True) == json.dumps(figures[1], sort_keys=True)
 
 
 def test_missing_real_dataset_names_the_layout(tmp_path):
@@ -144,11 +148,11 @@ def test_train_k_and_train_m_commands_reuse_the_run_models(finished_run, capsys,
     def no_training(*args, **kwargs):
         raise AssertionError("a cached model was trained again")
 
-    monkeypatch.setattr(stages, "train_part_extractor", no_training)
+    monkeypatch.setattr("unmask.train.part_extractor.train_part_extractor", no_training)
     monkeypatch.setattr("unmask.train.classifier._train_epoch", no_training)
     assert cli.main(["train-k", *_argv(plan)]) == 0
     output = capsys.readouterr().out
-    assert '"map_mask_50"' in output and "K's weights and test metrics are in" in output
+    assert '"map_mask_50"' in output and "K's weights are in" in output and "evaluations/k-" in output
     assert cli.main(["train-m", *_argv(plan)]) == 0
     output = capsys.readouterr().out
     assert "M (compact" in output and "adversarially trained M (compact" in output
@@ -164,3 +168,73 @@ def test_the_run_under_torchrun_on_two_processes(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("### Accuracy") == 1  # the evaluation runs on the main process only
     assert len(list((tmp_path / "results").glob("cs3-1-compact-*/metrics.json"))) == 1
+
+
+def _rows(directory, attack="clean"):
+    with open(directory / "per_image.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row["attack"] == attack]
+
+
+def _shared(plan, **overrides):
+    """A run on the finished run's data and models cache, printing what it does."""
+    return build_plan(resolve_config(overrides={**TINY, "data_dir": str(plan.data.root),
+                                                "output_dir": str(plan.output_dir), "verbosity": 1, **overrides}))
+
+
+def test_saved_attacks_are_recomputed_when_the_attack_changes(finished_run, capsys):
+    plan, directory = finished_run
+    run_experiment(_shared(plan, run_name="steps", attack_steps=1))
+    capsys.readouterr()
+    again = run_experiment(_shared(plan, run_name="steps"))  # TINY's 3 steps, in the same folder
+    output = capsys.readouterr().out
+    assert output.count("recomputing the saved result") == 2 and "attack.steps: 1 -> 3" in output
+    fresh = json.loads((directory / "metrics.json").read_text())
+    assert json.loads((again / "metrics.json").read_text())["attacks"] == fresh["attacks"]
+
+
+def test_changed_test_images_are_never_reported_from_stale_predictions(finished_run, tmp_path, capsys):
+    plan, _ = finished_run
+    data = tmp_path / "data"
+    shutil.copytree(plan.data.root, data)  # the same contents: the cached models are reused
+    changing = _shared(plan, data_dir=str(data), run_name="changing")
+    run_experiment(changing)
+    test = data / "cs3-1" / "test"
+    train_image = sorted((test / "train").iterdir())[0]
+    for car in (test / "car").iterdir():  # the car images become train images, in place
+        shutil.copyfile(train_image, car)
+    capsys.readouterr()
+    changed = run_experiment(changing)
+    output = capsys.readouterr().out
+    assert "clean test predictions: recomputing the saved result clean.npz (data changed)" in output
+    assert "training (no cached model" not in output  # only the test split changed: M, the baseline and K are reused
+    fresh = run_experiment(_shared(plan, data_dir=str(data), run_name="fresh"))
+    assert _rows(changed) == _rows(fresh)
+    for attack in ("pgd_linf", "mim_l2"):
+        assert _rows(changed, attack) == _rows(fresh, attack)
+    next((test / "person").iterdir()).unlink()  # one image fewer: recomputed, not a shape error
+    assert len(_rows(run_experiment(changing))) == len(_rows(fresh)) - 1
+
+
+def test_a_changed_m_checkpoint_is_noticed_and_k_metrics_stay_out_of_user_folders(finished_run, tmp_path, capsys):
+    plan, _ = finished_run
+    models = plan.output_dir / "models"
+    standard = next(p for p in models.glob("m-*") if not p.name.startswith("m-adv")) / "weights.pt"
+    adversarial = next(models.glob("m-adv-*")) / "weights.pt"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copyfile(standard, mine / "m.pt")
+    shutil.copyfile(next(models.glob("k-*/weights.pt")), mine / "k.pt")
+    checkpoints = {"m_checkpoint": str(mine / "m.pt"), "k_checkpoint": str(mine / "k.pt"), "run_name": "mine"}
+    run_experiment(_shared(plan, **checkpoints))
+    shutil.copyfile(adversarial, mine / "m.pt")  # another M of the same architecture and classes, same file name
+    capsys.readouterr()
+    run_experiment(_shared(plan, **checkpoints))
+    output = capsys.readouterr().out
+    assert "clean test predictions: recomputing the saved result clean.npz (m changed)" in output
+    assert sorted(path.name for path in mine.iterdir()) == ["k.pt", "m.pt"]  # nothing written beside them
+
+
+def test_a_sample_of_test_images_covers_every_class(finished_run):
+    plan, _ = finished_run
+    directory = run_experiment(_shared(plan, run_name="sample", eval_max_images=3, verbosity=0))
+    assert sorted(row["label"] for row in _rows(directory)) == ["car", "person", "train"]

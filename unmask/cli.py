@@ -162,10 +162,10 @@ def _train_k(plan: Plan, args: argparse.Namespace) -> int:
     k = trained_part_extractor(plan, runtime)
     if not runtime.distributed.is_main:
         return 0
-    metrics = part_extractor_metrics(plan, k, runtime)
+    metrics, metrics_file = part_extractor_metrics(plan, k, runtime)
     if plan.verbosity > 0:
         print(json.dumps(metrics, indent=2))
-        print(f"train-k: K's weights and test metrics are in {k.directory}")
+        print(f"train-k: K's weights are in {k.directory}, its test metrics in {metrics_file}")
     return 0
 
 

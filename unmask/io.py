@@ -101,14 +101,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") 
         ) from error
 
 
-def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_weights(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> dict[str, Any]:
     """A state dict (parameter name -> tensor) from a torch file or a ``.safetensors`` file.
 
     Torch files are read with ``weights_only=True``; a ``{"state_dict": ...}`` wrapper (as some
-    training scripts save) is unwrapped. Raises ``CheckpointError`` naming the file otherwise.
+    training scripts and this project's ``weights.pt`` save) is unwrapped. Raises
+    ``CheckpointError`` naming the file otherwise.
     """
-    import torch
-
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.is_file():
@@ -120,12 +119,18 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
             return load_file(path)
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"cannot load checkpoint {path}: {error}") from error
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+    return as_state_dict(load_checkpoint(path, map_location=map_location), path)
+
+
+def as_state_dict(loaded: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The state dict in what ``load_checkpoint`` read from ``path`` (unwrapping ``state_dict``)."""
+    import torch
+
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
         raise CheckpointError(f"{path} is not a state dict (a mapping of parameter names to tensors)")
-    return state
+    return loaded
 
 
 def link_or_copy(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:

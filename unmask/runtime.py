@@ -116,6 +116,13 @@ class Runtime:
     def progress(self) -> bool:
         return self.verbosity > 0 and self.distributed.is_main
 
+    def log(self, message: str) -> None:
+        """A stage message on the console (main process, verbosity > 0), above any progress bar."""
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message)
+
     @classmethod
     def start(cls, device: str, *, workers: int = 0, verbosity: int = 1) -> Runtime:
         """Resolve ``device`` and join the process group when launched by ``torchrun``."""

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from unmask.train.classifier import (
     classifier_cache_key,
     train_classifier,
 )
+from unmask.train.loop import load_weights
 
 SIZE = 32
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -108,7 +110,8 @@ def test_a_finished_run_returns_its_best_epoch_without_training(tmp_path, monkey
     first = train_classifier(fresh_model(), train, val, recipe, checkpoint_dir=tmp_path, progress=False)
     scores = [record["score"] for record in first.history]
     assert first.best_epoch == scores.index(max(scores)) + 1
-    best = load_checkpoint(tmp_path / "weights.pt")
+    best, metadata = load_weights(tmp_path / "weights.pt")
+    assert metadata == {}  # train_classifier alone records nothing; train_or_load_classifier records the spec
     assert all(torch.equal(value, best[key]) for key, value in first.model.state_dict().items())
 
     monkeypatch.setattr(training, "_train_epoch", lambda *args, **kwargs: pytest.fail("trained again"))
@@ -203,3 +206,31 @@ def test_train_m_runs_under_torchrun(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("test accuracy") == 2  # printed by rank 0 only
     assert len(list((tmp_path / "results" / "models").iterdir())) == 2
+
+
+def test_weights_for_another_class_set_of_the_same_size_are_refused(tmp_path):
+    from unmask.io import CheckpointError
+    from unmask.models.classifier import build_classifier
+    from unmask.train.classifier import load_trained_classifier
+    from unmask.train.loop import save_weights
+
+    cs3_1 = ClassifierSpec("compact", CLASS_SETS["cs3-1"], 32, ClassifierTraining())
+    cs3_2 = ClassifierSpec("compact", CLASS_SETS["cs3-2"], 32, ClassifierTraining())
+    save_weights(tmp_path / "weights.pt", build_classifier("compact", 3), cs3_1.metadata)
+    assert load_trained_classifier(tmp_path / "weights.pt", cs3_1) is not None
+    with pytest.raises(CheckpointError, match=r"weights.pt holds weights for another model: classes \['car', 'person', "
+                                              r"'train'\] \(this run: \['person', 'dog', 'bird'\]\)"):
+        load_trained_classifier(tmp_path / "weights.pt", cs3_2)
+    with pytest.raises(CheckpointError, match="image_size 32"):
+        load_trained_classifier(tmp_path / "weights.pt", dataclasses.replace(cs3_1, image_size=64))
+    # a plain state dict (a user's own file) cannot be checked: it loads, and the console says so
+    torch.save(build_classifier("compact", 3).state_dict(), tmp_path / "plain.pt")
+    messages = []
+    load_trained_classifier(tmp_path / "plain.pt", cs3_2, log=messages.append)
+    assert "does not record its model's architecture, classes, image_size" in messages[0]
+
+
+def test_mixed_precision_on_a_gpu_is_part_of_what_makes_m():
+    plain = ClassifierSpec("compact", CLASS_SETS["cs3-1"], 32, ClassifierTraining())
+    amp = ClassifierSpec("compact", CLASS_SETS["cs3-1"], 32, ClassifierTraining(amp=True))
+    assert classifier_cache_key(plain, "abc") != classifier_cache_key(amp, "abc")

@@ -11,7 +11,7 @@ from torch import nn
 from unmask.io import CheckpointError, load_checkpoint
 from unmask.runtime import Distributed
 from unmask.train import loop
-from unmask.train.loop import HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, fit
+from unmask.train.loop import HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, fit, load_weights
 
 INPUTS = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
 TARGETS = INPUTS @ torch.tensor([[1.0], [-2.0], [0.5]])
@@ -66,7 +66,7 @@ def test_the_kept_epoch_is_the_best_scoring_or_the_last(tmp_path):
     assert last.kept_epoch == 4
     model, best = run(tmp_path / "best", score="score")
     assert best.kept_epoch == 2 and best.kept["score"] == 0.4
-    kept = load_checkpoint(tmp_path / "best" / WEIGHTS_FILE)
+    kept = load_weights(tmp_path / "best" / WEIGHTS_FILE)[0]
     assert torch.equal(model.weight, kept["weight"])  # the model comes back with the kept weights
     assert json.loads((tmp_path / "best" / HISTORY_FILE).read_text())["kept_epoch"] == 2
     in_memory, result = run(None, score="score")

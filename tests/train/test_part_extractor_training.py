@@ -57,7 +57,7 @@ def test_a_few_epochs_reduce_the_loss(three_epochs: tuple[PartExtractorTrainingR
     assert json.loads((tmp_path / HISTORY_FILE).read_text())["history"] == result.history
     # the saved weights load into a fresh model with load_checkpoint (weights_only) and give the same outputs
     trained = load_part_extractor_weights(tiny_k(), result.weights_path)
-    for key, value in load_checkpoint(result.weights_path).items():
+    for key, value in loop.load_weights(result.weights_path)[0].items():
         assert torch.equal(trained.state_dict()[key], value)
 
 
@@ -82,7 +82,7 @@ def test_resume_continues_exactly(shape_world: Path, tmp_path: Path, monkeypatch
     steps_per_epoch = len(train_set) // training(2).batch_size
     assert resumed.step_losses == straight.step_losses[steps_per_epoch:]  # the same next-step losses, exactly
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
-    final = load_checkpoint(straight.weights_path)
+    final = loop.load_weights(straight.weights_path)[0]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, final[key], rtol=0, atol=0)
     again = train_part_extractor(tiny_k(), train_set, None, training(2), checkpoint_dir=interrupted, progress=False)
@@ -176,3 +176,26 @@ def test_cache_key_follows_what_determines_the_weights() -> None:
     from unmask.models.part_extractor import DetectionRule
 
     assert key == part_extractor_cache_key(PartExtractorSpec("lean", 128, training(3), DetectionRule(0.7)), "data-a")
+
+
+def test_a_random_start_is_never_cached_as_a_pretrained_k(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without COCO weights (and random init allowed), K trains from random weights: its cache
+    folder must be that of a K from scratch, not the pretrained K's, which would be reused once
+    the weights are there."""
+    from unmask.train import part_extractor as module
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no COCO weights here
+    built = []
+    monkeypatch.setattr(PartExtractorSpec, "build", lambda self, **kwargs: built.append(self) or tiny_k())
+    trained = []
+    monkeypatch.setattr(module, "train_part_extractor", lambda model, *args, checkpoint_dir, **kwargs:
+                        trained.append(checkpoint_dir) or loop.save_weights(checkpoint_dir / WEIGHTS_FILE, model,
+                                                                          kwargs["metadata"]))
+    spec = PartExtractorSpec("resnet50-fpn", 64, training(1), pretrained=True)
+    _, folder = module.train_or_load_part_extractor(
+        spec, train_set=lambda: None, val_set=lambda: None, data_fingerprint="data", models_dir=tmp_path,
+        device="cpu", allow_random_init=True, log=lambda message: None)
+    from dataclasses import replace
+
+    assert folder.name == part_extractor_cache_key(replace(spec, pretrained=False), "data")
+    assert folder.name != part_extractor_cache_key(spec, "data")

@@ -8,6 +8,7 @@ original, and returned as float tensors in [0, 1].
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -15,7 +16,6 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from unmask.data.images import IMAGE_SUFFIXES, open_rgb
-from unmask.io import stable_hash
 from unmask.parts import ClassSet
 
 PREPARE_HINT = "python main.py prepare --dataset synthetic generates the synthetic one"
@@ -41,6 +41,7 @@ class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         self.samples = _find_samples(self.folder, self.classes)
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
         self._cache = [self._read(path) for path, _ in self.samples] if cache else None
+        self._fingerprint: str | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -60,10 +61,17 @@ class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         return torch.stack([self[index][0] for index in range(len(self))]), self.labels.clone()
 
     def fingerprint(self) -> str:
-        """A hash of the split's file names, sizes and labels: changes when the data is regenerated
-        differently (a cheap stand-in for hashing every image)."""
-        return stable_hash([(str(path.relative_to(self.folder)), path.stat().st_size, label)
-                            for path, label in self.samples])
+        """Digest of what this split feeds M: every image's name, label and decoded pixels at this
+        image size (computed once). Any changed, added or removed image changes it; the same
+        images copied elsewhere keep it."""
+        if self._fingerprint is None:
+            hasher = hashlib.sha256(f"{self.class_set.name}:{self.image_size}".encode())
+            for index, (path, label) in enumerate(self.samples):
+                pixels = self._cache[index] if self._cache is not None else self._read(path)
+                hasher.update(f"{path.relative_to(self.folder).as_posix()}:{label}:".encode())
+                hasher.update(pixels.numpy().tobytes())
+            self._fingerprint = hasher.hexdigest()[:16]
+        return self._fingerprint
 
     def _read(self, path: Path) -> torch.Tensor:
         image = open_rgb(path)

@@ -3,7 +3,9 @@
 
 Every stage is cached, so an interrupted or finished run recomputes nothing: trained models in
 ``<output dir>/models/``, the run's own predictions in its folder (``outputs.RunFolder``), every
-file written atomically.
+file written atomically. A saved result is reused only when the fingerprint it was stamped with
+(data contents, model weights, options, seed; ``unmask.provenance``) matches; otherwise it is
+recomputed and the console says what changed.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from unmask.attacks import AttackVector
 from unmask.config import Config
+from unmask.data.sampling import stratified_sample
 from unmask.evaluation import DetectionCurves, Predictions, Scored, detection_curves, fix_thresholds
 from unmask.experiment.outputs import (
     RESULT_FORMAT,
@@ -42,6 +46,7 @@ from unmask.experiment.stages import (
     trained_part_extractor,
 )
 from unmask.io import atomic_write_json, atomic_write_text
+from unmask.provenance import cached, digest
 from unmask.report import format_grid_table, format_tables
 from unmask.runtime import Runtime
 
@@ -77,47 +82,56 @@ def run_experiment(plan: Plan) -> Path:
     if not runtime.distributed.is_main:
         return plan.output_dir  # training was shared; the evaluation runs on the main process
     with timer.stage("eval_k", "K: COCO mAP and part precision/recall on the test split"):
-        k_metrics = part_extractor_metrics(plan, k, runtime)
+        k_metrics, _ = part_extractor_metrics(plan, k, runtime)
 
     folder = RunFolder(plan.output_dir / run_name(plan))
     folder.path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder.path / "config.json", {"format": RESULT_FORMAT, **result_config(plan.config)})
-    test_images, test_labels = data["test"].tensors()
-    if plan.evaluation.max_images:
-        test_images, test_labels = test_images[:plan.evaluation.max_images], test_labels[:plan.evaluation.max_images]
+    all_images, all_labels = data["test"].tensors()
+    chosen = stratified_sample(all_labels.numpy(), plan.evaluation.max_images, seed=plan.evaluation.seed)
+    test_images, test_labels = all_images[chosen], all_labels[chosen]
     labels = test_labels.numpy()
     adv_trained_model = adv_trained.model if adv_trained is not None else None
     class_set = plan.class_set
+    # what every saved prediction depends on besides its own options: the images and the models
+    inputs = {"data": data["test"].fingerprint(), "images": digest(chosen.tolist()), "m": m.fingerprint,
+              "adv_trained": adv_trained.fingerprint if adv_trained is not None else None, "k": k.fingerprint}
 
     with timer.stage("clean", f"clean predictions of M, the baseline and K ({len(labels)} test images)"):
-        if not folder.clean.is_file():
-            clean_predictions(test_images, m.model, adv_trained_model, k.extractor).save(folder.clean)
-        if not folder.validation.is_file():
-            clean_predictions(data["val"].tensors()[0], m.model, None, k.extractor).save(folder.validation)
-        clean = Scored.of(Predictions.load(folder.clean), class_set)
-        thresholds = fix_thresholds(Scored.of(Predictions.load(folder.validation), class_set),
-                                    plan.evaluation.detection_fpr)
+        clean = Scored.of(cached(
+            folder.clean, inputs, lambda: clean_predictions(test_images, m.model, adv_trained_model, k.extractor),
+            save=Predictions.save, load=Predictions.load, what="clean test predictions", log=runtime.log), class_set)
+        validation = cached(
+            folder.validation, {"data": data["val"].fingerprint(), "m": m.fingerprint, "k": k.fingerprint},
+            lambda: clean_predictions(data["val"].tensors()[0], m.model, None, k.extractor),
+            save=Predictions.save, load=Predictions.load, what="clean validation predictions", log=runtime.log)
+        thresholds = fix_thresholds(Scored.of(validation, class_set), plan.evaluation.detection_fpr)
 
     attacked: dict[AttackVector, Scored] = {}
     with timer.stage("attacks", f"{len(plan.vectors)} attack vectors: attack M (and the baseline), run K on the "
                                 "results"):
         for vector in tqdm(plan.vectors, desc="attack vectors", disable=not runtime.progress, dynamic_ncols=True):
-            path = folder.vector(vector)
-            if not path.is_file():
+            fingerprint = {**inputs, "attack": {"vector": vector.label, **asdict(plan.attack)},
+                           "seed": plan.evaluation.seed}
+
+            def attack_vector(vector: AttackVector = vector) -> Predictions:
                 predictions, adversarial = attacked_predictions(
                     vector, test_images, test_labels, m.model, adv_trained_model, k.extractor, options=plan.attack,
                     seed=plan.evaluation.seed)
                 index = choose_example(labels, clean, Scored.of(predictions, class_set))
                 save_example(folder.example(vector), index, test_images[index], adversarial[index])
-                predictions.save(path)  # last: its presence marks the vector as done
-            attacked[vector] = Scored.of(Predictions.load(path), class_set)
+                return predictions
+
+            attacked[vector] = Scored.of(cached(folder.vector(vector), fingerprint, attack_vector,
+                                                save=Predictions.save, load=Predictions.load,
+                                                what=f"attack {vector.label}", log=runtime.log), class_set)
 
     with timer.stage("report", f"metrics, tables and figures in {folder.path}"):
         curves: dict[AttackVector, DetectionCurves] = {
             vector: detection_curves(labels, clean, scored) for vector, scored in attacked.items()}
         metrics = build_metrics(plan, labels, clean, attacked, curves, thresholds, k_metrics,
                                 {"m": m.description, "adv_trained": adv_trained.description if adv_trained else None})
-        image_names = [path.name for path, _ in data["test"].samples]
+        image_names = [data["test"].samples[index][0].name for index in chosen]
         write_per_image(folder.path / "per_image.csv", image_names, labels, class_set, clean, attacked)
         tables = format_tables(metrics)
         atomic_write_text(folder.path / "tables.md", tables)

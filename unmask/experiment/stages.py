@@ -9,7 +9,7 @@ results the run stores. The ``train-m`` and ``train-k`` commands use the same st
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,16 @@ from unmask.data.folders import ClassFolderDataset
 from unmask.data.synthetic import ensure_synthetic
 from unmask.evaluation import Predictions
 from unmask.experiment.plan import DataSpec, Plan
-from unmask.io import stable_hash
+from unmask.io import atomic_write_json, stable_hash
 from unmask.models.classifier import predict
 from unmask.models.part_extractor import PartExtractor
+from unmask.provenance import bytes_digest, cached, digest, files_digest, tensors_digest
 from unmask.runtime import Runtime, seed_everything
 from unmask.train.classifier import ClassifierSpec, load_trained_classifier, train_or_load_classifier
-from unmask.train.loop import WEIGHTS_FILE
 from unmask.train.part_extractor import (
     evaluate_part_extractor,
     load_part_extractor_weights,
-    part_extractor_cache_key,
-    train_part_extractor,
+    train_or_load_part_extractor,
 )
 
 SPLITS = ("train", "val", "test")
@@ -63,13 +62,15 @@ class TrainedClassifier:
     model: nn.Module
     description: str
     seconds: float
+    fingerprint: str
+    """Digest of the weights: what every saved prediction of this model is stamped with."""
 
 
 def trained_classifiers(plan: Plan, data: dict[str, ClassFolderDataset], runtime: Runtime,
                         ) -> tuple[TrainedClassifier, TrainedClassifier | None]:
     """(the M UnMask protects, the adversarial-training baseline or None), trained or loaded
     from the cache (or M from ``--m-checkpoint``); a spec both roles share is trained once."""
-    data_fingerprint = stable_hash([data["train"].fingerprint(), data["val"].fingerprint()])
+    data_fingerprint = digest([data["train"].fingerprint(), data["val"].fingerprint()])
     trained: dict[ClassifierSpec, TrainedClassifier] = {}
 
     def train_or_load(spec: ClassifierSpec) -> TrainedClassifier:
@@ -77,16 +78,17 @@ def trained_classifiers(plan: Plan, data: dict[str, ClassFolderDataset], runtime
             result = train_or_load_classifier(
                 spec, train_set=data["train"], val_set=data["val"], data_fingerprint=data_fingerprint,
                 models_dir=plan.models_dir, device=runtime.device, allow_random_init=plan.allow_random_init,
-                workers=runtime.workers, progress=runtime.verbosity > 0)
+                workers=runtime.workers, progress=runtime.verbosity > 0, log=runtime.log)
             description = (f"{spec.architecture} (models/{result.checkpoint_dir.name}), best epoch "
                            f"{result.best_epoch} of {spec.training.epochs}")
-            trained[spec] = TrainedClassifier(result.model, description, sum(r["seconds"] for r in result.history))
+            trained[spec] = TrainedClassifier(result.model, description, sum(r["seconds"] for r in result.history),
+                                              tensors_digest(result.model.state_dict()))
         return trained[spec]
 
     if plan.m_checkpoint is not None:
-        model = load_trained_classifier(plan.m_checkpoint, plan.m.architecture, len(plan.m.classes),
-                                        device=runtime.device)
-        m = TrainedClassifier(model, f"{plan.m.architecture} from {plan.m_checkpoint}", 0.0)
+        model = load_trained_classifier(plan.m_checkpoint, plan.m, device=runtime.device, log=runtime.log)
+        m = TrainedClassifier(model, f"{plan.m.architecture} from {plan.m_checkpoint}", 0.0,
+                              tensors_digest(model.state_dict()))
     else:
         m = train_or_load(plan.m)
     return m, train_or_load(plan.adv_trained) if plan.adv_trained is not None else None
@@ -100,16 +102,19 @@ class TrainedPartExtractor:
     extractor: PartExtractor
     directory: Path
     """The folder of K's weights (its cache folder, or the folder of ``--k-checkpoint``)."""
+    fingerprint: dict[str, Any]
+    """Digest of the weights and the detection rule: what K's saved outputs are stamped with."""
 
 
-def part_extractor_data_fingerprint(spec: DataSpec) -> str:
-    """What K trains on: the dataset kind and the training annotations' contents."""
-    annotation_file = split_paths(spec.root, "train")[0]
+def part_data_fingerprint(root: Path, split: str) -> str:
+    """Digest of a split of K's data: the annotation file's bytes and the image files (names,
+    sizes, modification times)."""
+    annotation_file, image_dir = split_paths(root, split)
     if not annotation_file.is_file():
-        raise FileNotFoundError(f"K's training annotations {annotation_file} do not exist; expected "
-                                f"<data dir>/VOC2010/train.json (python main.py prepare builds the synthetic ones)")
-    return stable_hash({"dataset": spec.dataset,
-                        "train_annotations": stable_hash(annotation_file.read_bytes().decode("utf-8"), length=16)})
+        raise FileNotFoundError(f"K's {split} annotations {annotation_file} do not exist; expected "
+                                f"<data dir>/VOC2010/{split}.json (python main.py prepare builds the synthetic ones)")
+    images = sorted(image_dir.iterdir()) if image_dir.is_dir() else []
+    return digest({"annotations": bytes_digest(annotation_file), "images": files_digest(images, image_dir)})
 
 
 def trained_part_extractor(plan: Plan, runtime: Runtime) -> TrainedPartExtractor:
@@ -119,32 +124,38 @@ def trained_part_extractor(plan: Plan, runtime: Runtime) -> TrainedPartExtractor
     seed_everything(spec.training.seed)
     if plan.k_checkpoint is not None:
         model = replace(spec, pretrained=False).build()  # the weights come from the user's file
+        load_part_extractor_weights(model, plan.k_checkpoint, spec, log=runtime.log)
         directory = plan.k_checkpoint.parent
-        load_part_extractor_weights(model, plan.k_checkpoint)
     else:
-        model = spec.build(allow_random_init=plan.allow_random_init)
-        directory = plan.models_dir / part_extractor_cache_key(spec, part_extractor_data_fingerprint(plan.data))
-        if not (directory / WEIGHTS_FILE).is_file():
+        root = plan.data.root
+        model, directory = train_or_load_part_extractor(
+            spec,
             # a mirrored photo of a car's left side shows a right side; the synthetic sides differ in colour
-            train_set = PartSegmentationDataset(*split_paths(plan.data.root, "train"), hflip_prob=0.5,
-                                                mirror_sides=plan.data.synthetic is None)
-            val_set = PartSegmentationDataset(*split_paths(plan.data.root, "val"))
-            train_part_extractor(model, train_set, val_set, spec.training, device=runtime.device,
-                                 checkpoint_dir=directory, workers=runtime.workers,
-                                 score_threshold=spec.rule.score_threshold, progress=runtime.verbosity > 0)
-        load_part_extractor_weights(model, directory / WEIGHTS_FILE)
+            train_set=lambda: PartSegmentationDataset(*split_paths(root, "train"), hflip_prob=0.5,
+                                                      mirror_sides=plan.data.synthetic is None),
+            val_set=lambda: PartSegmentationDataset(*split_paths(root, "val")),
+            data_fingerprint=digest({"dataset": plan.data.dataset, "train": part_data_fingerprint(root, "train")}),
+            models_dir=plan.models_dir, device=runtime.device, allow_random_init=plan.allow_random_init,
+            workers=runtime.workers, progress=runtime.verbosity > 0, log=runtime.log)
     extractor = PartExtractor(model, score_threshold=spec.rule.score_threshold, device=runtime.device)
-    return TrainedPartExtractor(extractor, directory)
+    fingerprint = {"weights": tensors_digest(model.state_dict()), "rule": asdict(spec.rule)}
+    return TrainedPartExtractor(extractor, directory, fingerprint)
 
 
-def part_extractor_metrics(plan: Plan, k: TrainedPartExtractor, runtime: Runtime) -> dict[str, Any]:
-    """K's COCO mAP and part-set precision/recall on the test split, computed once per K and
-    score threshold and cached beside its weights."""
-    path = k.directory / f"metrics-test-thr{plan.k.rule.score_threshold:g}.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return evaluate_part_extractor(k.extractor, *split_paths(plan.data.root, "test"), output_file=path,
-                                   progress=runtime.verbosity > 0)
+def part_extractor_metrics(plan: Plan, k: TrainedPartExtractor, runtime: Runtime) -> tuple[dict[str, Any], Path]:
+    """K's COCO mAP and part-set precision/recall on the test split of the plan's data, and the
+    file they are kept in: ``<models>/evaluations/k-<digest>.json``, stamped with K's weights,
+    its detection rule and the test split's contents (so any run of that K on that data reuses
+    it, and no other does)."""
+    fingerprint = {"k": k.fingerprint, "data": part_data_fingerprint(plan.data.root, "test")}
+    path = plan.models_dir / "evaluations" / f"k-{digest(fingerprint)}.json"
+    metrics = cached(path, fingerprint,
+                     lambda: evaluate_part_extractor(k.extractor, *split_paths(plan.data.root, "test"),
+                                                     progress=runtime.verbosity > 0),
+                     save=lambda value, target: atomic_write_json(target, value),
+                     load=lambda source: json.loads(source.read_text(encoding="utf-8")),
+                     what="K's test metrics", log=runtime.log)
+    return metrics, path
 
 
 # --- predictions --------------------------------------------------------------------------------

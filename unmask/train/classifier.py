@@ -14,6 +14,7 @@ process).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from unmask.attacks import AttackOptions, AttackVector, attack
-from unmask.io import load_checkpoint, stable_hash
-from unmask.models.classifier import build_classifier, pretrained_weights_available
+from unmask.io import stable_hash
+from unmask.models.classifier import build_classifier, imagenet_weights_file, pretrained_weights_available
+from unmask.provenance import file_digest
 from unmask.runtime import Distributed, init_distributed, seed_everything
-from unmask.train.loop import fit, load_model_weights, unwrap
+from unmask.train.loop import check_metadata, describe_cache, fit, load_model_weights, load_weights, unwrap
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
@@ -112,13 +114,14 @@ def train_classifier(
     checkpoint_dir: str | Path | None = None,
     workers: int = 0,
     progress: bool = True,
+    metadata: Mapping[str, object] | None = None,
 ) -> TrainResult:
     """Train ``model`` (taking [0, 1] images) as ``training`` says; keep the best validation epoch.
 
     The score of an epoch is the validation accuracy, or with adversarial training the mean of
     clean and adversarial validation accuracy; ties keep the earlier epoch. ``checkpoint_dir``
-    (None: keep nothing on disk) holds the per-epoch training state (``unmask.train.loop``).
-    Returns the model with the best weights.
+    (None: keep nothing on disk) holds the per-epoch training state (``unmask.train.loop``) and
+    the best weights with ``metadata``. Returns the model with the best weights.
     """
     device = torch.device(device)
     runtime = init_distributed(device)
@@ -155,7 +158,8 @@ def train_classifier(
     result = fit(model, epochs=training.epochs, run_epoch=run_epoch, optimizer=optim, scheduler=scheduler,
                  scaler=scaler, checkpoint_dir=checkpoint_dir, score="score", distributed=runtime,
                  settings={**dataclasses.asdict(training), "world_size": runtime.world_size},
-                 describe=(lambda record: _describe(record, training.epochs)) if show else None)
+                 describe=(lambda record: _describe(record, training.epochs)) if show else None,
+                 metadata=metadata)
     model = unwrap(model).eval()
     return TrainResult(model=model, best_epoch=result.kept_epoch, history=result.history,
                        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None)
@@ -276,10 +280,25 @@ class ClassifierSpec:
         return self.training.adversarial is not None
 
 
+    @property
+    def metadata(self) -> dict[str, object]:
+        """What its weights file records, and loading checks: architecture, classes, image size."""
+        return {"model": "classifier", "architecture": self.architecture, "classes": list(self.classes),
+                "image_size": self.image_size}
+
+
 def classifier_cache_key(spec: ClassifierSpec, data_fingerprint: str) -> str:
-    """Folder name of a trained M: ``m-<hash>``, or ``m-adv-<hash>`` for adversarial training."""
+    """Folder name of a trained M: ``m-<hash>``, or ``m-adv-<hash>`` for adversarial training, of
+    the spec, the training data's fingerprint and the ImageNet weights file it starts from."""
     prefix = "m-adv" if spec.adversarial else "m"
-    return f"{prefix}-{stable_hash({'spec': dataclasses.asdict(spec), 'data': data_fingerprint})}"
+    return f"{prefix}-{stable_hash(_cache_identity(spec, data_fingerprint))}"
+
+
+def _cache_identity(spec: ClassifierSpec, data_fingerprint: str) -> dict[str, object]:
+    identity: dict[str, object] = {"spec": dataclasses.asdict(spec), "data": data_fingerprint}
+    if spec.pretrained:
+        identity["imagenet_weights"] = file_digest(spec.weights_path or imagenet_weights_file(spec.architecture))
+    return identity
 
 
 def train_or_load_classifier(
@@ -293,24 +312,34 @@ def train_or_load_classifier(
     allow_random_init: bool = True,
     workers: int = 0,
     progress: bool = True,
+    log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Build and train the M that ``spec`` describes on data with ``data_fingerprint`` in
     ``models_dir/<classifier_cache_key>``: resumes an interrupted run, and returns a finished one
-    without training."""
+    without training. ``log`` says which of the three it does, and why."""
     torch.manual_seed(spec.training.seed)  # the initial weights
     model = build_classifier(spec.architecture, len(spec.classes), pretrained=spec.pretrained,
                              weights_path=spec.weights_path or None, allow_random_init=allow_random_init)
     if spec.pretrained and not pretrained_weights_available(spec.architecture, spec.weights_path or None):
         spec = dataclasses.replace(spec, pretrained=False)  # random weights after all: cache it as such
-    return train_classifier(model, train_set, val_set, spec.training, device=device,
-                            checkpoint_dir=Path(models_dir) / classifier_cache_key(spec, data_fingerprint),
-                            workers=workers, progress=progress)
+    folder = Path(models_dir) / classifier_cache_key(spec, data_fingerprint)
+    describe_cache(folder, _cache_identity(spec, data_fingerprint), epochs=spec.training.epochs,
+                   what=f"M ({spec.architecture}{', adversarially trained' if spec.adversarial else ''})", log=log)
+    return train_classifier(model, train_set, val_set, spec.training, device=device, checkpoint_dir=folder,
+                            workers=workers, progress=progress, metadata=spec.metadata)
 
 
-def load_trained_classifier(path: str | Path, architecture: str, num_classes: int, *,
-                            device: str | torch.device = "cpu") -> nn.Module:
+def load_trained_classifier(path: str | Path, spec: ClassifierSpec, *, device: str | torch.device = "cpu",
+                            log: Callable[[str], None] = print) -> nn.Module:
     """A trained M from a weights file (``weights.pt`` of a checkpoint folder, or any state dict of
-    classifier ``architecture`` with ``num_classes`` classes), in eval mode on ``device``."""
-    model = build_classifier(architecture, num_classes)
-    load_model_weights(model, load_checkpoint(path), source=path)
+    classifier ``spec.architecture``), in eval mode on ``device``. Weights recorded for another
+    architecture, other classes (or another order of them) or another image size are refused;
+    a plain state dict cannot be checked, and ``log`` says so."""
+    model = build_classifier(spec.architecture, len(spec.classes))
+    weights, metadata = load_weights(path)
+    unchecked = check_metadata(path, metadata, {key: value for key, value in spec.metadata.items() if key != "model"})
+    if unchecked:
+        log(f"warning: {path} does not record its model's {', '.join(unchecked)}; they cannot be checked against "
+            f"this run ({', '.join(spec.classes)} at {spec.image_size} px)")
+    load_model_weights(model, weights, source=path)
     return model.to(device).eval()

@@ -6,8 +6,9 @@ A checkpoint folder holds
   gradient-scaler state, every RNG's state, the history, the kept epoch and the settings the
   training was started with), written atomically by the main process and read with
   ``weights_only=True``;
-- ``weights.pt``: the kept epoch's weights, a state dict: the best-scoring epoch when the loop
-  scores epochs (M), else the last (K);
+- ``weights.pt``: the kept epoch's weights (the best-scoring epoch when the loop scores epochs,
+  as for M, else the last, as for K) with what they are weights of (``metadata``: the
+  architecture, the classes in label order, the image size), checked when they are loaded;
 - ``history.json``: one record per finished epoch.
 
 A rerun with the same settings resumes after the last finished epoch exactly as if never
@@ -19,6 +20,7 @@ process trains, the main one writes.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +31,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from unmask.io import CheckpointError, atomic_torch_save, atomic_write_json, load_checkpoint
+from unmask.io import (
+    CheckpointError,
+    as_state_dict,
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    read_weights,
+)
 from unmask.runtime import Distributed, rng_state, set_rng_state
 
 STATE_FILE = "state.pt"
@@ -73,6 +82,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     score: str | None = None,
     describe: Callable[[dict[str, float]], str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Run ``run_epoch(epoch)`` for epochs 1..``epochs`` (it trains and evaluates one epoch and
     returns its record), checkpointing after each, and leave ``model`` with the kept weights.
@@ -80,6 +90,7 @@ def fit(
     ``score``: the record key whose highest value picks the kept epoch (ties keep the earlier);
     None keeps the last. ``settings``: what the training was started with (a resume with others
     raises ``CheckpointError``). ``describe``: one line per finished epoch, printed when given.
+    ``metadata``: stored with the kept weights (``save_weights``).
     """
     started = time.perf_counter()
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -99,7 +110,7 @@ def fit(
             if folder is None:
                 kept_weights = _state_copy(model)
             elif distributed.is_main:
-                atomic_torch_save(unwrap(model).state_dict(), folder / WEIGHTS_FILE)
+                save_weights(folder / WEIGHTS_FILE, model, metadata)
         if folder is not None and distributed.is_main:
             atomic_torch_save({
                 "format": STATE_FORMAT, "epoch": epoch, "model": unwrap(model).state_dict(),
@@ -116,7 +127,7 @@ def fit(
     model = unwrap(model)
     weights_path = folder / WEIGHTS_FILE if folder is not None else None
     if weights_path is not None:
-        load_model_weights(model, load_checkpoint(weights_path, map_location=_device_of(model)), source=weights_path)
+        load_model_weights(model, load_weights(weights_path, map_location=_device_of(model))[0], source=weights_path)
     elif kept_weights is not None:
         model.load_state_dict(kept_weights)
     return FitResult(history, kept_epoch, finished, weights_path, time.perf_counter() - started)
@@ -150,6 +161,61 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
+
+
+IDENTITY_FILE = "identity.json"
+
+
+def describe_cache(folder: Path, identity: Mapping[str, Any], *, epochs: int, what: str,
+                   log: Callable[[str], None]) -> int:
+    """Say whether ``folder`` (a model cache folder named by a hash of ``identity``: options, data
+    fingerprint, starting weights) holds a finished training, a resumable one, or none, and
+    return its finished epochs; record ``identity`` there in readable form so that two folders
+    can be compared by eye."""
+    history = folder / HISTORY_FILE
+    done = len(json.loads(history.read_text(encoding="utf-8"))["history"]) if history.is_file() else 0
+    if done >= epochs:
+        log(f"{what}: reusing models/{folder.name} (trained with the same options and data)")
+    elif done:
+        log(f"{what}: resuming the interrupted training in models/{folder.name} after epoch {done} of {epochs}")
+    else:
+        log(f"{what}: training (no cached model has these options and data; it goes to models/{folder.name})")
+    if not (folder / IDENTITY_FILE).is_file():
+        atomic_write_json(folder / IDENTITY_FILE, dict(identity))
+    return done
+
+
+def save_weights(path: str | Path, model: nn.Module, metadata: Mapping[str, Any] | None = None) -> None:
+    """The model's state dict with ``metadata`` (plain values: names, numbers, lists), atomically."""
+    atomic_torch_save({"state_dict": unwrap(model).state_dict(), "metadata": dict(metadata or {})}, path)
+
+
+def load_weights(path: str | Path, *, map_location: Any = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict, metadata) of a weights file: one written by ``save_weights``, or a plain state
+    dict (torch or safetensors) whose metadata is None."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_weights(path), None
+    loaded = load_checkpoint(path, map_location=map_location)
+    metadata = loaded.get("metadata") if isinstance(loaded, dict) else None
+    return as_state_dict(loaded, path), metadata if isinstance(metadata, dict) else None
+
+
+def check_metadata(path: str | Path, metadata: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> list[str]:
+    """Raise ``CheckpointError`` naming the file when ``metadata`` contradicts ``expected`` (another
+    architecture, other classes or another order of them, another image size); returns the keys
+    that could not be checked because the file does not record them."""
+    if metadata is None:
+        return list(expected)
+    wrong = [f"{key} {metadata[key]!r} (this run: {value!r})" for key, value in expected.items()
+             if key in metadata and _plain(metadata[key]) != _plain(value)]
+    if wrong:
+        raise CheckpointError(f"{path} holds weights for another model: {'; '.join(wrong)}")
+    return [key for key in expected if key not in metadata]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor], *, source: str | Path) -> None:

@@ -18,7 +18,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,20 @@ from torchvision.models.detection import MaskRCNN
 from tqdm import tqdm
 
 from unmask.data.coco import PartSegmentationDataset, collate_detection
-from unmask.io import atomic_write_json, load_checkpoint, stable_hash
-from unmask.models.part_extractor import DetectionRule, PartExtractor, build_part_extractor
+from unmask.io import atomic_write_json, stable_hash
+from unmask.models.part_extractor import DetectionRule, PartExtractor, build_part_extractor, coco_weights_path
 from unmask.parts import PART_INDEX, PARTS
+from unmask.provenance import file_digest
 from unmask.runtime import init_distributed
-from unmask.train.loop import fit, load_model_weights, unwrap
+from unmask.train.loop import (
+    WEIGHTS_FILE,
+    check_metadata,
+    describe_cache,
+    fit,
+    load_model_weights,
+    load_weights,
+    unwrap,
+)
 
 
 @dataclass(frozen=True)
@@ -83,12 +92,56 @@ class PartExtractorSpec:
                                     weights_path=self.weights_path or None, allow_random_init=allow_random_init,
                                     rule=self.rule)
 
+    @property
+    def metadata(self) -> dict[str, object]:
+        """What its weights file records, and loading checks: architecture, image size, parts."""
+        return {"model": "part_extractor", "architecture": self.architecture, "image_size": self.image_size,
+                "parts": list(PARTS)}
+
 
 def part_extractor_cache_key(spec: PartExtractorSpec, data_fingerprint: str) -> str:
-    """Folder name of a trained K: ``k-<hash>`` of what determines its weights (the detection
-    rule does not: it only applies at inference, so changing it never retrains K)."""
+    """Folder name of a trained K: ``k-<hash>`` of what determines its weights: the spec but its
+    detection rule (which only applies at inference, so changing it never retrains K), the
+    training data's fingerprint and the COCO weights file it starts from."""
+    return f"k-{stable_hash(_cache_identity(spec, data_fingerprint))}"
+
+
+def _cache_identity(spec: PartExtractorSpec, data_fingerprint: str) -> dict[str, object]:
     determining = {key: value for key, value in dataclasses.asdict(spec).items() if key != "rule"}
-    return f"k-{stable_hash({'spec': determining, 'data': data_fingerprint})}"
+    identity: dict[str, object] = {"spec": determining, "data": data_fingerprint}
+    if spec.pretrained:
+        identity["coco_weights"] = file_digest(coco_weights_path(spec.weights_path or None))
+    return identity
+
+
+def train_or_load_part_extractor(
+    spec: PartExtractorSpec,
+    *,
+    train_set: Callable[[], Dataset],
+    val_set: Callable[[], PartSegmentationDataset | None],
+    data_fingerprint: str,
+    models_dir: str | Path,
+    device: str | torch.device,
+    allow_random_init: bool = False,
+    workers: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[MaskRCNN, Path]:
+    """The K that ``spec`` describes, trained on ``train_set()`` (data with ``data_fingerprint``)
+    in ``models_dir/<part_extractor_cache_key>``, or loaded from there when finished; returns the
+    model with its weights and the folder. The datasets are built only when training is needed."""
+    model = spec.build(allow_random_init=allow_random_init)
+    if spec.pretrained and not coco_weights_path(spec.weights_path or None).is_file():
+        spec = dataclasses.replace(spec, pretrained=False)  # random weights after all: cache it as such
+    folder = Path(models_dir) / part_extractor_cache_key(spec, data_fingerprint)
+    finished = describe_cache(folder, _cache_identity(spec, data_fingerprint), epochs=spec.training.epochs,
+                              what=f"K ({spec.architecture})", log=log)
+    if finished < spec.training.epochs:
+        train_part_extractor(model, train_set(), val_set(), spec.training, device=device, checkpoint_dir=folder,
+                             workers=workers, score_threshold=spec.rule.score_threshold, progress=progress,
+                             metadata=spec.metadata)
+    load_part_extractor_weights(model, folder / WEIGHTS_FILE, spec, log=log)
+    return model, folder
 
 
 @dataclass
@@ -132,12 +185,13 @@ def train_part_extractor(
     workers: int = 0,
     score_threshold: float = 0.5,
     progress: bool = True,
+    metadata: Mapping[str, object] | None = None,
 ) -> PartExtractorTrainingResult:
     """Train K (a torchvision ``MaskRCNN``) on ``train_set`` items ``(image, target)`` as
     ``training`` says; after every epoch, part-set precision/recall on ``val_set`` at
     ``score_threshold``. ``checkpoint_dir`` holds the per-epoch state (``unmask.train.loop``):
     a rerun resumes exactly, and a finished training is not repeated; the final weights are
-    ``weights.pt``.
+    ``weights.pt``, with ``metadata``.
     """
     device = torch.device(device)
     distributed = init_distributed(device)
@@ -213,7 +267,7 @@ def train_part_extractor(
     result = fit(model, epochs=training.epochs, run_epoch=run_epoch, optimizer=optimizer, scheduler=scheduler,
                  scaler=scaler, checkpoint_dir=checkpoint_dir, distributed=distributed,
                  settings={**dataclasses.asdict(training), "world_size": distributed.world_size},
-                 describe=describe if show else None)
+                 describe=describe if show else None, metadata=metadata)
     return PartExtractorTrainingResult(result.history, step_losses, result.resumed_epochs, result.weights_path,
                                        result.seconds)
 
@@ -224,9 +278,17 @@ def _format_losses(losses: dict[str, torch.Tensor]) -> str:
     return " ".join(f"{short.get(key, key)}={value.item():.3f}" for key, value in losses.items())
 
 
-def load_part_extractor_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load trained weights (a state dict written by ``train_part_extractor``) into ``model``."""
-    load_model_weights(model, load_checkpoint(path), source=path)
+def load_part_extractor_weights(model: nn.Module, path: str | Path, spec: PartExtractorSpec | None = None, *,
+                                log: Callable[[str], None] = print) -> nn.Module:
+    """Load trained weights (``weights.pt`` of ``train_part_extractor``, or a plain state dict)
+    into ``model``; with ``spec``, weights recorded for another architecture or image size are
+    refused, and ``log`` says when a plain state dict leaves that unchecked."""
+    weights, metadata = load_weights(path)
+    if spec is not None:
+        unchecked = check_metadata(path, metadata, {k: v for k, v in spec.metadata.items() if k != "model"})
+        if unchecked:
+            log(f"warning: {path} does not record its model's {', '.join(unchecked)}; they cannot be checked")
+    load_model_weights(model, weights, source=path)
     return model
 
 
