@@ -35,15 +35,22 @@ class Predictions:
     part_scores: np.ndarray
     adv_trained: np.ndarray | None = None
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-image arrays by field name (a missing baseline left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Predictions:
+        return cls(**{f.name: arrays[f.name] for f in fields(cls) if f.name in arrays})
+
     def save(self, path: Path) -> None:
-        arrays = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+            np.savez_compressed(handle, **self.arrays())
 
     @classmethod
     def load(cls, path: Path) -> Predictions:
         with np.load(path, allow_pickle=False) as data:
-            return cls(**{name: data[name] for name in data.files})
+            return cls.from_arrays({name: data[name] for name in data.files})
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,12 @@ class Scored:
     @property
     def m(self) -> np.ndarray:
         return self.predictions.m
+
+    def subset(self, indices: np.ndarray) -> Scored:
+        """The same scores for the images ``indices`` only."""
+        predictions = Predictions.from_arrays({name: array[indices] for name, array in self.predictions.arrays().items()})
+        return Scored(predictions, self.detection[indices], self.detection_soft[indices], self.unmask[indices],
+                      self.unmask_soft[indices])
 
 
 @dataclass(frozen=True)

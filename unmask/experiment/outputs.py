@@ -77,14 +77,23 @@ def save_example(path: Path, index: int, clean: torch.Tensor, adversarial: torch
         torch.save({"index": index, "clean": clean.clone(), "adversarial": adversarial.clone()}, temporary)
 
 
-def choose_example(labels: np.ndarray, clean: Scored, attacked: Scored) -> int:
-    """An image M gets right clean and wrong attacked, that UnMask re-classifies correctly; the
-    first fooled one otherwise, else the first image."""
+def example_candidates(labels: np.ndarray, clean: Scored, attacked: Scored) -> np.ndarray:
+    """Positions in one batch of the example figure's candidates, best first (-1: none): the
+    first image M gets right clean and wrong attacked and UnMask re-classifies correctly, the
+    first such image whatever UnMask says, and the batch's first image."""
     fooled = (clean.m == labels) & (attacked.m != labels)
-    for candidates in (fooled & (attacked.unmask == labels), fooled):
-        if candidates.any():
-            return int(np.flatnonzero(candidates)[0])
-    return 0
+    firsts = [np.flatnonzero(tier)[:1] for tier in (fooled & (attacked.unmask == labels), fooled)]
+    return np.array([int(first[0]) if first.size else -1 for first in firsts] + [0], dtype=np.int64)
+
+
+def choose_example(batch_candidates: list[np.ndarray]) -> tuple[int, int]:
+    """(batch, candidate) of the example among every batch's ``example_candidates``, in batch
+    order: the earliest image of the best tier any batch found, else the first image."""
+    for tier in range(2):
+        for batch, candidates in enumerate(batch_candidates):
+            if candidates[tier] >= 0:
+                return batch, tier
+    return 0, 2
 
 
 # --- metrics.json -------------------------------------------------------------------------------

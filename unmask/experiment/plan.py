@@ -50,12 +50,14 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class EvaluationSpec:
-    """How the attacked predictions are judged: detection thresholds fixed on clean validation
-    images at ``detection_fpr``; at most ``max_images`` test images (0: all), drawn with ``seed``."""
+    """How the attacked predictions are made and judged: detection thresholds fixed on clean
+    validation images at ``detection_fpr``; at most ``max_images`` test images (0: all), drawn
+    with ``seed``; images computed (and sharded over processes) in batches of ``batch_size``."""
 
     detection_fpr: float
     max_images: int
     seed: int
+    batch_size: int
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def build_plan(config: Config) -> Plan:
         m=adversarial if config.m_adv_trained else standard,
         adv_trained=adversarial if config.adv_training else None,
         k=k, vectors=vectors, attack=attack,
-        evaluation=EvaluationSpec(config.detection_fpr, config.eval_max_images, config.seed),
+        evaluation=EvaluationSpec(config.detection_fpr, config.eval_max_images, config.seed, config.attack_batch_size),
         m_checkpoint=Path(config.m_checkpoint) if config.m_checkpoint else None,
         k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,
         allow_random_init=config.allow_random_init, output_dir=Path(config.output_dir), device=config.device,

@@ -17,18 +17,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from unmask.attacks import AttackVector
 from unmask.config import Config
 from unmask.data.sampling import stratified_sample
 from unmask.evaluation import DetectionCurves, Predictions, Scored, detection_curves, fix_thresholds
+from unmask.experiment.batches import forget_batches, in_batches
 from unmask.experiment.outputs import (
     RESULT_FORMAT,
     RunFolder,
     build_metrics,
     choose_example,
+    example_candidates,
     result_config,
     run_name,
     save_example,
@@ -46,7 +51,7 @@ from unmask.experiment.stages import (
     trained_part_extractor,
 )
 from unmask.io import atomic_write_json, atomic_write_text
-from unmask.provenance import cached, digest
+from unmask.provenance import digest, producing, reusable
 from unmask.report import format_grid_table, format_tables
 from unmask.runtime import Runtime
 
@@ -79,14 +84,13 @@ def run_experiment(plan: Plan) -> Path:
         m, adv_trained = trained_classifiers(plan, data, runtime)
     with timer.stage("train_k", "K: train or load from the cache"):
         k = trained_part_extractor(plan, runtime)
-    if not runtime.distributed.is_main:
-        return plan.output_dir  # training was shared; the evaluation runs on the main process
     with timer.stage("eval_k", "K: COCO mAP and part precision/recall on the test split"):
-        k_metrics, _ = part_extractor_metrics(plan, k, runtime)
+        k_metrics = part_extractor_metrics(plan, k, runtime)[0] if runtime.distributed.is_main else {}
 
     folder = RunFolder(plan.output_dir / run_name(plan))
-    folder.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder.path / "config.json", {"format": RESULT_FORMAT, **result_config(plan.config)})
+    if runtime.distributed.is_main:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder.path / "config.json", {"format": RESULT_FORMAT, **result_config(plan.config)})
     all_images, all_labels = data["test"].tensors()
     chosen = stratified_sample(all_labels.numpy(), plan.evaluation.max_images, seed=plan.evaluation.seed)
     test_images, test_labels = all_images[chosen], all_labels[chosen]
@@ -95,16 +99,40 @@ def run_experiment(plan: Plan) -> Path:
     class_set = plan.class_set
     # what every saved prediction depends on besides its own options: the images and the models
     inputs = {"data": data["test"].fingerprint(), "images": digest(chosen.tolist()), "m": m.fingerprint,
-              "adv_trained": adv_trained.fingerprint if adv_trained is not None else None, "k": k.fingerprint}
+              "adv_trained": adv_trained.fingerprint if adv_trained is not None else None, "k": k.fingerprint,
+              "batch_size": plan.evaluation.batch_size}
+
+    def predictions_in_batches(result: Path, fingerprint: dict[str, Any], images: torch.Tensor, compute: Any, *,
+                               what: str, finish: Any = None) -> Predictions:
+        """The predictions of ``compute`` over ``images``, sharded and resumable per batch
+        (``batches``); the main process writes the whole result, after ``finish(predictions,
+        extras)`` wrote what goes with it."""
+        if reusable(result, fingerprint, what=what, log=runtime.log):
+            return Predictions.load(result)
+        arrays, extras = in_batches(result, fingerprint, count=len(images), batch_size=plan.evaluation.batch_size,
+                                    compute=compute, runtime=runtime, what=what)
+        predictions = Predictions.from_arrays(arrays)
+        if runtime.distributed.is_main:
+            with producing(result, fingerprint):
+                if finish is not None:
+                    finish(predictions, extras)
+                predictions.save(result)
+            forget_batches(result)
+        return predictions
+
+    def clean_batch(images: torch.Tensor, baseline: torch.nn.Module | None) -> Any:
+        return lambda number, indices: (
+            clean_predictions(images[indices], m.model, baseline, k.extractor).arrays(), {})
 
     with timer.stage("clean", f"clean predictions of M, the baseline and K ({len(labels)} test images)"):
-        clean = Scored.of(cached(
-            folder.clean, inputs, lambda: clean_predictions(test_images, m.model, adv_trained_model, k.extractor),
-            save=Predictions.save, load=Predictions.load, what="clean test predictions", log=runtime.log), class_set)
-        validation = cached(
-            folder.validation, {"data": data["val"].fingerprint(), "m": m.fingerprint, "k": k.fingerprint},
-            lambda: clean_predictions(data["val"].tensors()[0], m.model, None, k.extractor),
-            save=Predictions.save, load=Predictions.load, what="clean validation predictions", log=runtime.log)
+        clean = Scored.of(predictions_in_batches(folder.clean, inputs, test_images,
+                                                 clean_batch(test_images, adv_trained_model),
+                                                 what="clean test predictions"), class_set)
+        validation_images = data["val"].tensors()[0]
+        validation = predictions_in_batches(
+            folder.validation, {"data": data["val"].fingerprint(), "m": m.fingerprint, "k": k.fingerprint,
+                                "batch_size": plan.evaluation.batch_size},
+            validation_images, clean_batch(validation_images, None), what="clean validation predictions")
         thresholds = fix_thresholds(Scored.of(validation, class_set), plan.evaluation.detection_fpr)
 
     attacked: dict[AttackVector, Scored] = {}
@@ -114,18 +142,27 @@ def run_experiment(plan: Plan) -> Path:
             fingerprint = {**inputs, "attack": {"vector": vector.label, **asdict(plan.attack)},
                            "seed": plan.evaluation.seed}
 
-            def attack_vector(vector: AttackVector = vector) -> Predictions:
+            def attack_batch(number: int, indices: np.ndarray, vector: AttackVector = vector) -> Any:
                 predictions, adversarial = attacked_predictions(
-                    vector, test_images, test_labels, m.model, adv_trained_model, k.extractor, options=plan.attack,
-                    seed=plan.evaluation.seed)
-                index = choose_example(labels, clean, Scored.of(predictions, class_set))
-                save_example(folder.example(vector), index, test_images[index], adversarial[index])
-                return predictions
+                    vector, test_images[indices], test_labels[indices], m.model, adv_trained_model, k.extractor,
+                    options=plan.attack, seed=plan.evaluation.seed, batch=number)
+                positions = example_candidates(labels[indices], clean.subset(indices),
+                                               Scored.of(predictions, class_set))
+                return predictions.arrays(), {"candidates": np.where(positions >= 0, indices[positions.clip(0)], -1),
+                                              "adversarial": adversarial[positions.clip(0)].numpy()}
 
-            attacked[vector] = Scored.of(cached(folder.vector(vector), fingerprint, attack_vector,
-                                                save=Predictions.save, load=Predictions.load,
-                                                what=f"attack {vector.label}", log=runtime.log), class_set)
+            def save_the_example(predictions: Predictions, extras: list[Any], vector: AttackVector = vector) -> None:
+                batch, position = choose_example([batch["candidates"] for batch in extras])
+                index = int(extras[batch]["candidates"][position])
+                save_example(folder.example(vector), index, test_images[index],
+                             torch.from_numpy(extras[batch]["adversarial"][position]))
 
+            attacked[vector] = Scored.of(predictions_in_batches(
+                folder.vector(vector), fingerprint, test_images, attack_batch, what=f"attack {vector.label}",
+                finish=save_the_example), class_set)
+
+    if not runtime.distributed.is_main:
+        return folder.path  # the main process reports
     with timer.stage("report", f"metrics, tables and figures in {folder.path}"):
         curves: dict[AttackVector, DetectionCurves] = {
             vector: detection_curves(labels, clean, scored) for vector, scored in attacked.items()}

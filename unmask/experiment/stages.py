@@ -161,9 +161,10 @@ def part_extractor_metrics(plan: Plan, k: TrainedPartExtractor, runtime: Runtime
 # --- predictions --------------------------------------------------------------------------------
 
 
-def attack_seed(seed: int, vector: AttackVector, model_role: str) -> int:
-    """The random-start seed of ``vector`` against one model (``m`` or ``adv_trained``)."""
-    return int(stable_hash([seed, vector.label, model_role], length=12), 16)
+def attack_seed(seed: int, vector: AttackVector, model_role: str, batch: int) -> int:
+    """The random-start seed of ``vector`` against one model (``m`` or ``adv-trained``) on one
+    evaluation batch: the same whichever process attacks the batch, and whatever ran before."""
+    return int(stable_hash([seed, vector.label, model_role, batch], length=12), 16)
 
 
 def clean_predictions(images: torch.Tensor, m: nn.Module, adv_trained: nn.Module | None,
@@ -177,16 +178,16 @@ def clean_predictions(images: torch.Tensor, m: nn.Module, adv_trained: nn.Module
 
 def attacked_predictions(vector: AttackVector, images: torch.Tensor, labels: torch.Tensor, m: nn.Module,
                          adv_trained: nn.Module | None, extractor: PartExtractor, *, options: AttackOptions,
-                         seed: int) -> tuple[Predictions, torch.Tensor]:
-    """M's and K's view of the images attacked through M's gradients, and the baseline's
-    prediction on images attacked through its own gradients (gray-box: K is never attacked).
-    Also returns the adversarial images (against M)."""
-    torch.manual_seed(attack_seed(seed, vector, "m"))
+                         seed: int, batch: int) -> tuple[Predictions, torch.Tensor]:
+    """M's and K's view of one batch of images attacked through M's gradients, and the
+    baseline's prediction on them attacked through its own gradients (gray-box: K is never
+    attacked). Also returns the adversarial images (against M)."""
+    torch.manual_seed(attack_seed(seed, vector, "m", batch))
     adversarial = attack(m, images, labels, vector, options)
     extraction = extractor.extract(adversarial)
     baseline_predictions = None
     if adv_trained is not None:
-        torch.manual_seed(attack_seed(seed, vector, "adv-trained"))
+        torch.manual_seed(attack_seed(seed, vector, "adv-trained", batch))
         baseline_predictions = predict(adv_trained, attack(adv_trained, images, labels, vector, options)).cpu().numpy()
     predictions = Predictions(m=predict(m, adversarial).cpu().numpy(), parts=extraction.parts,
                               part_scores=extraction.part_scores, adv_trained=baseline_predictions)

@@ -97,7 +97,7 @@ def fit(
     settings = dict(settings)
     finished, history, kept_epoch = 0, [], 0
     if folder is not None and (folder / STATE_FILE).is_file():
-        finished, history, kept_epoch = _resume(folder / STATE_FILE, model=model, optimizer=optimizer,
+        finished, history, kept_epoch = _resume(folder / STATE_FILE, epochs=epochs, model=model, optimizer=optimizer,
                                                 scheduler=scheduler, scaler=scaler, settings=settings)
     kept_weights = _state_copy(model) if folder is None else None
     for epoch in range(finished + 1, epochs + 1):
@@ -133,14 +133,16 @@ def fit(
     return FitResult(history, kept_epoch, finished, weights_path, time.perf_counter() - started)
 
 
-def _resume(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None,
+def _resume(path: Path, *, epochs: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None,
             scaler: torch.amp.GradScaler | None, settings: dict[str, Any]) -> tuple[int, list[dict[str, float]], int]:
     state = load_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a training state of this project (format {STATE_FORMAT}); "
                               "delete its folder to train again")
+    # a finished training is reused by a run with any number of processes; only continuing one needs the same
+    ignored = {"world_size"} if int(state["epoch"]) >= epochs else set()
     differences = [f"{key}: file {state['settings'].get(key)!r}, now {value!r}" for key, value in settings.items()
-                   if state["settings"].get(key) != value]
+                   if state["settings"].get(key) != value and key not in ignored]
     if differences:
         raise CheckpointError(f"{path} was written by a training run with other settings ({'; '.join(differences)}); "
                               "use another checkpoint folder or delete this one to start over")
