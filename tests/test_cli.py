@@ -74,6 +74,16 @@ def test_command_line_overrides_are_parsed_and_typed():
         ({"detection_fpr": 1.5}, r"\[0, 1\]"),
         ({"grid_models": ("compact", "alexnet")}, "alexnet"),
         ({"no_such_option": 1}, "unknown option"),
+        # non-finite numbers (argparse's float() takes "inf" and "nan") and meaningless budgets
+        ({"lr": float("inf")}, "--lr: expected a finite number, got inf"),
+        ({"mim_decay": float("nan")}, "--mim-decay: expected a finite number, got nan"),
+        ({"mim_decay": -1.0}, "--mim-decay: expected a finite number >= 0"),
+        ({"k_lr": float("nan")}, "--k-lr: expected a finite number, got nan"),
+        ({"detection_fpr": float("nan")}, "--detection-fpr: expected a finite number"),
+        ({"adv_epsilon": 300.0}, "--adv-epsilon: 300 exceeds 255"),
+        ({"attacks": ("pgd_linf:inf",)}, "--attacks: attack pgd_linf: epsilon must be a finite number > 0"),
+        ({"attacks": ("mim_l2:nan",)}, "--attacks: attack mim_l2: epsilon must be a finite number > 0"),
+        ({"attacks": ("pgd_linf:1e9",)}, "--attacks: attack pgd_linf: epsilon 1e\\+09 exceeds 255, the whole 0-255"),
     ],
 )
 def test_invalid_values_fail_at_once_listing_the_valid_ones(overrides, message):
