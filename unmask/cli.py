@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from unmask.config import PROFILES, Config, ConfigError, format_config, option_name, resolve_config, show_value
-from unmask.io import CheckpointError
+from unmask.io import UnmaskError
 
 if typing.TYPE_CHECKING:
     from unmask.experiment import Plan
@@ -240,9 +240,16 @@ def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | Non
         print(f"configuration (profile {args.profile!r}):\n{format_config(plan.config)}\n", file=sys.stderr)
     try:
         return COMMANDS[args.command][1](plan, args)
-    except (ValueError, CheckpointError, OSError) as error:
-        # bad input (names, files, layouts, checkpoints): one clear line; --verbosity 2 shows the traceback
+    except (UnmaskError, ValueError, OSError) as error:
+        # expected failures (bad options, data, images, annotation files or checkpoints, missing
+        # pretrained weights, a full disk): one clear line; --verbosity 2 shows the traceback
         if plan.verbosity >= 2:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if plan.verbosity >= 2:
+            raise
+        print("interrupted: finished epochs and attack vectors are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
