@@ -185,14 +185,21 @@ def test_a_full_disk_ends_in_one_error_line(tmp_path, monkeypatch, capsys):
     assert line.startswith(f"error: no space left on device while writing {tmp_path / 'r' / 'models'}")
 
 
-def test_a_user_checkpoint_that_is_not_weights_ends_in_one_error_line(tmp_path, capsys):
-    data = _tiny_dataset(tmp_path / "data", size=32)
-    notes = tmp_path / "notes.pt"
+def test_a_user_checkpoint_that_is_not_weights_ends_in_one_error_line_before_any_work(tmp_path, capsys):
+    import random
+
+    import torch
+
+    notes, evil = tmp_path / "notes.pt", tmp_path / "evil.pt"
     notes.write_text("not a checkpoint")
-    assert main(["train-m", "--dataset", "unmask", "--data-dir", str(data), "--output-dir", str(tmp_path / "r"),
-                 "--image-size", "32", "--m-checkpoint", str(notes), "--no-adv-training", "--verbosity", "0"]) == 1
-    line = _error_line(capsys)
-    assert str(notes) in line and "weights_only" not in line
+    torch.save({"callback": random.Random}, evil)
+    for option, path in (("--m-checkpoint", notes), ("--k-checkpoint", evil)):
+        # no data folder: the file is checked first
+        assert main(["train-m", "--dataset", "unmask", "--data-dir", str(tmp_path / "none"), option, str(path),
+                     "--verbosity", "0"]) == 1
+        line = _error_line(capsys)
+        assert line.startswith(f"error: {path} (given with {option}) is not a weights file of the expected kind: ")
+        assert "weights_only" not in line and "delete" not in line
 
 
 def test_non_finite_numbers_are_refused_before_any_work(capsys):

@@ -228,6 +228,27 @@ def parse(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | No
     return build_plan(config), args
 
 
+USER_CHECKPOINTS = {
+    "m_checkpoint": "M's trained weights: a state dict of the --model architecture for the class set (weights.pt "
+                    "of a results/models/m-* folder, or torch.save(model.state_dict()))",
+    "k_checkpoint": "K's trained weights: a state dict of the --k-model part extractor (weights.pt of a "
+                    "results/models/k-* folder)",
+}
+"""What ``--m-checkpoint`` and ``--k-checkpoint`` take, as their errors say."""
+
+
+def check_user_checkpoints(plan: Plan) -> None:
+    """Read the weights files named by ``--m-checkpoint`` / ``--k-checkpoint`` before any work
+    (safely: tensors only), so that a wrong file fails in one line naming it, not after the data
+    is generated and other models are trained."""
+    from unmask.io import read_weights
+
+    for name, expected in USER_CHECKPOINTS.items():
+        path = getattr(plan, name)
+        if path is not None:
+            read_weights(path, user_option=option_name(name), expected=expected)
+
+
 def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None,
          profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> int:
     """``python main.py``: ``settings`` and ``profiles`` come from the repository's config.py."""
@@ -239,6 +260,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | Non
     if plan.verbosity > 0:
         print(f"configuration (profile {args.profile!r}):\n{format_config(plan.config)}\n", file=sys.stderr)
     try:
+        check_user_checkpoints(plan)
         return COMMANDS[args.command][1](plan, args)
     except (UnmaskError, ValueError, OSError) as error:
         # expected failures (bad options, data, images, annotation files or checkpoints, missing
