@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from unmask.config import PROFILES, Config, ConfigError, format_config, option_name, resolve_config, show_value
-from unmask.io import UnmaskError
+from unmask.io import UnmaskError, file_lock, lock_path
 
 if typing.TYPE_CHECKING:
     from unmask.experiment import Plan
@@ -95,13 +95,15 @@ def _prepare_synthetic(plan: Plan) -> int:
     from unmask.data.synthetic import generate_synthetic, manifest_matches
 
     spec, root = plan.data.synthetic, plan.data.root
-    if manifest_matches(root, spec):
-        if plan.verbosity > 0:
-            print(f"prepare: the synthetic world in {root} matches the configuration (manifest.json); reusing it")
-        return 0
-    start = time.perf_counter()
-    generate_synthetic(root, spec, progress=plan.verbosity > 0, workers=plan.data.synthetic_workers)
-    elapsed = time.perf_counter() - start
+    # the lock ensure_synthetic holds: a run generating the same world meanwhile is waited for
+    with file_lock(lock_path(root), what="generating the synthetic world"):
+        if manifest_matches(root, spec):
+            if plan.verbosity > 0:
+                print(f"prepare: the synthetic world in {root} matches the configuration (manifest.json); reusing it")
+            return 0
+        start = time.perf_counter()
+        generate_synthetic(root, spec, progress=plan.verbosity > 0, workers=plan.data.synthetic_workers)
+        elapsed = time.perf_counter() - start
     if plan.verbosity > 0:
         classes = len(spec.m_classes)
         images = classes * spec.images_per_class + spec.k_images

@@ -28,6 +28,8 @@ class ImageError(UnmaskError, ValueError):
     """An image file that cannot be used; ``path`` is the file, ``reason`` what is wrong with it."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        # PIL's "cannot identify image file '<path>'": the path is said once, before the reason
+        reason = reason.replace(f" {str(path)!r}", "").replace(f" {str(path)}", "")
         self.path, self.reason = Path(path), reason
         super().__init__(f"cannot decode image {path}: {reason}. {EXPECTED_FORMATS}")
 
