@@ -296,3 +296,23 @@ def test_the_file_lock_makes_a_second_holder_wait_and_says_why(tmp_path, capsys)
     thread.join(5)
     assert order == ["first done", "second"]
     assert f"waiting for another process that holds {lock} (the same cache)" in capsys.readouterr().err
+
+
+def test_no_lock_file_outlives_the_work_and_waiters_lock_the_path_anew(tmp_path):
+    lock = tmp_path / ".cache.lock"
+    inside, holders = threading.Lock(), []
+
+    def work(number):
+        with file_lock(lock):
+            assert inside.acquire(blocking=False), "two holders at once"
+            holders.append(number)
+            time.sleep(0.02)
+            inside.release()
+
+    threads = [threading.Thread(target=work, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(holders) == [0, 1, 2, 3]
+    assert list(tmp_path.iterdir()) == []

@@ -262,13 +262,15 @@ def lock_path(folder: str | os.PathLike[str]) -> Path:
 
 @contextmanager
 def file_lock(path: str | os.PathLike[str], *, what: str = "") -> Iterator[None]:
-    """Hold an exclusive lock on the file ``path`` (created if needed) for the block; another
-    process holding it makes this wait, saying so on stderr. Two identical runs started at
-    once then do the work once: the second finds the first's result when it gets the lock.
+    """Hold an exclusive lock on the file ``path`` for the block; another process holding it
+    makes this wait, saying so on stderr. Two identical runs started at once then do the work
+    once: the second finds the first's result when it gets the lock.
 
     ``fcntl.flock``: the lock goes when its holder ends, even killed, so a crash never leaves a
-    stale lock (the empty file stays, harmlessly). Locks are per open file, so two threads of one
-    process exclude each other too. Where ``fcntl`` is missing (Windows) this does not lock.
+    stale lock. The holder deletes the file before letting go, so no lock file outlives the
+    work; a waiter that then holds the deleted file's lock sees that the path no longer names it
+    and locks the path anew. Locks are per open file, so two threads of one process exclude each
+    other too. Where ``fcntl`` is missing (Windows) this does not lock.
     """
     try:
         import fcntl
@@ -277,17 +279,31 @@ def file_lock(path: str | os.PathLike[str], *, what: str = "") -> Iterator[None]
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
+    said = False
+    while True:
+        handle = open(path, "a+b")  # held open until the block ends: closing it releases the lock
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process that holds {path}{f' ({what})' if what else ''}; its result "
-                  "will be reused", file=sys.stderr, flush=True)
+            if not said:
+                print(f"waiting for another process that holds {path}{f' ({what})' if what else ''}; its result "
+                      "will be reused", file=sys.stderr, flush=True)
+                said = True
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break  # the lock of the file the path names: ours
+        except FileNotFoundError:
+            pass
+        handle.close()  # the holder deleted the file meanwhile: lock the path anew
+    try:
+        yield
+    finally:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        handle.close()  # closing releases the lock, after the file is gone
 
 
 def link_or_copy(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:

@@ -12,11 +12,11 @@ from PIL import Image
 
 from unmask.data.coco import (
     MIRRORED_LABELS,
+    CocoFormatError,
     PartSegmentationDataset,
     annotation_to_mask,
-    collate_detection,
-    CocoFormatError,
     check_part_split,
+    collate_detection,
     load_coco_parts,
     mask_to_annotation,
     part_categories,
