@@ -12,6 +12,7 @@ from unmask.attacks import (
     AttackVector,
     attack,
     build_attack,
+    parse_attack_vectors,
 )
 from unmask.models.classifier import Classifier, CompactCNN, build_classifier, predict
 from unmask.parts import UnknownNameError
@@ -210,7 +211,7 @@ def test_bad_inputs_are_refused_with_a_clear_message():
         attack(model, images * 3, torch.tensor([0, 1]), AttackVector("pgd_linf", 8))
     with pytest.raises(ValueError, match="integer labels"):
         attack(model, images, torch.tensor([0.0, 1.0]), AttackVector("pgd_linf", 8))
-    with pytest.raises(ValueError, match="epsilon must be positive"):
+    with pytest.raises(ValueError, match="epsilon must be a finite number > 0"):
         attack(model, images, torch.tensor([0, 1]), AttackVector("pgd_linf", 0))
     assert attack(model, images, torch.tensor([0, 1], dtype=torch.int32), AttackVector("fgsm", 8)).shape == images.shape
 
@@ -219,3 +220,24 @@ def test_the_registry_builds_every_named_attack():
     from unmask.attacks.registry import BUILDERS
 
     assert set(BUILDERS) == set(ATTACK_NAMES) == set(ATTACK_NORMS)
+
+
+@pytest.mark.parametrize("epsilon", [float("inf"), float("-inf"), float("nan"), 0.0, -1.0])
+def test_non_finite_and_non_positive_epsilons_are_refused(epsilon):
+    for name in ("pgd_linf", "pgd_l2"):
+        with pytest.raises(ValueError, match=f"attack {name}: epsilon must be a finite number > 0"):
+            AttackVector(name, epsilon)
+
+
+def test_epsilons_beyond_the_pixel_range_are_refused():
+    assert AttackVector("pgd_linf", 255).epsilon == 255  # the whole range is allowed
+    with pytest.raises(ValueError, match="epsilon 1e\\+09 exceeds 255, the whole 0-255 pixel range"):
+        parse_attack_vectors(["pgd_linf:1e9"])
+    limit = 255 * 3**0.5 * 128  # the L2 distance between an all-black and an all-white 128 px image
+    assert parse_attack_vectors([f"pgd_l2:{limit - 1}"], image_size=128)[0].epsilon == limit - 1
+    with pytest.raises(ValueError, match=r"attack mim_l2: epsilon 1e\+09 exceeds 56,534, the largest L2 distance "
+                                         r"between two 128x128 RGB images .*\(255\*sqrt\(3\*128\*128\)\)"):
+        parse_attack_vectors(["pgd_l2:600", "mim_l2:1e9"], image_size=128)
+    assert parse_attack_vectors(["mim_l2:1e9"])[0].epsilon == 1e9  # the size is not known here
+    with pytest.raises(ValueError, match="pgd_linf:inf.*finite|epsilon must be a finite"):
+        parse_attack_vectors(["paper", "pgd_linf:inf"])

@@ -74,6 +74,16 @@ def test_command_line_overrides_are_parsed_and_typed():
         ({"detection_fpr": 1.5}, r"\[0, 1\]"),
         ({"grid_models": ("compact", "alexnet")}, "alexnet"),
         ({"no_such_option": 1}, "unknown option"),
+        # non-finite numbers (argparse's float() takes "inf" and "nan") and meaningless budgets
+        ({"lr": float("inf")}, "--lr: expected a finite number, got inf"),
+        ({"mim_decay": float("nan")}, "--mim-decay: expected a finite number, got nan"),
+        ({"mim_decay": -1.0}, "--mim-decay: expected a finite number >= 0"),
+        ({"k_lr": float("nan")}, "--k-lr: expected a finite number, got nan"),
+        ({"detection_fpr": float("nan")}, "--detection-fpr: expected a finite number"),
+        ({"adv_epsilon": 300.0}, "--adv-epsilon: 300 exceeds 255"),
+        ({"attacks": ("pgd_linf:inf",)}, "--attacks: attack pgd_linf: epsilon must be a finite number > 0"),
+        ({"attacks": ("mim_l2:nan",)}, "--attacks: attack mim_l2: epsilon must be a finite number > 0"),
+        ({"attacks": ("pgd_linf:1e9",)}, "--attacks: attack pgd_linf: epsilon 1e\\+09 exceeds 255, the whole 0-255"),
     ],
 )
 def test_invalid_values_fail_at_once_listing_the_valid_ones(overrides, message):
@@ -107,3 +117,105 @@ def test_help_runs_as_a_script():
                             timeout=120)
     assert result.returncode == 0
     assert "--class-set" in result.stdout and "--k-score-threshold" in result.stdout
+
+
+# --- expected errors end in one line, never a traceback -------------------------------------------
+
+
+def _tiny_dataset(root: Path, *, size: int = 8) -> Path:
+    """M's layout for cs5-2 with one tiny image per class and split, and K's with one image per
+    split: complete, so that only what a test breaks is wrong with it."""
+    import numpy as np
+    from PIL import Image
+
+    from unmask.data.coco import mask_to_annotation, split_paths, write_coco
+
+    for split in ("train", "val", "test"):
+        for number, name in enumerate(("dog", "car", "bird", "train", "person")):
+            folder = root / "cs5-2" / split / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (size, size), (40 * number, 90, 160)).save(folder / "0.png")
+        annotation_file, image_dir = split_paths(root, split)
+        image_dir.mkdir(parents=True)
+        Image.new("RGB", (size, size), (200, 90, 20)).save(image_dir / "0.png")
+        mask = np.zeros((size, size), dtype=bool)
+        mask[2:6, 2:6] = True
+        write_coco(annotation_file, images=[{"id": 1, "file_name": "0.png", "height": size, "width": size}],
+                   annotations=[mask_to_annotation(mask, annotation_id=1, image_id=1, category_id=0)])
+    return root
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_missing_pretrained_weights_offline_end_in_one_error_line(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from unmask.models import classifier
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(classifier, "_try_download", lambda url, file: None)  # offline
+    data = _tiny_dataset(tmp_path / "data")
+    argv = ["--profile", "paper", "--dataset", "unmask", "--data-dir", str(data), "--output-dir",
+            str(tmp_path / "results"), "--verbosity", "0"]
+    assert main(argv) == 1
+    line = _error_line(capsys)
+    assert line.startswith("error: the ImageNet weights of resnet50 are not on this machine and cannot be downloaded")
+    assert "--allow-random-init" in line
+    with pytest.raises(classifier.PretrainedWeightsError):  # --verbosity 2 keeps the traceback
+        main([*argv[:-1], "2"])
+
+
+def test_several_bad_images_are_listed_in_one_error_line(tmp_path, capsys):
+    data = _tiny_dataset(tmp_path / "data")
+    (data / "cs5-2" / "train" / "dog" / "0.png").write_bytes(b"not an image")
+    (data / "cs5-2" / "train" / "bird" / "1.jpg").write_bytes(b"")
+    assert main(["train-m", "--dataset", "unmask", "--data-dir", str(data), "--output-dir", str(tmp_path / "r"),
+                 "--verbosity", "0"]) == 1
+    line = _error_line(capsys)
+    # every split the run reads is checked before any training, so one error names them all
+    assert line.startswith(f"error: 2 of 16 image files of {data / 'cs5-2'} (train, val, test) cannot be used: ")
+    assert "dog/0.png" in line and "bird/1.jpg" in line
+
+
+def test_a_full_disk_ends_in_one_error_line(tmp_path, monkeypatch, capsys):
+    import torch
+
+    def full_disk(obj, file):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 3980")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    data = _tiny_dataset(tmp_path / "data", size=32)
+    assert main(["train-m", "--dataset", "unmask", "--data-dir", str(data), "--output-dir", str(tmp_path / "r"),
+                 "--image-size", "32", "--epochs", "1", "--no-adv-training", "--verbosity", "0"]) == 1
+    line = _error_line(capsys)
+    assert line.startswith(f"error: no space left on device while writing {tmp_path / 'r' / 'models'}")
+
+
+def test_a_user_checkpoint_that_is_not_weights_ends_in_one_error_line_before_any_work(tmp_path, capsys):
+    import random
+
+    import torch
+
+    notes, evil = tmp_path / "notes.pt", tmp_path / "evil.pt"
+    notes.write_text("not a checkpoint")
+    torch.save({"callback": random.Random}, evil)
+    for option, path in (("--m-checkpoint", notes), ("--k-checkpoint", evil)):
+        # no data folder: the file is checked first
+        assert main(["train-m", "--dataset", "unmask", "--data-dir", str(tmp_path / "none"), option, str(path),
+                     "--verbosity", "0"]) == 1
+        line = _error_line(capsys)
+        assert line.startswith(f"error: {path} (given with {option}) is not a weights file of the expected kind: ")
+        assert "weights_only" not in line and "delete" not in line
+
+
+def test_non_finite_numbers_are_refused_before_any_work(capsys):
+    assert main(["--lr", "inf"]) == 2
+    assert "--lr: expected a finite number, got inf" in capsys.readouterr().err
+    assert main(["--attacks", "pgd_linf:inf"]) == 2
+    assert "--attacks: attack pgd_linf: epsilon must be a finite number > 0" in capsys.readouterr().err

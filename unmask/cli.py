@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from unmask.config import PROFILES, Config, ConfigError, format_config, option_name, resolve_config, show_value
-from unmask.io import CheckpointError
+from unmask.io import UnmaskError, file_lock, lock_path
 
 if typing.TYPE_CHECKING:
     from unmask.experiment import Plan
@@ -95,13 +95,15 @@ def _prepare_synthetic(plan: Plan) -> int:
     from unmask.data.synthetic import generate_synthetic, manifest_matches
 
     spec, root = plan.data.synthetic, plan.data.root
-    if manifest_matches(root, spec):
-        if plan.verbosity > 0:
-            print(f"prepare: the synthetic world in {root} matches the configuration (manifest.json); reusing it")
-        return 0
-    start = time.perf_counter()
-    generate_synthetic(root, spec, progress=plan.verbosity > 0, workers=plan.data.synthetic_workers)
-    elapsed = time.perf_counter() - start
+    # the lock ensure_synthetic holds: a run generating the same world meanwhile is waited for
+    with file_lock(lock_path(root), what="generating the synthetic world"):
+        if manifest_matches(root, spec):
+            if plan.verbosity > 0:
+                print(f"prepare: the synthetic world in {root} matches the configuration (manifest.json); reusing it")
+            return 0
+        start = time.perf_counter()
+        generate_synthetic(root, spec, progress=plan.verbosity > 0, workers=plan.data.synthetic_workers)
+        elapsed = time.perf_counter() - start
     if plan.verbosity > 0:
         classes = len(spec.m_classes)
         images = classes * spec.images_per_class + spec.k_images
@@ -154,11 +156,11 @@ def _train_m(plan: Plan, args: argparse.Namespace) -> int:
 def _train_k(plan: Plan, args: argparse.Namespace) -> int:
     import json
 
-    from unmask.experiment.stages import part_extractor_metrics, prepare_data, trained_part_extractor
+    from unmask.experiment.stages import k_splits_needed, part_extractor_metrics, prepare_data, trained_part_extractor
     from unmask.runtime import Runtime
 
     runtime = Runtime.start(plan.device, workers=plan.workers, verbosity=plan.verbosity)
-    prepare_data(plan.data, runtime)
+    prepare_data(plan.data, runtime, m_splits=(), k_splits=k_splits_needed(plan))
     k = trained_part_extractor(plan, runtime)
     if not runtime.distributed.is_main:
         return 0
@@ -228,6 +230,27 @@ def parse(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | No
     return build_plan(config), args
 
 
+USER_CHECKPOINTS = {
+    "m_checkpoint": "M's trained weights: a state dict of the --model architecture for the class set (weights.pt "
+                    "of a results/models/m-* folder, or torch.save(model.state_dict()))",
+    "k_checkpoint": "K's trained weights: a state dict of the --k-model part extractor (weights.pt of a "
+                    "results/models/k-* folder)",
+}
+"""What ``--m-checkpoint`` and ``--k-checkpoint`` take, as their errors say."""
+
+
+def check_user_checkpoints(plan: Plan) -> None:
+    """Read the weights files named by ``--m-checkpoint`` / ``--k-checkpoint`` before any work
+    (safely: tensors only), so that a wrong file fails in one line naming it, not after the data
+    is generated and other models are trained."""
+    from unmask.io import read_weights
+
+    for name, expected in USER_CHECKPOINTS.items():
+        path = getattr(plan, name)
+        if path is not None:
+            read_weights(path, user_option=option_name(name), expected=expected)
+
+
 def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None,
          profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> int:
     """``python main.py``: ``settings`` and ``profiles`` come from the repository's config.py."""
@@ -239,10 +262,18 @@ def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | Non
     if plan.verbosity > 0:
         print(f"configuration (profile {args.profile!r}):\n{format_config(plan.config)}\n", file=sys.stderr)
     try:
+        check_user_checkpoints(plan)
         return COMMANDS[args.command][1](plan, args)
-    except (ValueError, CheckpointError, OSError) as error:
-        # bad input (names, files, layouts, checkpoints): one clear line; --verbosity 2 shows the traceback
+    except (UnmaskError, ValueError, OSError) as error:
+        # expected failures (bad options, data, images, annotation files or checkpoints, missing
+        # pretrained weights, a full disk): one clear line; --verbosity 2 shows the traceback
         if plan.verbosity >= 2:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if plan.verbosity >= 2:
+            raise
+        print("interrupted: finished epochs and attack vectors are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130

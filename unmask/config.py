@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from unmask.io import UnmaskError
+
 
 def option(default, help: str, **metadata):  # noqa: A002 - "help" reads best at the call sites
     """A configuration field with its ``--help`` text (and optional CLI metadata)."""
@@ -152,7 +154,7 @@ PROFILES: dict[str, dict[str, object]] = {
 """Named sets of overrides, applied on top of the defaults by ``--profile``."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UnmaskError, ValueError):
     """An invalid configuration value; the message names the option and what was expected."""
 
 
@@ -189,7 +191,8 @@ def resolve_config(
 _POSITIVE = ("batch_size", "epochs", "k_epochs", "k_batch_size", "attack_steps", "attack_batch_size", "adv_steps",
              "synthetic_images_per_class", "synthetic_k_images", "k_max_detections")
 _NON_NEGATIVE = ("lr", "k_lr", "weight_decay", "k_weight_decay", "momentum", "k_momentum", "adv_epochs",
-                 "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size", "synthetic_workers")
+                 "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size", "synthetic_workers",
+                 "mim_decay")
 _UNIT_INTERVAL = ("detection_fpr", "k_score_threshold", "k_nms_threshold", "synthetic_distractor_prob")
 MIN_IMAGE_SIZE = 32
 """Below this side parts stop being recognisable (the original uses 150)."""
@@ -197,6 +200,11 @@ MIN_IMAGE_SIZE = 32
 
 def check_numbers(config: Config) -> None:
     """Every numeric option finite and in its range; raises ``ConfigError`` naming the option."""
+    for config_field in dataclasses.fields(config):
+        value = getattr(config, config_field.name)
+        # argparse's float() takes "inf" and "nan"; NaN passes every comparison below unnoticed
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{option_name(config_field.name)}: expected a finite number, got {value}")
     if config.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"--image-size: {config.image_size} is too small; parts stop being recognisable "
                           f"below {MIN_IMAGE_SIZE} pixels (the original uses 150)")
@@ -207,6 +215,8 @@ def check_numbers(config: Config) -> None:
         value = getattr(config, name)
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"{option_name(name)}: expected a finite number >= 0, got {value}")
+    if config.adv_epsilon > 255:
+        raise ConfigError(f"--adv-epsilon: {config.adv_epsilon:g} exceeds 255, the whole 0-255 pixel range")
     for name in _UNIT_INTERVAL:
         value = getattr(config, name)
         if not 0.0 <= value <= 1.0:

@@ -12,8 +12,10 @@ from PIL import Image
 
 from unmask.data.coco import (
     MIRRORED_LABELS,
+    CocoFormatError,
     PartSegmentationDataset,
     annotation_to_mask,
+    check_part_split,
     collate_detection,
     load_coco_parts,
     mask_to_annotation,
@@ -21,6 +23,7 @@ from unmask.data.coco import (
     split_paths,
     write_coco,
 )
+from unmask.data.images import BadImagesError
 from unmask.parts import PART_INDEX, PARTS
 
 # pycocotools 2.0 calls numpy's __array__ the NumPy 1 way
@@ -84,7 +87,7 @@ def _write_images(image_dir: Path, count: int, size: int) -> list[dict]:
     entries = []
     for image_id in range(count):
         name = f"{image_id}.png"
-        Image.fromarray(np.full((size, size + 4, 3), 40 * image_id, dtype=np.uint8)).save(image_dir / name)
+        Image.fromarray(np.full((size, size + 4, 3), 40 * image_id % 256, dtype=np.uint8)).save(image_dir / name)
         entries.append({"id": image_id, "file_name": name, "height": size, "width": size + 4})
     return entries
 
@@ -134,10 +137,27 @@ def test_ids_starting_at_one_map_by_name(part_file: tuple[Path, Path], tmp_path:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.pop("annotations"), "missing key 'annotations'"),
-        (lambda d: d["categories"][0].update(name="fin"), "unknown part category 'fin'"),
-        (lambda d: d["annotations"][0].update(image_id=99), "annotation 0 refers to missing image 99"),
-        (lambda d: d["annotations"][1].update(category_id=77), "annotation 1 has unknown category id 77"),
+        (lambda d: d.pop("annotations"), 'missing key "annotations"'),
+        (lambda d: d["categories"][0].update(name="fin"), r"categories\[0\] \(id 0\) has unknown part name 'fin'"),
+        (lambda d: d["annotations"][0].update(image_id=99), r"annotations\[0\] \(id 0\) refers to missing image 99"),
+        (lambda d: d["annotations"][1].update(category_id=77), r"annotations\[1\] \(id 1\) has unknown category id 77"),
+        # valid JSON of the wrong shape: named by entry, never a KeyError or TypeError
+        (lambda d: d["annotations"][1].pop("category_id"), r'annotations\[1\] \(id 1\) has no "category_id"'),
+        (lambda d: d.update(images=5), '"images" is 5, not a list'),
+        (lambda d: d["images"][0].pop("file_name"), r'images\[0\] \(id 0\) has no "file_name"'),
+        (lambda d: d["images"][1].update(height="tall"), r'images\[1\] \(id 1\) has "height": "tall"; expected a whole'),
+        (lambda d: d["images"][0].pop("width"), r'images\[0\] \(id 0\) has no "width"'),
+        (lambda d: d["categories"][2].pop("name"), r'categories\[2\] \(id 2\) has no "name"'),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, "w", 4]), r'annotations\[0\] \(id 0\) has "bbox": \[1, 2, "w", 4\]'),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r'"bbox": \[1, 2, 3\]; expected \[x, y, width, height\]'),
+        (lambda d: d["annotations"][0].update(segmentation=[[1, 2, "x"]]), r'annotations\[0\] .*"segmentation".*polygons'),
+        (lambda d: d["annotations"][0].update(segmentation=7), "polygons .* or run-length encoding"),
+        (lambda d: d["annotations"][0].update(segmentation={"size": [9, 9], "counts": "abc"}),
+         r"a mask of its image's size \[24, 28\] \(it is \[9, 9\]\)"),
+        (lambda d: d["annotations"].append("oops"), r'annotations\[\d+\] is "oops", not an object'),
+        (lambda d: d["images"].append(dict(d["images"][0])), r"id 0 appears twice"),
+        (lambda d: d.clear() or d.update(images=[], annotations=[], categories=[{"id": True, "name": 3}]),
+         r'categories\[0\] \(id true\) has "id": true; expected an integer'),
     ],
 )
 def test_bad_files_raise_naming_the_file(part_file: tuple[Path, Path], tmp_path: Path, change, message: str) -> None:
@@ -146,9 +166,25 @@ def test_bad_files_raise_naming_the_file(part_file: tuple[Path, Path], tmp_path:
     change(data)
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=message) as raised:
+    with pytest.raises(CocoFormatError, match=message) as raised:
         load_coco_parts(broken, image_dir)
-    assert str(broken) in str(raised.value)
+    assert str(raised.value).startswith(f"{broken}: ")
+
+
+def test_every_problem_of_a_file_is_counted_and_the_first_few_named(part_file: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    annotation_file, image_dir = part_file
+    data = json.loads(annotation_file.read_text())
+    data["annotations"] = [dict(data["annotations"][0], id=number) for number in range(8)]
+    for annotation in data["annotations"]:
+        del annotation["category_id"]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    with pytest.raises(CocoFormatError) as raised:
+        load_coco_parts(broken, image_dir)
+    count = len(data["annotations"])
+    assert f"{count} problems: annotations[0] (id 0) has no \"category_id\"; annotations[1]" in str(raised.value)
+    assert f"and {count - 5} more" in str(raised.value)
 
 
 def test_missing_and_invalid_files(tmp_path: Path) -> None:
@@ -208,5 +244,22 @@ def test_degenerate_boxes_are_left_out_and_size_mismatch_named(part_file: tuple[
     assert target["labels"].tolist() == [PART_INDEX["vehicle_left"] + 1]
     data["images"][1]["height"] = 30
     annotation_file.write_text(json.dumps(data))
+    with pytest.raises(BadImagesError, match=r"1 of 2 image files .*1.png: is 28x24 pixels but the annotations say 28x30"):
+        PartSegmentationDataset(annotation_file, image_dir)  # found from the headers, before any training
     with pytest.raises(ValueError, match=r"1.png is 28x24 pixels but the file says 28x30"):
-        PartSegmentationDataset(annotation_file, image_dir)[1]
+        PartSegmentationDataset(annotation_file, image_dir, check_files=False)[1]
+
+
+def test_every_missing_or_bad_image_of_a_split_is_reported_at_once(tmp_path: Path) -> None:
+    annotation_file, image_dir = split_paths(tmp_path, "train")
+    write_coco(annotation_file, images=_write_images(image_dir, 9, 16), annotations=[])
+    assert check_part_split(tmp_path, "train") == 9
+    for number in range(7):
+        (image_dir / f"{number}.png").unlink()
+    (image_dir / "8.png").write_bytes(b"not a png")
+    with pytest.raises(BadImagesError) as raised:
+        check_part_split(tmp_path, "train")
+    message = str(raised.value)
+    assert message.startswith(f"8 of 9 image files of {annotation_file} cannot be used: {image_dir / '0.png'}: does not exist;")
+    assert "and 3 more" in message and "8.png" not in message  # counted, not listed
+    assert {path.name for path, _ in raised.value.failures} == {*(f"{n}.png" for n in range(7)), "8.png"}

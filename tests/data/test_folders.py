@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from unmask.data.folders import ClassFolderDataset, DataLayoutError
+from unmask.data.folders import ClassFolderDataset, DataLayoutError, check_class_folders
+from unmask.data.images import BadImagesError
 from unmask.parts import ClassSet
 
 CLASS_SET = ClassSet.named("cs5-2")  # dog, car, bird, train, person: not alphabetical
@@ -96,3 +97,27 @@ def test_fingerprint_changes_with_the_files(tmp_path):
     assert ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16).fingerprint() == before
     write_image(tmp_path / CLASS_SET.name / "train" / "car" / "new.png", torch.zeros(3, 8, 8, dtype=torch.uint8))
     assert ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16).fingerprint() != before
+
+
+def test_every_undecodable_image_of_a_split_is_named_in_one_error(tmp_path):
+    write_split(tmp_path)
+    split = tmp_path / CLASS_SET.name / "train"
+    for name in ("car/bad1.png", "bird/bad2.jpg", "person/bad3.JPEG"):
+        (split / name).write_bytes(b"not an image")
+    with pytest.raises(BadImagesError) as raised:
+        ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16, cache=True)
+    assert sorted(path.name for path, _ in raised.value.failures) == ["bad1.png", "bad2.jpg", "bad3.JPEG"]
+    assert str(raised.value).startswith(f"3 of 13 image files of {split} cannot be used: ")
+
+
+def test_check_class_folders_reads_headers_of_every_split_at_once(tmp_path):
+    for split in ("train", "val"):
+        write_split(tmp_path, split)
+    assert check_class_folders(tmp_path, CLASS_SET, ("train", "val")) == 20
+    (tmp_path / CLASS_SET.name / "train" / "dog" / "0.png").write_bytes(b"")
+    (tmp_path / CLASS_SET.name / "val" / "car" / "1.png").write_text("text")
+    with pytest.raises(BadImagesError, match=r"^2 of 20 image files of .*cs5-2 \(train, val\) cannot be used: "
+                                             r".*train/dog/0.png: .*; .*val/car/1.png: "):
+        check_class_folders(tmp_path, CLASS_SET, ("train", "val"))
+    with pytest.raises(DataLayoutError, match="cs5-2/test does not exist"):
+        check_class_folders(tmp_path, CLASS_SET)

@@ -310,3 +310,29 @@ def test_examples_figure(tmp_path: Path) -> None:
                            classes=("person", "car"))
     with Image.open(path) as image:
         assert image.size[0] > 400 and image.size[1] > 100
+
+
+def test_two_runs_generating_the_same_world_at_once_draw_it_once(tmp_path: Path, monkeypatch) -> None:
+    """The second waits for the first's lock, then finds its world and reuses it (flock locks are
+    per open file, so two threads stand for two processes)."""
+    import threading
+    import time
+
+    generated, calls = threading.Event(), []
+
+    def slow_generate(root, spec, **kwargs):
+        calls.append(root)
+        time.sleep(0.3)  # the second run arrives meanwhile
+        generated.set()
+        return Path(root)
+
+    monkeypatch.setattr(synthetic, "generate_synthetic", slow_generate)
+    monkeypatch.setattr(synthetic, "manifest_matches", lambda root, spec: generated.is_set())
+    spec = SyntheticSpec(image_size=32, images_per_class=3, k_images=3)
+    runs = [threading.Thread(target=ensure_synthetic, args=(tmp_path / "world", spec)) for _ in range(2)]
+    for run in runs:
+        run.start()
+        time.sleep(0.05)
+    for run in runs:
+        run.join(10)
+    assert len(calls) == 1

@@ -49,15 +49,18 @@ def test_unknown_name_and_too_few_classes_are_refused():
         build_classifier("compact", 1)
 
 
-def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(offline_hub):
+def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(offline_hub, capsys):
     expected = offline_hub / "checkpoints" / "resnet18-f37072fd.pth"
     assert imagenet_weights_file("resnet18") == expected
     with pytest.raises(PretrainedWeightsError, match=re.escape(str(expected))) as error:
         build_classifier("resnet18", 3, pretrained=True, allow_random_init=False)
     assert tv.ResNet18_Weights.IMAGENET1K_V1.url in str(error.value)
-    with pytest.warns(UserWarning, match="random weights"):
-        model = build_classifier("resnet18", 3, pretrained=True, allow_random_init=True)
+    model = build_classifier("resnet18", 3, pretrained=True, allow_random_init=True)
     assert model.network.fc.out_features == 3
+    # said loudly, on a line of its own: a Python warning may be filtered
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING: ")]
+    assert len(lines) == 1 and "M (resnet18) starts from random weights, not the ImageNet weights asked for" in lines[0]
+    assert str(expected) in lines[0]
 
 
 def test_compact_has_no_imagenet_weights(offline_hub):
@@ -92,7 +95,11 @@ def test_weights_file_of_another_architecture_or_missing_is_explained(tmp_path):
     torch.save(tv.resnet18().state_dict(), tmp_path / "resnet18.pth")
     with pytest.raises(CheckpointError, match="resnet18.pth: not ImageNet weights of resnet50"):
         build_classifier("resnet50", 3, pretrained=True, weights_path=tmp_path / "resnet18.pth")
-    with pytest.raises(CheckpointError, match="missing.pth does not exist"):
+    torch.save({"epoch": 3, "model": tv.resnet18().state_dict()}, tmp_path / "state.pt")
+    with pytest.raises(CheckpointError, match=r"state.pt \(given with --weights-path\) is not a weights file of the "
+                                              r"expected kind: .*--weights-path expects ImageNet weights of resnet18"):
+        build_classifier("resnet18", 3, pretrained=True, weights_path=tmp_path / "state.pt")
+    with pytest.raises(CheckpointError, match=r"missing.pth \(given with --weights-path\) does not exist"):
         build_classifier("resnet18", 3, pretrained=True, weights_path=tmp_path / "missing.pth", allow_random_init=True)
 
 

@@ -77,15 +77,17 @@ def test_unknown_names_and_pretrained_lean_are_refused() -> None:
         build_part_extractor("lean", image_size=SIZE, pretrained=True)
 
 
-def test_resnet50_fpn_offline_names_the_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resnet50_fpn_offline_names_the_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(FileNotFoundError, match=COCO_WEIGHTS_FILE):
         build_part_extractor("resnet50-fpn", image_size=SIZE, pretrained=True)
     with pytest.raises(FileNotFoundError, match="mine.pth"):  # an explicit file must exist
         build_part_extractor("resnet50-fpn", image_size=SIZE, pretrained=True, weights_path=tmp_path / "mine.pth",
                              allow_random_init=True)
-    with pytest.warns(UserWarning, match="random weights"):
-        model = build_part_extractor("resnet50-fpn", image_size=SIZE, pretrained=True, allow_random_init=True)
+    model = build_part_extractor("resnet50-fpn", image_size=SIZE, pretrained=True, allow_random_init=True)
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING: ")]
+    assert len(warning) == 1 and "K (resnet50-fpn) starts from random weights, not the COCO weights" in warning[0]
     assert model.roi_heads.box_predictor.cls_score.out_features == NUM_CLASSES
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == NUM_CLASSES
     assert isinstance(model.roi_heads, PartRoIHeads)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 import torch
@@ -79,3 +81,54 @@ def test_a_finished_training_returns_at_once_and_other_settings_are_refused(tmp_
     assert again.resumed_epochs == 4 and again.history == first.history
     with pytest.raises(CheckpointError, match=r"other settings \(lr: file 0\.1, now 0\.2\)"):
         run(tmp_path, settings={"lr": 0.2})
+
+
+def _tiny_fit(folder, run_epoch, *, distributed=None, epochs=2):
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return fit(model, epochs=epochs, run_epoch=run_epoch, optimizer=optimizer, settings={"lr": 0.1},
+               distributed=distributed or Distributed(), checkpoint_dir=folder)
+
+
+def test_a_second_identical_training_waits_and_reuses_the_first(tmp_path, capsys):
+    """Two processes training into one checkpoint folder at once: the second waits for the
+    first's lock, then finds the training finished and runs no epoch (flock locks are per open
+    file, so two threads stand for two processes)."""
+    started, release, epochs_run = threading.Event(), threading.Event(), {"first": [], "second": []}
+
+    def first_epoch(epoch):
+        epochs_run["first"].append(epoch)
+        started.set()
+        release.wait(10)  # hold the lock until the second is waiting for it
+        return {"loss": 1.0 / epoch}
+
+    def second_epoch(epoch):
+        epochs_run["second"].append(epoch)
+        return {"loss": 1.0}
+
+    results = {}
+    first = threading.Thread(target=lambda: results.update(first=_tiny_fit(tmp_path, first_epoch)))
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=lambda: results.update(second=_tiny_fit(tmp_path, second_epoch)))
+    second.start()
+    deadline = time.monotonic() + 10
+    while "waiting for another process" not in capsys.readouterr().err and time.monotonic() < deadline:
+        time.sleep(0.02)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert epochs_run == {"first": [1, 2], "second": []}
+    assert results["second"].resumed_epochs == 2 and results["second"].history == results["first"].history
+
+
+def test_no_lock_under_torchrun_where_every_rank_trains_into_one_folder(tmp_path, monkeypatch):
+    """Ranks of one job share the folder: a lock would deadlock them at the per-epoch barrier."""
+    monkeypatch.setattr(Distributed, "barrier", lambda self: None)
+    done = threading.Event()
+    with loop.file_lock(loop.lock_path(tmp_path)):  # as another rank of the same job would hold it
+        thread = threading.Thread(target=lambda: (_tiny_fit(tmp_path, lambda epoch: {"loss": 1.0},
+                                                             distributed=Distributed(0, 2)), done.set()))
+        thread.start()
+        assert done.wait(10), "a rank blocked on the checkpoint folder's lock"
+        thread.join()

@@ -10,6 +10,7 @@ reads the same.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from unmask.data.images import read_image
-from unmask.io import atomic_write_json
+from unmask.data.images import LISTED_FAILURES, check_images, read_image
+from unmask.io import UnmaskError, atomic_write_json
 from unmask.parts import PART_INDEX, PARTS
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -132,41 +133,200 @@ class CocoImage:
         return frozenset(PARTS[i] for i in self.part_indices())
 
 
+class CocoFormatError(UnmaskError, ValueError):
+    """A COCO part file that is valid JSON but not of the expected shape; the message names the
+    file and the entries (``annotations[17] (id 18) has no "category_id"``)."""
+
+
+COCO_SHAPE = ('a COCO instance-segmentation file: {"images": [{"id", "file_name", "height", "width"}], '
+              '"annotations": [{"image_id", "category_id", "bbox": [x, y, w, h], "area", "segmentation"}], '
+              '"categories": [{"id", "name"}]}')
+
+
 def load_coco_parts(annotation_file: str | Path, image_dir: str | Path) -> list[CocoImage]:
     """Read a COCO part file; categories are matched to ``PARTS`` by name (so ids may start at 0
-    or 1). Raises ``ValueError`` naming the file for unknown categories or dangling references."""
+    or 1). The whole file is checked first (``check_coco_shape``): a ``CocoFormatError`` names the
+    file and every bad entry (missing or mistyped fields, unknown categories, dangling
+    references), instead of a ``KeyError`` deep inside training."""
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
     if not annotation_file.is_file():
         raise FileNotFoundError(f"COCO part annotations {annotation_file} do not exist; expected the layout "
                                 f"<root>/{K_DATA_FOLDER}/<split>.json (python main.py prepare builds it)")
     try:
         data = json.loads(annotation_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{annotation_file} is not valid JSON: {error}") from None
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{annotation_file}: missing key {key!r}; expected a COCO instance-segmentation file")
-    part_of_category: dict[int, int] = {}
-    for category in data["categories"]:
-        if category["name"] not in PART_INDEX:
-            raise ValueError(f"{annotation_file}: unknown part category {category['name']!r} (id {category['id']});"
-                             f" expected one of: {', '.join(PARTS)}")
-        part_of_category[category["id"]] = PART_INDEX[category["name"]]
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CocoFormatError(f"{annotation_file} is not valid JSON: {error}") from None
+    check_coco_shape(data, annotation_file)
+    part_of_category = {category["id"]: PART_INDEX[category["name"]] for category in data["categories"]}
     images = {
-        entry["id"]: CocoImage(entry["id"], image_dir / entry["file_name"], entry["height"], entry["width"])
+        entry["id"]: CocoImage(entry["id"], image_dir / entry["file_name"], int(entry["height"]), int(entry["width"]))
         for entry in data["images"]
     }
     for annotation in data["annotations"]:
-        if annotation["image_id"] not in images:
-            raise ValueError(f"{annotation_file}: annotation {annotation['id']} refers to missing image "
-                             f"{annotation['image_id']}")
-        if annotation["category_id"] not in part_of_category:
-            raise ValueError(f"{annotation_file}: annotation {annotation['id']} has unknown category id "
-                             f"{annotation['category_id']}")
         images[annotation["image_id"]].annotations.append(
             {**annotation, "part_index": part_of_category[annotation["category_id"]]}
         )
     return list(images.values())
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_side(value: Any) -> bool:
+    return _is_number(value) and value >= 1 and float(value).is_integer()
+
+
+def check_coco_shape(data: Any, annotation_file: str | Path) -> None:
+    """Raise one ``CocoFormatError`` listing what makes ``data`` (a parsed COCO part file) unusable:
+    every entry missing a field or holding one of the wrong type, unknown part names, duplicate
+    ids, annotations of missing images or categories. Counts them all, names the first few."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        problems.append(f"the file holds a JSON {type(data).__name__}, not an object")
+    else:
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                problems.append(f'missing key "{key}"')
+            elif not isinstance(data[key], list):
+                problems.append(f'"{key}" is {json.dumps(data[key])[:40]}, not a list')
+    if not problems:
+        categories = _check_categories(data["categories"], problems)
+        images = _check_images(data["images"], problems)
+        _check_annotations(data["annotations"], images, categories, problems)
+    if problems:
+        listed = "; ".join(problems[:LISTED_FAILURES])
+        more = len(problems) - LISTED_FAILURES
+        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise CocoFormatError(f"{annotation_file}: {count}{listed}{f'; and {more} more' if more > 0 else ''}. "
+                              f"Expected {COCO_SHAPE}")
+
+
+def _entry(kind: str, index: int, entry: Any) -> str:
+    """How a message names an entry: ``annotations[17] (id 18)``."""
+    if isinstance(entry, dict) and "id" in entry:
+        return f"{kind}[{index}] (id {json.dumps(entry['id'])})"
+    return f"{kind}[{index}]"
+
+
+def _missing_or_bad(kind: str, index: int, entry: Any, checks: dict[str, Any], problems: list[str]) -> bool:
+    """Append a problem for each field of ``checks`` (name -> (test, what it must be)) that is
+    missing or fails its test; True when the entry is usable."""
+    if not isinstance(entry, dict):
+        problems.append(f"{kind}[{index}] is {json.dumps(entry)[:40]}, not an object")
+        return False
+    usable = True
+    for name, (test, expected) in checks.items():
+        if name not in entry:
+            problems.append(f'{_entry(kind, index, entry)} has no "{name}"')
+            usable = False
+        elif not test(entry[name]):
+            problems.append(f'{_entry(kind, index, entry)} has "{name}": {json.dumps(entry[name])[:40]}; '
+                            f"expected {expected}")
+            usable = False
+    return usable
+
+
+def _check_categories(categories: list[Any], problems: list[str]) -> set[int]:
+    known: set[int] = set()
+    checks = {"id": (_is_id, "an integer"), "name": (lambda value: isinstance(value, str), "a part name")}
+    for index, category in enumerate(categories):
+        if not _missing_or_bad("categories", index, category, checks, problems):
+            continue
+        if category["name"] not in PART_INDEX:
+            problems.append(f"{_entry('categories', index, category)} has unknown part name "
+                            f"{category['name']!r}; expected one of: {', '.join(PARTS)}")
+        elif category["id"] in known:
+            problems.append(f"{_entry('categories', index, category)}: id {category['id']} appears twice")
+        else:
+            known.add(category["id"])
+    return known
+
+
+def _check_images(images: list[Any], problems: list[str]) -> dict[int, tuple[int, int]]:
+    """The (height, width) of each usable image entry, by id."""
+    sizes: dict[int, tuple[int, int]] = {}
+    checks = {"id": (_is_id, "an integer"),
+              "file_name": (lambda value: isinstance(value, str) and bool(value), "a file name"),
+              "height": (_is_side, "a whole number of pixels >= 1"),
+              "width": (_is_side, "a whole number of pixels >= 1")}
+    for index, image in enumerate(images):
+        if not _missing_or_bad("images", index, image, checks, problems):
+            continue
+        if image["id"] in sizes:
+            problems.append(f"{_entry('images', index, image)}: id {image['id']} appears twice")
+        else:
+            sizes[image["id"]] = (int(image["height"]), int(image["width"]))
+    return sizes
+
+
+def _is_box(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 4 and all(map(_is_number, value)) and min(value[2:]) >= 0
+
+
+def _is_coordinate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _segmentation_problem(segmentation: Any, size: tuple[int, int] | None) -> str | None:
+    """What is wrong with a COCO segmentation: polygons (lists of x, y numbers), RLE (a dict of
+    ``size`` [height, width] and ``counts``, a string or a list of run lengths)."""
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+                    and all(map(_is_coordinate, polygon))):
+                return "polygons as lists of at least 3 x, y number pairs"
+        return None
+    if isinstance(segmentation, dict):
+        rle_size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not (isinstance(rle_size, list) and len(rle_size) == 2 and all(map(_is_id, rle_size))):
+            return 'run-length encoding with "size": [height, width]'
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(map(_is_id, counts)))):
+            return 'run-length encoding with "counts" a string or a list of integers'
+        if size is not None and tuple(rle_size) != size:
+            return f"a mask of its image's size {list(size)} (it is {rle_size})"
+        return None
+    return "polygons (a list) or run-length encoding (an object)"
+
+
+def _check_annotations(annotations: list[Any], images: dict[int, tuple[int, int]], categories: set[int],
+                       problems: list[str]) -> None:
+    checks = {"image_id": (_is_id, "an integer"), "category_id": (_is_id, "an integer"),
+              "bbox": (_is_box, "[x, y, width, height] with finite numbers, width and height >= 0"),
+              "area": (lambda value: _is_number(value) and value >= 0, "a number >= 0"),
+              "segmentation": (lambda value: True, "")}
+    for index, annotation in enumerate(annotations):
+        if not _missing_or_bad("annotations", index, annotation, checks, problems):
+            continue
+        name = _entry("annotations", index, annotation)
+        if annotation["image_id"] not in images:
+            problems.append(f"{name} refers to missing image {annotation['image_id']}")
+        if annotation["category_id"] not in categories:
+            problems.append(f"{name} has unknown category id {annotation['category_id']}")
+        expected = _segmentation_problem(annotation["segmentation"], images.get(annotation["image_id"]))
+        if expected is not None:
+            problems.append(f'{name} has "segmentation": {json.dumps(annotation["segmentation"])[:40]}; '
+                            f"expected {expected}")
+
+
+def check_part_images(images: Sequence[CocoImage], *, where: str = "") -> int:
+    """Every image file of a COCO part file exists, opens and has the size the file gives it,
+    from the headers alone (fast); one ``BadImagesError`` lists every bad file. Returns the
+    number checked."""
+    return check_images([entry.path for entry in images], where=where,
+                        sizes=[(entry.width, entry.height) for entry in images])
+
+
+def check_part_split(root: str | Path, split: str) -> int:
+    """Check one split of K's data under a dataset root before any work: its annotation file's
+    shape (``CocoFormatError``) and every image file (``BadImagesError``: missing, unreadable or
+    of another size than the file says, all at once). Returns the number of images checked."""
+    annotation_file, image_dir = split_paths(root, split)
+    return check_part_images(load_coco_parts(annotation_file, image_dir), where=str(annotation_file))
 
 
 # --- a torch dataset of Mask R-CNN targets --------------------------------------------------
@@ -208,15 +368,18 @@ class PartSegmentationDataset(torch.utils.data.Dataset):
     photo a mirrored left side of a car looks like a right side; the original did not swap).
     ``cache`` keeps every decoded image and its run-length-encoded masks in memory after first
     use: decoding JPEGs and polygons again every epoch dominates a small CPU run.
+    ``check_files`` checks every image file's header at once (``check_part_images``).
     """
 
     def __init__(self, annotation_file: str | Path, image_dir: str | Path, *, hflip_prob: float = 0.0,
-                 mirror_sides: bool = False, cache: bool = True) -> None:
+                 mirror_sides: bool = False, cache: bool = True, check_files: bool = True) -> None:
         if not 0.0 <= hflip_prob <= 1.0:
             raise ValueError(f"hflip_prob must lie in [0, 1], got {hflip_prob}")
         self.mirror_sides = mirror_sides
         self.annotation_file = Path(annotation_file)
         self.images = load_coco_parts(annotation_file, image_dir)
+        if check_files:  # a missing or bad image is found now, all of them at once, not mid-training
+            check_part_images(self.images, where=str(self.annotation_file))
         self.hflip_prob = hflip_prob
         self.cache = cache
         self._samples: dict[int, _Sample] = {}

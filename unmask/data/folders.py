@@ -9,19 +9,22 @@ original, and returned as float tensors in [0, 1].
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from unmask.data.images import IMAGE_SUFFIXES, open_rgb
+from unmask.data.images import IMAGE_SUFFIXES, BadImagesError, ImageError, check_images, open_rgb
+from unmask.io import UnmaskError
 from unmask.parts import ClassSet
 
 PREPARE_HINT = "python main.py prepare --dataset synthetic generates the synthetic one"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-class DataLayoutError(FileNotFoundError):
+class DataLayoutError(UnmaskError, FileNotFoundError):
     """A dataset folder that does not have the expected layout; the message names the folder."""
 
 
@@ -29,7 +32,8 @@ class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
     """One split of one class set: ``(image, label)`` pairs, image (3, size, size) in [0, 1].
 
     ``cache`` decodes every image once, here, and keeps it in memory as uint8 (a 128 px image
-    takes 48 KiB): re-decoding files every epoch dominates training time on a small CPU.
+    takes 48 KiB): re-decoding files every epoch dominates training time on a small CPU. Then
+    every file that cannot be decoded is found, and one ``BadImagesError`` lists them all.
     """
 
     def __init__(self, root: str | Path, class_set: ClassSet, split: str, *, image_size: int,
@@ -40,7 +44,7 @@ class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         self.image_size = image_size
         self.samples = _find_samples(self.folder, self.classes)
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
-        self._cache = [self._read(path) for path, _ in self.samples] if cache else None
+        self._cache = self._read_all() if cache else None
         self._fingerprint: str | None = None
 
     @property
@@ -73,6 +77,19 @@ class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
             self._fingerprint = hasher.hexdigest()[:16]
         return self._fingerprint
 
+    def _read_all(self) -> list[torch.Tensor]:
+        images, failures = [], []
+        for path, _ in self.samples:
+            try:
+                images.append(self._read(path))
+            except ImageError as error:
+                failures.append((path, error.reason))
+            except FileNotFoundError:  # removed since the folder was listed
+                failures.append((path, "does not exist"))
+        if failures:
+            raise BadImagesError(failures, total=len(self.samples), where=str(self.folder))
+        return images
+
     def _read(self, path: Path) -> torch.Tensor:
         image = open_rgb(path)
         # PIL's bilinear resize with antialiasing, as the original's transforms.Resize on PIL images
@@ -97,3 +114,13 @@ def _find_samples(folder: Path, classes: tuple[str, ...]) -> list[tuple[Path, in
             raise DataLayoutError(f"class folder {class_folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         samples.extend((path, label) for path in images)
     return samples
+
+
+def check_class_folders(root: str | Path, class_set: ClassSet, splits: Sequence[str] = SPLITS) -> int:
+    """Check M's data before any work: every split's layout (``DataLayoutError`` naming the
+    first missing or empty folder) and every image file's header (one ``BadImagesError`` listing
+    every bad file of every split; see ``unmask.data.images.check_images``). Returns the number
+    of image files checked."""
+    paths = [path for split in splits for path, _ in _find_samples(Path(root) / class_set.name / split,
+                                                                    class_set.classes)]
+    return check_images(paths, where=f"{Path(root) / class_set.name} ({', '.join(splits)})")

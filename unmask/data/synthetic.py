@@ -46,7 +46,7 @@ from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
 from unmask.data.coco import SPLITS, mask_to_annotation, split_paths, write_coco
-from unmask.io import atomic_directory, atomic_path, atomic_write_json, link_or_copy
+from unmask.io import atomic_directory, atomic_path, atomic_write_json, file_lock, link_or_copy, lock_path
 from unmask.parts import CLASS_PARTS, CLASS_SETS, CLASSES, PART_INDEX, PARTS, class_set_name
 
 GENERATOR_VERSION = 1
@@ -772,11 +772,17 @@ def _check_replaceable(root: Path) -> None:
 
 def ensure_synthetic(root: str | os.PathLike[str], spec: SyntheticSpec, *, progress: bool = True,
                      workers: int | None = None) -> Path:
-    """Reuse the dataset at ``root`` when its manifest matches ``spec``; otherwise (re)generate it."""
+    """Reuse the dataset at ``root`` when its manifest matches ``spec``; otherwise (re)generate it.
+
+    Generation holds a lock beside ``root``: a second run started meanwhile waits, then finds
+    the first's dataset and reuses it instead of drawing it again."""
     root = Path(root)
     if manifest_matches(root, spec):
         return root
-    return generate_synthetic(root, spec, progress=progress, workers=workers)
+    with file_lock(lock_path(root), what="generating the synthetic world"):
+        if manifest_matches(root, spec):  # another process generated it while this one waited
+            return root
+        return generate_synthetic(root, spec, progress=progress, workers=workers)
 
 
 # --- a picture of the world ----------------------------------------------------------------------------

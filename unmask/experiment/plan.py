@@ -126,7 +126,7 @@ def build_plan(config: Config) -> Plan:
     _choose("lr_schedule", config.lr_schedule, LR_SCHEDULES)
     device = _checked("device", lambda: resolve_device(config.device))
     on_gpu = device.type == "cuda"  # mixed precision only takes effect there, so only there is it part of a model
-    vectors = _checked("attacks", lambda: parse_attack_vectors(config.attacks))
+    vectors = _checked("attacks", lambda: parse_attack_vectors(config.attacks, image_size=config.image_size))
     attack = _checked("mim_decay", lambda: AttackOptions(
         steps=config.attack_steps, original_step=config.attack_original_step, decay=config.mim_decay,
         batch_size=config.attack_batch_size))

@@ -44,6 +44,7 @@ from unmask.experiment.plan import Plan, build_plan
 from unmask.experiment.stages import (
     attacked_predictions,
     clean_predictions,
+    k_splits_needed,
     load_classifier_data,
     part_extractor_metrics,
     prepare_data,
@@ -78,7 +79,7 @@ def run_experiment(plan: Plan) -> Path:
     timer = StageTimer(plan.verbosity > 0)
 
     with timer.stage("data", f"data: {plan.data.dataset} in {plan.data.root}"):
-        prepare_data(plan.data, runtime)
+        prepare_data(plan.data, runtime, k_splits=k_splits_needed(plan))
         data = load_classifier_data(plan.data)
     with timer.stage("train_m", "M and the adversarially trained M: train or load from the cache"):
         m, adv_trained = trained_classifiers(plan, data, runtime)

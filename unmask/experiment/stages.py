@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from unmask.attacks import AttackOptions, AttackVector, attack
-from unmask.data.coco import PartSegmentationDataset, split_paths
-from unmask.data.folders import ClassFolderDataset
+from unmask.data.coco import PartSegmentationDataset, check_part_split, split_paths
+from unmask.data.folders import ClassFolderDataset, check_class_folders
 from unmask.data.synthetic import ensure_synthetic
 from unmask.evaluation import Predictions
 from unmask.experiment.plan import DataSpec, Plan
@@ -40,12 +40,26 @@ SPLITS = ("train", "val", "test")
 # --- data ---------------------------------------------------------------------------------------
 
 
-def prepare_data(spec: DataSpec, runtime: Runtime) -> None:
-    """Generate the synthetic world when it is missing or differs from ``spec`` (on the main
-    process; the others wait). Real datasets are checked by their loaders."""
-    if spec.synthetic is not None and runtime.distributed.is_main:
-        ensure_synthetic(spec.root, spec.synthetic, progress=runtime.verbosity > 0, workers=spec.synthetic_workers)
+def prepare_data(spec: DataSpec, runtime: Runtime, *, m_splits: tuple[str, ...] = SPLITS,
+                 k_splits: tuple[str, ...] = ()) -> None:
+    """Generate the synthetic world when it is missing or differs from ``spec``, then check the
+    data the run will read before any training: M's ``m_splits`` and K's ``k_splits`` (layouts,
+    annotation files, every image's header), reporting every bad file at once. On the main
+    process; the others wait."""
+    if runtime.distributed.is_main:
+        if spec.synthetic is not None:
+            ensure_synthetic(spec.root, spec.synthetic, progress=runtime.verbosity > 0,
+                             workers=spec.synthetic_workers)
+        if m_splits:
+            check_class_folders(spec.root, spec.class_set, m_splits)
+        for split in k_splits:
+            check_part_split(spec.root, split)
     runtime.distributed.barrier()
+
+
+def k_splits_needed(plan: Plan) -> tuple[str, ...]:
+    """K's splits a run reads: the test split, and train and val when K is to be trained."""
+    return ("test",) if plan.k_checkpoint is not None else ("train", "val", "test")
 
 
 def load_classifier_data(spec: DataSpec) -> dict[str, ClassFolderDataset]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
-import warnings
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +21,22 @@ from torch import nn
 from torchvision import models as tv
 from torchvision.models import WeightsEnum
 
-from unmask.io import CheckpointError, read_weights
+from unmask.io import CheckpointError, UnmaskError, read_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DOWNLOAD_TIMEOUT_S = 30
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UnmaskError, RuntimeError):
     """ImageNet weights that were asked for but cannot be found or used; says what to fetch and where."""
+
+
+def warn_random_weights(message: str) -> None:
+    """Say on stderr, in a line of its own, that a model starts from random weights instead of the
+    pretrained ones asked for: a Python warning may be filtered or scroll by unseen, and such a
+    run's figures say nothing about the paper's."""
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 class Normalize(nn.Module):
@@ -154,7 +161,7 @@ def build_classifier(
     With ``pretrained``, the backbone starts from ImageNet weights: the file ``weights_path``
     (a torchvision state dict, ``.pth`` or ``.safetensors``) or torchvision's file in
     ``torch.hub.get_dir()/checkpoints/``, downloaded there when this machine can. When neither
-    can be had, ``allow_random_init`` starts from random weights with a warning; otherwise
+    can be had, ``allow_random_init`` starts from random weights with a WARNING line on stderr; otherwise
     ``PretrainedWeightsError`` says which file to fetch and where to put it.
     """
     if name not in ARCHITECTURES:
@@ -191,7 +198,8 @@ def _imagenet_state_dict(name: str, architecture: Architecture, weights_path: st
                          allow_random_init: bool) -> dict[str, torch.Tensor] | None:
     if weights_path:
         # a file the user named must exist: falling back to random weights would hide a typo
-        return read_weights(Path(weights_path))
+        return read_weights(Path(weights_path), user_option="--weights-path",
+                           expected=f"ImageNet weights of {name} (a torchvision state dict, .pth or .safetensors)")
     file = imagenet_weights_file(name)
     if file is None:
         problem = f"classifier {name!r} has no ImageNet weights (only {', '.join(_with_weights())} do)"
@@ -199,11 +207,13 @@ def _imagenet_state_dict(name: str, architecture: Architecture, weights_path: st
         if not file.is_file():
             _try_download(architecture.weights.url, file)
         if file.is_file():
-            return read_weights(file)
+            return read_weights(file, expected=f"torchvision's ImageNet weights of {name}",
+                                remedy=f"delete it and fetch {architecture.weights.url} again")
         problem = (f"the ImageNet weights of {name} are not on this machine and cannot be downloaded: fetch "
                    f"{architecture.weights.url} and put it at {file}, or pass its path with --weights-path")
     if allow_random_init:
-        warnings.warn(f"{problem}; starting from random weights", stacklevel=3)
+        warn_random_weights(f"M ({name}) starts from random weights, not the ImageNet weights asked for: {problem}. "
+                            "Its results will be far from the paper's (--no-allow-random-init stops instead)")
         return None
     raise PretrainedWeightsError(f"{problem} (or allow random initialisation with --allow-random-init)")
 

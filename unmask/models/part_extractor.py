@@ -21,7 +21,6 @@ every image.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +43,8 @@ from torchvision.models.detection.mask_rcnn import (
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
 
-from unmask.io import read_weights
+from unmask.io import CheckpointError, read_weights
+from unmask.models.classifier import warn_random_weights
 from unmask.parts import PARTS
 
 PART_EXTRACTOR_NAMES: tuple[str, ...] = ("lean", "resnet50-fpn")
@@ -160,8 +160,8 @@ def build_part_extractor(
       scale; ``image_size`` and ``fpn_channels`` do not apply).
     - ``pretrained``: start ``resnet50-fpn`` from COCO weights, read from ``weights_path`` (a
       torch or safetensors file) or else torchvision's cache. Missing offline: a
-      ``FileNotFoundError`` naming the file to fetch, or random weights with a warning when
-      ``allow_random_init``.
+      ``FileNotFoundError`` naming the file to fetch, or random weights with a WARNING line on
+      stderr when ``allow_random_init``.
     - ``rule``: its NMS threshold and detection count; the model itself keeps detections of
       every score (COCO mAP ranks them all), ``PartExtractor`` applies the rule's score threshold.
     """
@@ -242,11 +242,23 @@ def _resnet50_fpn(*, pretrained: bool, weights_path: str | Path | None, allow_ra
                 f"COCO Mask R-CNN weights {path} do not exist. Fetch {COCO_WEIGHTS.url} and put it there "
                 f"(or pass --k-weights-path FILE), or train from scratch with --no-k-pretrained"
             )
-        warnings.warn(f"COCO weights {path} are missing (offline?); K starts from random weights", stacklevel=3)
+        warn_random_weights(f"K (resnet50-fpn) starts from random weights, not the COCO weights asked for: {path} "
+                            f"is missing (offline?); fetch {COCO_WEIGHTS.url} and put it there. Its parts will be "
+                            "far from the paper's (--no-allow-random-init stops instead)")
         path = None
     model = maskrcnn_resnet50_fpn_v2(num_classes=len(COCO_WEIGHTS.meta["categories"]), **detection)
     if path is not None:
-        model.load_state_dict(read_weights(path))
+        if weights_path:
+            weights = read_weights(path, user_option="--k-weights-path",
+                                   expected="torchvision's COCO Mask R-CNN v2 weights (maskrcnn_resnet50_fpn_v2)")
+        else:
+            weights = read_weights(path, expected="torchvision's COCO Mask R-CNN v2 weights",
+                                   remedy=f"delete it and fetch {COCO_WEIGHTS.url} again")
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:  # torch lists every missing and unexpected key
+            raise CheckpointError(f"{path}: not torchvision's COCO Mask R-CNN v2 weights "
+                                  f"({str(error).splitlines()[0]})") from None
         # torchvision's fine-tuning default: the stem and first stage stay as COCO trained them
         for parameter_name, parameter in model.backbone.body.named_parameters():
             if not parameter_name.startswith(("layer2", "layer3", "layer4")):

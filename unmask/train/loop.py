@@ -23,6 +23,7 @@ import copy
 import json
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ from unmask.io import (
     as_state_dict,
     atomic_torch_save,
     atomic_write_json,
+    file_lock,
     load_checkpoint,
+    lock_path,
     read_weights,
 )
 from unmask.runtime import Distributed, rng_state, set_rng_state
@@ -91,9 +94,27 @@ def fit(
     None keeps the last. ``settings``: what the training was started with (a resume with others
     raises ``CheckpointError``). ``describe``: one line per finished epoch, printed when given.
     ``metadata``: stored with the kept weights (``save_weights``).
+
+    A checkpoint folder is locked for the whole training (``lock_path``): a second process
+    training into it meanwhile waits, then finds the training finished and returns at once.
     """
-    started = time.perf_counter()
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    # Not under torchrun: every rank trains into the same folder, so the ranks of one job would
+    # lock each other out (rank 0 holding the lock at the per-epoch barrier, rank 1 waiting for
+    # it: a deadlock), and a lock on rank 0 alone would let the other ranks resume from a state
+    # rank 0 has not read yet.
+    locked = folder is not None and not distributed.enabled
+    with file_lock(lock_path(folder), what="training into this checkpoint folder") if locked else nullcontext():
+        return _fit(model, epochs=epochs, run_epoch=run_epoch, optimizer=optimizer, settings=settings,
+                    distributed=distributed, scheduler=scheduler, scaler=scaler, folder=folder, score=score,
+                    describe=describe, metadata=metadata)
+
+
+def _fit(model: nn.Module, *, epochs: int, run_epoch: Callable[[int], dict[str, float]],
+         optimizer: torch.optim.Optimizer, settings: Mapping[str, Any], distributed: Distributed,
+         scheduler: Any | None, scaler: torch.amp.GradScaler | None, folder: Path | None, score: str | None,
+         describe: Callable[[dict[str, float]], str] | None, metadata: Mapping[str, Any] | None) -> FitResult:
+    started = time.perf_counter()
     settings = dict(settings)
     finished, history, kept_epoch = 0, [], 0
     if folder is not None and (folder / STATE_FILE).is_file():
