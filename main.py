@@ -1,4 +1,4 @@
-"""Entry point: ``python main.py [run|prepare|train-m|train-k|examples|figures] [--option value ...]``.
+"""Entry point: ``python main.py [command] [--option value ...]`` (``python main.py --help`` lists the commands).
 
 The experiment is configured in ``config.py`` (``SETTINGS``, ``PROFILES``); ``python main.py --help``
 lists every option.

@@ -14,7 +14,7 @@ import pytest
 import unmask.experiment.stages as stages
 from unmask import cli
 from unmask.config import resolve_config
-from unmask.experiment import build_plan, run_experiment, run_grid
+from unmask.experiment import build_plan, grid_report, run_experiment, run_grid
 from unmask.experiment.outputs import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,15 +121,35 @@ def test_missing_real_dataset_names_the_layout(tmp_path):
         run_experiment(plan)
 
 
-def test_grid_runs_every_combination_and_writes_one_table(finished_run, tmp_path):
+def test_grid_jobs_and_the_combine_command_give_the_whole_grid_table(finished_run, tmp_path):
     plan, _ = finished_run
-    grid = run_grid(tiny_config(tmp_path, data_dir=str(plan.data.root), grid_class_sets=("cs3-1",),
-                                grid_models=("compact",)))
-    rows = json.loads((grid / "grid.json").read_text())
+    grid = {"data_dir": str(plan.data.root), "grid_class_sets": ("cs3-1",), "grid_models": ("compact",)}
+    whole = run_grid(tiny_plan(tmp_path / "whole", **grid))
+    rows = json.loads((whole / "grid.json").read_text())
     assert [(r["class_set"], r["model"], r["m_adv_trained"]) for r in rows] == [("cs3-1", "compact", False),
                                                                                 ("cs3-1", "compact", True)]
     assert all(not math.isnan(r["mean_accuracy_unmask"]) for r in rows)
-    assert "| cs3-1 | compact | yes |" in (grid / "grid.md").read_text()
+    assert "| cs3-1 | compact | yes |" in (whole / "grid.md").read_text()
+    # the same grid as two independent jobs (from nothing: their own models), then combined
+    jobs = tmp_path / "jobs"
+    assert run_grid(tiny_plan(jobs, grid_shard="1/2", **grid)) is None
+    partial = grid_report(tiny_config(jobs, **grid))
+    assert [r["m_adv_trained"] for r in json.loads((partial / "grid.json").read_text())] == [True]
+    assert run_grid(tiny_plan(jobs, grid_shard="0/2", **grid)) is None
+    combined = grid_report(tiny_config(jobs, **grid))
+    assert json.loads((combined / "grid.json").read_text()) == rows
+    assert (combined / "grid.md").read_text() == (whole / "grid.md").read_text()
+
+
+def test_grid_shards_split_the_configurations_and_read_slurm():
+    from unmask.experiment.plan import GridShard
+
+    assert [n for n in range(7) if GridShard.parse("1/3", {}).takes(n)] == [1, 4]
+    assert GridShard.parse("4", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1"}) == GridShard(2, 4)
+    assert GridShard.parse("", {}).whole
+    for bad in ("3/3", "x/2", "4"):
+        with pytest.raises(ValueError, match="expected"):
+            GridShard.parse(bad, {})
 
 
 def _argv(plan):
@@ -159,15 +179,23 @@ def test_train_k_and_train_m_commands_reuse_the_run_models(finished_run, capsys,
 
 
 @pytest.mark.slow
-def test_the_run_under_torchrun_on_two_processes(tmp_path):
-    plan = tiny_plan(tmp_path)
+def test_two_processes_evaluate_to_the_same_numbers_as_one(finished_run):
+    """The evaluation under torchrun (gloo, 2 processes, sharded batches) against the module's
+    1-process run, with the same models (the cache): metrics.json must not depend on the
+    number of processes."""
+    plan, directory = finished_run
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "main.py", *_argv(plan),
-               "--device", "cpu"]
+               "--device", "cpu", "--run-name", "two-processes", "--attack-batch-size", "2"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("### Accuracy") == 1  # the evaluation runs on the main process only
-    assert len(list((tmp_path / "results").glob("cs3-1-compact-*/metrics.json"))) == 1
+    assert run.stdout.count("### Accuracy") == 1  # the main process reports
+    one = run_experiment(_shared(plan, run_name="one-process", attack_batch_size=2, verbosity=0))
+    figures = [{key: value for key, value in _numbers(json.loads((folder / "metrics.json").read_text())).items()
+                if key not in ("config", "models")} for folder in (one, plan.output_dir / "two-processes")]
+    assert json.dumps(figures[0], sort_keys=True) == json.dumps(figures[1], sort_keys=True)
+    assert _rows(one) == _rows(plan.output_dir / "two-processes")
+
 
 
 def _rows(directory, attack="clean"):

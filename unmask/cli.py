@@ -31,7 +31,7 @@ def _comma_separated(text: str) -> tuple[str, ...]:
 def build_parser(profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python main.py",
-        usage="python main.py [{run,prepare,train-m,train-k,examples,figures}] [--option VALUE ...]",
+        usage=f"python main.py [{{{','.join(COMMANDS)}}}] [--option VALUE ...]",
         description="UnMask: adversarial detection and defense through building-block alignment. "
         "Every option overrides the field of the same name in config.py.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -74,9 +74,18 @@ def _run(plan: Plan, args: argparse.Namespace) -> int:
     from unmask.experiment import run_experiment, run_grid
 
     if args.grid:
-        run_grid(plan.config)
+        run_grid(plan)
     else:
         run_experiment(plan)
+    return 0
+
+
+def _grid_report(plan: Plan, args: argparse.Namespace) -> int:
+    from unmask.experiment import grid_report
+
+    directory = grid_report(plan.config)
+    if plan.verbosity > 0:
+        print(f"grid-report: {directory / 'grid.md'} and grid.json")
     return 0
 
 
@@ -204,6 +213,8 @@ def _figures(plan: Plan, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
     "run": ("prepare data if missing, train or load M, adversarially trained M and K, attack, evaluate and "
             "report (the default)", _run),
+    "grid-report": ("combine the finished configurations of --grid (run as jobs with --grid-shard) into "
+                    "results/grid/grid.md and grid.json, recomputing nothing", _grid_report),
     "prepare": ("generate the synthetic part world (--dataset synthetic) or convert raw PASCAL-Part "
                 "(--dataset pascal-part --pascal-root DIR --out DIR)", _prepare),
     "train-m": ("train M and, with --adv-training, the adversarial-training baseline", _train_m),

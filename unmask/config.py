@@ -123,6 +123,9 @@ class Config:
     eval_max_images: int = option(0, "Evaluate at most this many test images (0: all).")
     grid_class_sets: tuple[str, ...] = option(("cs3-1", "cs3-2", "cs5-1", "cs5-2"), "Class sets of --grid.")
     grid_models: tuple[str, ...] = option(("compact", "resnet18"), "Models M of --grid.")
+    grid_shard: str = option("", "Run only a share of --grid, as one job of several (a SLURM job array): I/N runs "
+                             "configurations I, I+N, ... (from 0); N alone takes I from SLURM_ARRAY_TASK_ID. "
+                             "python main.py grid-report then combines the finished ones. Empty: the whole grid.")
 
 
 PROFILES: dict[str, dict[str, object]] = {

@@ -6,6 +6,6 @@ fields), ``stages`` computes (data, models, predictions), ``outputs`` writes the
 """
 
 from unmask.experiment.plan import Plan, build_plan
-from unmask.experiment.run import run_experiment, run_grid
+from unmask.experiment.run import grid_report, run_experiment, run_grid
 
-__all__ = ["Plan", "build_plan", "run_experiment", "run_grid"]
+__all__ = ["Plan", "build_plan", "grid_report", "run_experiment", "run_grid"]

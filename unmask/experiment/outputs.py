@@ -29,7 +29,7 @@ from unmask.parts import PARTS, ClassSet
 from unmask.report import ExamplePanel, RocSeries, plot_accuracy, plot_examples, plot_roc
 
 NOT_RESULTS = frozenset({"verbosity", "workers", "device", "output_dir", "run_name", "grid_class_sets", "grid_models",
-                         "synthetic_workers"})
+                         "grid_shard", "synthetic_workers"})
 """Configuration fields that do not change a run's numbers (left out of its name's hash)."""
 
 RESULT_FORMAT = 1

@@ -10,7 +10,8 @@ these objects; nothing below this module reads the configuration's fields.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -61,6 +62,44 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class GridShard:
+    """Which configurations of ``--grid`` this job runs: those whose number modulo ``count`` is
+    ``index`` (the whole grid: 0 of 1)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"grid shard {self.index}/{self.count}: expected 0 <= I < N")
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+    def takes(self, number: int) -> bool:
+        return number % self.count == self.index
+
+    @classmethod
+    def parse(cls, text: str, environment: Mapping[str, str]) -> GridShard:
+        """``I/N``, or ``N`` with I from SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN), or empty."""
+        if not text:
+            return cls()
+        index, slash, count = text.partition("/")
+        if not slash:
+            count, index = index, ""
+            if "SLURM_ARRAY_TASK_ID" not in environment:
+                raise ValueError(f"{text!r} gives no shard number and SLURM_ARRAY_TASK_ID is not set; expected I/N "
+                                 "(e.g. 0/4), or N inside a SLURM job array")
+            index = str(int(environment["SLURM_ARRAY_TASK_ID"]) - int(environment.get("SLURM_ARRAY_TASK_MIN", 0)))
+        try:
+            return cls(int(index), int(count))
+        except ValueError:
+            raise ValueError(f"{text!r}: expected I/N with whole numbers, e.g. 0/4, or N in a SLURM job array") \
+                from None
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything one experiment run needs, resolved and checked once from a ``Config``.
 
@@ -84,6 +123,7 @@ class Plan:
     device: str
     workers: int
     verbosity: int
+    grid_shard: GridShard = GridShard()
 
     @property
     def class_set(self) -> ClassSet:
@@ -120,6 +160,7 @@ def build_plan(config: Config) -> Plan:
     _choose("model", config.model, CLASSIFIER_NAMES)
     for name in config.grid_models:
         _choose("grid_models", name, CLASSIFIER_NAMES)
+    grid_shard = _checked("grid_shard", lambda: GridShard.parse(config.grid_shard, os.environ))
     _choose("k_model", config.k_model, PART_EXTRACTOR_NAMES)
     _choose("pascal_merge", config.pascal_merge, MERGE_MODES)
     _choose("optimizer", config.optimizer, OPTIMIZERS)
@@ -175,5 +216,5 @@ def build_plan(config: Config) -> Plan:
         m_checkpoint=Path(config.m_checkpoint) if config.m_checkpoint else None,
         k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,
         allow_random_init=config.allow_random_init, output_dir=Path(config.output_dir), device=config.device,
-        workers=config.workers, verbosity=config.verbosity,
+        workers=config.workers, verbosity=config.verbosity, grid_shard=grid_shard,
     )

@@ -182,25 +182,51 @@ def run_experiment(plan: Plan) -> Path:
     return folder.path
 
 
-def run_grid(config: Config) -> Path:
-    """The original's grid: grid class sets x grid models x {standard M, adversarially trained M},
-    one after another; finished runs are re-reported from their saved results, not recomputed."""
-    rows = []
-    combinations = [(class_set, model, adversarial) for class_set in config.grid_class_sets
-                    for model in config.grid_models for adversarial in (False, True)]
-    for number, (class_set, model, adversarial) in enumerate(combinations, start=1):
-        single = dataclasses.replace(config, class_set=class_set, model=model, m_adv_trained=adversarial, run_name="")
-        if config.verbosity > 0:
-            tqdm.write(f"=== grid {number}/{len(combinations)}: {class_set}, {model}, "
-                       f"M {'adversarially trained' if adversarial else 'standard'} ===")
-        directory = run_experiment(build_plan(single))
-        metrics = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-        rows.append({"class_set": class_set, "model": model, "m_adv_trained": adversarial,
-                     "clean_accuracy_m": metrics["clean"]["accuracy_m"], **metrics["summary"], "run": directory.name})
+def grid_plans(config: Config) -> list[Plan]:
+    """The original's grid, in a fixed order: grid class sets x grid models x {standard M,
+    adversarially trained M}."""
+    return [build_plan(dataclasses.replace(config, class_set=class_set, model=model, m_adv_trained=adversarial,
+                                           run_name=""))
+            for class_set in config.grid_class_sets for model in config.grid_models for adversarial in (False, True)]
+
+
+def run_grid(plan: Plan) -> Path | None:
+    """Run the grid's configurations one after another (finished ones are re-reported from their
+    saved results, not recomputed), or only this job's share of them (``--grid-shard``: each job
+    writes its own results folders; ``grid_report`` combines them). Returns the grid's folder
+    when this job ran the whole grid and wrote its table."""
+    plans = grid_plans(plan.config)
+    shard = plan.grid_shard
+    mine = [number for number in range(len(plans)) if shard.takes(number)]
+    for position, number in enumerate(mine, start=1):
+        single = plans[number]
+        if plan.verbosity > 0:
+            share = "" if shard.whole else f" (job {shard.index} of {shard.count}: {position}/{len(mine)})"
+            tqdm.write(f"=== grid {number + 1}/{len(plans)}{share}: {single.class_set.name}, {single.m.architecture}, "
+                       f"M {'adversarially trained' if single.config.m_adv_trained else 'standard'} ===")
+        run_experiment(single)
+    return grid_report(plan.config) if shard.whole else None
+
+
+def grid_report(config: Config) -> Path:
+    """Combine the grid's finished configurations (their ``metrics.json``) into ``grid/grid.json``
+    and ``grid/grid.md`` without recomputing anything; configurations not finished yet are named."""
+    rows, pending = [], []
+    for plan in grid_plans(config):
+        metrics_file = plan.output_dir / run_name(plan) / "metrics.json"
+        if not metrics_file.is_file():
+            pending.append(f"{plan.class_set.name}/{plan.m.architecture}{'/advM' if plan.config.m_adv_trained else ''}")
+            continue
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        rows.append({"class_set": plan.class_set.name, "model": plan.m.architecture,
+                     "m_adv_trained": plan.config.m_adv_trained, "clean_accuracy_m": metrics["clean"]["accuracy_m"],
+                     **metrics["summary"], "run": metrics_file.parent.name})
     grid_directory = Path(config.output_dir) / "grid"
     atomic_write_json(grid_directory / "grid.json", rows)
     table = format_grid_table(rows)
     atomic_write_text(grid_directory / "grid.md", table)
     if config.verbosity > 0:
         print("\n" + table)
+        if pending:
+            print(f"not finished yet ({len(pending)}): {', '.join(pending)}")
     return grid_directory
