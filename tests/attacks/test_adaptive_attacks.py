@@ -127,3 +127,15 @@ def test_attacks_import_no_layer_above_them() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert not name.startswith(forbidden), f"{source.name} imports {name}"
+
+
+@pytest.mark.parametrize("name", ["joint_linf", "hsj_l2"])
+def test_no_images_no_judge(name: str) -> None:
+    def judge(batch):
+        raise AssertionError("the judge must not be asked about no images")
+
+    target = make_target()
+    target = type(target)(target.classifier, target.part_model, target.class_parts, target.k_score_threshold,
+                          target.detection_threshold, judge)
+    result = adaptive_attack(target, torch.zeros(0, 3, 48, 48), torch.zeros(0, dtype=torch.int64), name, 8, FAST)
+    assert result.images.shape == (0, 3, 48, 48) and len(result.verdict) == 0 and result.success.shape == (0,)

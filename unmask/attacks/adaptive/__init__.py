@@ -24,7 +24,7 @@ from unmask.attacks.adaptive.detector import FabricateAttack, VanishAttack
 from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveResult, project, quantize
 from unmask.attacks.adaptive.joint import JointAttack
 from unmask.attacks.adaptive.label_only import EvadesUnMask, HopSkipJump, PipelineDecision
-from unmask.attacks.adaptive.options import AdaptiveOptions
+from unmask.attacks.adaptive.options import FULL_BUDGET, REDUCED_BUDGET, AdaptiveOptions
 from unmask.attacks.adaptive.orthogonal import OrthogonalAttack
 from unmask.attacks.adaptive.part_view import PartOutputs, PartView, soft_jaccard
 from unmask.attacks.adaptive.reclassify import ReclassifyAttack
@@ -38,7 +38,8 @@ from unmask.attacks.adaptive.registry import (
 from unmask.attacks.adaptive.target import NO_PREDICTION, DefenseTarget, Judge, Verdict
 
 __all__ = [
-    "ADAPTIVE_ATTACK_NAMES", "ADAPTIVE_ATTACK_NORMS", "MINIMIZATION_ATTACKS", "NO_PREDICTION", "AdaptiveAttack",
+    "ADAPTIVE_ATTACK_NAMES", "ADAPTIVE_ATTACK_NORMS", "FULL_BUDGET", "MINIMIZATION_ATTACKS", "NO_PREDICTION",
+    "REDUCED_BUDGET", "AdaptiveAttack",
     "AdaptiveOptions", "AdaptiveResult", "DefenseTarget", "EvadesUnMask", "FabricateAttack", "HopSkipJump",
     "JointAttack", "Judge", "OrthogonalAttack", "PartOutputs", "PartView", "PipelineDecision", "ReclassifyAttack",
     "Verdict", "VanishAttack", "adaptive_attack", "build_adaptive_attack", "project", "quantize", "soft_jaccard",

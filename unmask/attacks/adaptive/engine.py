@@ -22,6 +22,7 @@ from torch import nn
 from unmask.attacks.adaptive.options import AdaptiveOptions
 from unmask.attacks.adaptive.part_view import PartOutputs, PartView, soft_jaccard
 from unmask.attacks.adaptive.target import NO_PREDICTION, DefenseTarget, Verdict
+from unmask.parts import PARTS
 
 NORMS: tuple[str, ...] = ("linf", "l2")
 GREY_LEVELS = 255
@@ -153,6 +154,12 @@ def flat_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def orthogonal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per image, ``a`` minus its projection on ``b`` (``a`` where ``b`` is 0)."""
     return a - flat_dot(a, b) / flat_dot(b, b).clamp(min=1e-20) * b
+
+
+def empty_verdict() -> Verdict:
+    """The verdict of no images (the judge is not asked)."""
+    nothing = torch.zeros(0, dtype=torch.int64)
+    return Verdict(nothing, nothing.double(), nothing.bool(), nothing, torch.zeros(0, len(PARTS), dtype=torch.bool))
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -300,9 +307,6 @@ class AdaptiveAttack:
             failure_key = 2.0 * (~fooled).float() + score
         return Evaluation(success, score, failure_key, loss=loss, gradient=gradient)
 
-    def verdict_similarities(self, verdict: Verdict) -> torch.Tensor:
-        return soft_jaccard(verdict.parts.float(), self.target.class_parts)
-
     @torch.no_grad()
     def clean_pass(self) -> None:
         """On the clean batch: M's logits, K's soft presence and proposals, and each target's
@@ -436,25 +440,23 @@ class AdaptiveAttack:
     # --- entry point ------------------------------------------------------------------------
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> AdaptiveResult:
+        """Attack every image; forward/backward passes take ``options.batch_size`` of the images
+        still being attacked at a time (with early stop, finished images leave the passes, so
+        the remaining ones fill full batches)."""
         started = time.perf_counter()
         self.stats = {"image_steps": 0, "judge_calls": 0, "judged_images": 0, "disagreements": 0}
-        outputs, targets = [], []
         with frozen_eval(self.target.classifier, self.target.part_model):
-            for start in range(0, len(images), self.options.batch_size):
-                stop = start + self.options.batch_size
-                self.x0 = images[start:stop].to(self.device, torch.float32)
-                self.labels = labels[start:stop].to(self.device, torch.int64)
-                self.labels_cpu = self.labels.cpu()
-                self.indices = indices[start:stop].cpu()
-                self.best = Best(self.x0.cpu())
-                self._no_targets = torch.full((len(self.x0),), -1, dtype=torch.int64)
+            self.x0 = images.detach().to(self.device, torch.float32)
+            self.labels = labels.to(self.device, torch.int64)
+            self.labels_cpu = self.labels.cpu()
+            self.indices = indices.cpu()
+            self.best = Best(self.x0.cpu())
+            self._no_targets = torch.full((len(self.x0),), -1, dtype=torch.int64)
+            if len(self.x0):
                 self.clean_pass()
                 self.run()
-                outputs.append(self.best.images)
-                targets.append(self.best.targets)
-        adversarial = torch.cat(outputs) if outputs else images.detach().float().cpu().clone()
-        chosen = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int64)
-        verdict = self.target.judge(adversarial.to(self.device))
+        adversarial, chosen = self.best.images, self.best.targets
+        verdict = self.target.judge(adversarial.to(self.device)) if len(adversarial) else empty_verdict()
         self.stats["seconds"] = time.perf_counter() - started
         success = self.final_success(verdict, labels.cpu(), chosen)
         return AdaptiveResult(adversarial.to(images.device), chosen, success, verdict, dict(self.stats))

@@ -11,7 +11,15 @@ import foolbox as fb
 import torch
 from torch import nn
 
-from unmask.attacks.adaptive.engine import GREY_LEVELS, AdaptiveResult, check_norm, image_seed, project, quantize
+from unmask.attacks.adaptive.engine import (
+    GREY_LEVELS,
+    AdaptiveResult,
+    check_norm,
+    empty_verdict,
+    image_seed,
+    project,
+    quantize,
+)
 from unmask.attacks.adaptive.options import AdaptiveOptions
 from unmask.attacks.adaptive.target import DefenseTarget, Verdict
 
@@ -84,6 +92,10 @@ class HopSkipJump:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> AdaptiveResult:
         started = time.perf_counter()
+        if len(images) == 0:
+            return AdaptiveResult(images.detach().float().clone(), torch.zeros(0, dtype=torch.int64),
+                                  torch.zeros(0, dtype=torch.bool), empty_verdict(), {"queries": 0.0},
+                                  distances=torch.zeros(0, dtype=torch.float64))
         device = next(self.target.classifier.parameters()).device
         clean = images.detach().to(device, torch.float32)
         labels_cpu = labels.cpu().to(torch.int64)

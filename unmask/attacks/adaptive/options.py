@@ -30,13 +30,15 @@ class AdaptiveOptions:
         - ``batch_size``: images per forward/backward pass.
     Steps
         - ``step_size``: absolute base step on the 0-255 scale; None: ``relative_step *
-          epsilon / steps``. ``step_schedule``: ``cosine`` (from twice the base step down to
+          epsilon / steps`` (default 8: at 20 steps the first cosine step is 0.8 epsilon). ``step_schedule``: ``cosine`` (from twice the base step down to
           0, same mean) or ``constant``. L-inf steps are whole grey levels (at least 1).
         - ``random_start``: start every run at a random point (else only restarts > 0 do).
     Losses
         - ``kappa``: M's logit margin (C&W); ``part_margin`` (log-probability) and
           ``part_kappa`` (argmax logit margin): K's hinge margins (see ``part_view``);
           ``tau``: smooth-max temperature; ``temperature``: soft 0/1 presence temperature.
+        - ``reclassify_hinge``: weight of K's hinges towards the best other class in the
+          re-classification attack (0: the soft Jaccard gap alone).
         - ``clean_proposals``: also score the clean image's proposals (DAG), not only the
           current image's.
     Judging
@@ -55,7 +57,7 @@ class AdaptiveOptions:
     early_stop: bool = True
     batch_size: int = 32
     step_size: float | None = None
-    relative_step: float = 2.5
+    relative_step: float = 8.0
     step_schedule: str = "cosine"
     random_start: bool = False
     kappa: float = 1.0
@@ -63,6 +65,7 @@ class AdaptiveOptions:
     part_kappa: float = 0.5
     tau: float = 0.05
     temperature: float = 0.05
+    reclassify_hinge: float = 0.1
     clean_proposals: bool = False
     judge_every: int = 0
     seed: int = 0
@@ -97,7 +100,7 @@ class AdaptiveOptions:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"AdaptiveOptions.{name} must be positive, got {value!r}")
-        for name in ("kappa", "part_margin", "part_kappa"):
+        for name in ("kappa", "part_margin", "part_kappa", "reclassify_hinge"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"AdaptiveOptions.{name} must be >= 0, got {value!r}")
@@ -105,3 +108,12 @@ class AdaptiveOptions:
             raise ValueError(f"AdaptiveOptions.judge_every must be an integer >= 0, got {self.judge_every!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"AdaptiveOptions.seed must be an integer, got {self.seed!r}")
+
+
+REDUCED_BUDGET = AdaptiveOptions()
+"""The default run's budget: 20 steps, the 2 best-ranked targets, 1 run each (from the clean
+image), lambda 1, cosine steps from 0.8 epsilon (L-inf), early stop. See the module's measurements
+in the project notes: on the default models it is within a few points of ``FULL_BUDGET``."""
+
+FULL_BUDGET = AdaptiveOptions(steps=100, restarts=2, targets=None, relative_step=20.0)
+"""A convergence check: 100 steps, every target, 2 runs each (the clean start and a random one)."""
