@@ -117,6 +117,23 @@ def test_joint_attack_succeeds_where_only_m_must_move() -> None:
     assert (result.targets == 0).all() and (result.verdict.m_prediction == 0).all()
 
 
+def test_hopskipjump_runs_from_another_class_and_reports_distances() -> None:
+    """With K seeing car parts everywhere, images M calls "car" evade UnMask for any other label:
+    they are the starting points, and HopSkipJump walks towards each clean image."""
+    target = make_target(tiny_m(seed=3), car_seeing_k(), k_threshold=0.0, detection_threshold=0.8)
+    pool = images(4, seed=8)
+    predicted = target.judge(pool).m_prediction
+    assert (predicted == 0).any() and (predicted != 0).any(), "the tiny M should call one image car, not all"
+    options = AdaptiveOptions(hsj_steps=1, hsj_initial_evals=4, hsj_max_evals=8)
+    result = adaptive_attack(target, pool, predicted, "hsj_l2", 3000, options)
+    attacked = predicted != 0
+    assert torch.isfinite(result.distances[attacked]).all()
+    assert torch.isinf(result.distances[~attacked]).all()  # no image of another class is "car"-free
+    start = torch.cdist(pool[attacked].flatten(1), pool[~attacked].flatten(1)).amin(1) * 255
+    assert (result.distances[attacked] <= start + 1e-3).all()  # never further than its start
+    assert torch.equal(result.success, (result.distances <= 3000) & result.verdict.evades(predicted))
+
+
 def test_attacks_import_no_layer_above_them() -> None:
     forbidden = ("unmask.defense", "unmask.metrics", "unmask.evaluation", "unmask.experiment", "unmask.report",
                  "unmask.cli")

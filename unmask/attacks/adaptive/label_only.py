@@ -53,7 +53,7 @@ class EvadesUnMask(fb.criteria.Criterion):
 
     def __call__(self, perturbed: Any, outputs: Any) -> Any:
         outputs_, restore_type = ep.astensor_(outputs)
-        is_adv = (outputs_[:, 0] != self.labels.astype(outputs_.dtype)) & (outputs_[:, 1] == 0)
+        is_adv = ep.logical_and(outputs_[:, 0] != self.labels.astype(outputs_.dtype), outputs_[:, 1] == 0)
         return restore_type(is_adv)
 
 
