@@ -1,0 +1,151 @@
+"""Adaptive-attack throughput: image-steps per second through M + K forward and backward.
+
+    python bench/bench_adaptive.py                      # CPU, trained models of /tmp/baseline if present
+    python bench/bench_adaptive.py --device cuda --batch-sizes 32 64 128
+    python bench/bench_adaptive.py --m-weights M.pt --k-weights K.pt
+
+One step of an adaptive attack is one forward and backward pass of the image through M and
+through K's differentiable view (backbone, RPN, RoIAlign, box head; ``part_view``). The benchmark
+times, per batch size, in one run on one machine:
+
+- ``m``: M alone (the gray-box attacks' step),
+- ``k``: K's view alone (forward + hinge loss + backward to the image),
+- ``joint``: one step of the joint attack (M + K, quantisation, projection),
+- ``judge``: the hard pipeline (M forward + K's ``PartExtractor``), no gradients,
+
+and prints image-steps per second and the ratios to ``m``. Models: the given weight files, else
+the default run's (``/tmp/baseline/results/models``), else random initialisation (same cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from unmask.attacks.adaptive.engine import direction, project, quantize_ste  # noqa: E402
+from unmask.attacks.adaptive.part_view import PartView  # noqa: E402
+from unmask.models.classifier import build_classifier  # noqa: E402
+from unmask.models.part_extractor import PartExtractor, build_part_extractor  # noqa: E402
+
+DEFAULT_M = "/tmp/baseline/results/models/m-24888613/best.pt"
+DEFAULT_K = "/tmp/baseline/results/models/k-*/weights.pt"
+
+
+def _first(pattern: str | None) -> str | None:
+    if not pattern:
+        return None
+    matches = sorted(glob.glob(pattern))
+    return matches[0] if matches else None
+
+
+def load_models(m_weights: str | None, k_weights: str | None, *, image_size: int, num_classes: int,
+                device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """M (compact) and K (lean) from weight files when given and present, else random init."""
+    from unmask.io import load_checkpoint
+    from unmask.train.common import load_model_weights
+
+    classifier = build_classifier("compact", num_classes)
+    part_model = build_part_extractor("lean", image_size=image_size, nms_threshold=0.3, max_detections=100)
+    sources = []
+    for model, path, name in ((classifier, _first(m_weights), "M"), (part_model, _first(k_weights), "K")):
+        if path and Path(path).is_file():
+            load_model_weights(model, load_checkpoint(path), source=path)
+            sources.append(f"{name}={path}")
+        else:
+            sources.append(f"{name}=random init")
+    return classifier.to(device).eval(), part_model.to(device).eval(), ", ".join(sources)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_image(step, images: torch.Tensor, *, repeats: int, device: torch.device) -> float:
+    """Seconds per image of ``step(images)`` (after one warm-up call), best of ``repeats``."""
+    step(images)
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step(images)
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return min(times) / len(images)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--m-weights", default=DEFAULT_M)
+    parser.add_argument("--k-weights", default=DEFAULT_K)
+    parser.add_argument("--k-score-threshold", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    classifier, part_model, sources = load_models(args.m_weights, args.k_weights, image_size=args.image_size,
+                                                  num_classes=5, device=device)
+    for model in (classifier, part_model):
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+    view = PartView(part_model, score_threshold=args.k_score_threshold)
+    extractor = PartExtractor(part_model, score_threshold=args.k_score_threshold, batch_size=max(args.batch_sizes))
+    epsilon = 16 / 255
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+          f"image size {args.image_size}; {sources}")
+
+    def m_step(x: torch.Tensor) -> None:
+        leaf = x.detach().requires_grad_(True)
+        torch.autograd.grad(classifier(leaf).logsumexp(1).sum(), leaf)
+
+    def k_step(x: torch.Tensor) -> None:
+        leaf = x.detach().requires_grad_(True)
+        outputs = view(leaf)
+        expected = torch.zeros(len(x), 44, device=device)
+        expected[:, :10] = 1
+        torch.autograd.grad(view.hinge_loss(outputs, add=expected, remove=1 - expected).sum() + 0 * leaf.sum(), leaf)
+
+    def joint_step(x: torch.Tensor) -> None:
+        leaf = x.detach().requires_grad_(True)
+        x_q = quantize_ste(leaf, x, epsilon, "linf")
+        outputs = view(x_q)
+        expected = torch.zeros(len(x), 44, device=device)
+        expected[:, :10] = 1
+        loss = classifier(x_q).logsumexp(1) + view.hinge_loss(outputs, add=expected, remove=1 - expected)
+        view.hard_presence(outputs)
+        gradient = torch.autograd.grad(loss.sum(), leaf)[0]
+        project(leaf.detach() - 2 / 255 * direction(gradient, "linf"), x, epsilon, "linf")
+
+    def judge_step(x: torch.Tensor) -> None:
+        with torch.no_grad():
+            classifier(x).argmax(1)
+        extractor.extract(x, batch_size=len(x))
+
+    generator = torch.Generator().manual_seed(0)
+    print(f"{'batch':>5} {'m img-step/s':>13} {'k img-step/s':>13} {'joint img-step/s':>17} {'judge img/s':>12} "
+          f"{'k/m cost':>9} {'joint/m cost':>13}")
+    for batch_size in args.batch_sizes:
+        images = (torch.rand(batch_size, 3, args.image_size, args.image_size, generator=generator) * 255).round() / 255
+        images = images.to(device)
+        timings = {label: time_per_image(step, images, repeats=args.repeats, device=device)
+                   for label, step in (("m", m_step), ("k", k_step), ("joint", joint_step), ("judge", judge_step))}
+        print(f"{batch_size:>5} {1 / timings['m']:>13.1f} {1 / timings['k']:>13.1f} {1 / timings['joint']:>17.1f} "
+              f"{1 / timings['judge']:>12.1f} {timings['k'] / timings['m']:>9.1f} {timings['joint'] / timings['m']:>13.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""K's differentiable view agrees with K's hard detection rule, and lets gradients through."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unmask.attacks.adaptive.part_view import NUM_LABELS, PartView, soft_jaccard
+from unmask.defense import jaccard_matrix
+from unmask.models.part_extractor import PartExtractor
+from unmask.parts import PART_INDEX, PARTS
+
+from .conftest import images, tiny_k
+
+
+@pytest.fixture(scope="module")
+def k_model():
+    return tiny_k()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5])
+def test_soft_presence_matches_the_hard_rule(k_model, threshold: float) -> None:
+    batch = images(6, seed=1)
+    hard = PartExtractor(k_model, score_threshold=threshold).extract(batch).presence
+    view = PartView(k_model, score_threshold=threshold)
+    with torch.no_grad():
+        outputs = view(batch)
+        soft = view.presence(outputs)
+    assert hard.sum() >= 6, "the tiny K should detect some parts"
+    assert not hard.all(), "and miss others"
+    assert np.array_equal((soft >= view.effective_threshold).numpy(), hard)
+    assert np.array_equal(view.hard_presence(outputs).numpy(), hard)
+    # a detected part's soft presence is its best detection score (as PartExtractor reports)
+    scores = PartExtractor(k_model, score_threshold=threshold).extract(batch).scores
+    np.testing.assert_allclose(soft.numpy()[hard], scores[hard], rtol=1e-4, atol=1e-5)
+    assert (soft >= 0).all() and (soft <= 1).all()
+
+
+def test_extra_proposals_are_scored_too(k_model) -> None:
+    batch = images(2, seed=2)
+    view = PartView(k_model, score_threshold=0.5)
+    with torch.no_grad():
+        own = view(batch)
+        joined = view(batch, [p[:5] for p in own.proposals])
+    assert joined.logits.shape[1] == own.logits.shape[1] + 5
+    torch.testing.assert_close(joined.logits[:, -5:], own.logits[:, :5], rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_reach_the_image(k_model) -> None:
+    view = PartView(k_model, score_threshold=0.5)
+    x = images(2, seed=3).requires_grad_(True)
+    outputs = view(x)
+    present = view.hard_presence(outputs).float()
+    add = torch.zeros_like(present)
+    add[:, PART_INDEX["wheel"]] = 1 - present[:, PART_INDEX["wheel"]]
+    add[:, PART_INDEX["window"]] = 1
+    loss = view.hinge_loss(outputs, add=add, remove=present) + soft_jaccard(view.indicator(view.presence(outputs)),
+                                                                            torch.eye(44)[:3]).sum(1)
+    (gradient,) = torch.autograd.grad(loss.sum(), x)
+    assert torch.isfinite(gradient).all()
+    assert (gradient.flatten(1).abs().sum(1) > 0).all()
+
+
+def test_hinges_stop_once_satisfied() -> None:
+    """A K whose box classifier calls every proposal "wheel" with probability 0.9."""
+    model = tiny_k(sharpen=1.0)
+    with torch.no_grad():
+        predictor = model.roi_heads.box_predictor.cls_score
+        predictor.weight.zero_()
+        predictor.bias.zero_()
+        predictor.bias[PART_INDEX["wheel"] + 1] = float(np.log(0.9 * (NUM_LABELS - 1) / 0.1))
+    view = PartView(model, score_threshold=0.5, margin=0.3, kappa=0.5)
+    outputs = view(images(2, seed=4))
+    wheel, eye = torch.zeros(2, 44), torch.zeros(2, 44)
+    wheel[:, PART_INDEX["wheel"]] = 1
+    eye[:, PART_INDEX["eye"]] = 1
+    assert view.hard_presence(outputs)[:, PART_INDEX["wheel"]].all()
+    assert (view.hinge_loss(outputs, add=wheel) == 0).all()  # 0.9 >= 0.5 e^0.3, margin >> 0.5
+    assert (view.hinge_loss(outputs, remove=eye) == 0).all()  # eye is nowhere
+    assert (view.hinge_loss(outputs, add=eye) > 0).all()
+    assert (view.hinge_loss(outputs, remove=wheel) > 0).all()
+
+
+def test_soft_jaccard_is_the_set_jaccard_on_0_1_presence() -> None:
+    rng = np.random.default_rng(0)
+    parts = rng.random((20, len(PARTS))) < 0.2
+    parts[0] = False
+    classes = np.stack([rng.random(len(PARTS)) < 0.25 for _ in range(5)]).astype(np.float32)
+    ours = soft_jaccard(torch.from_numpy(parts).float(), torch.from_numpy(classes)).numpy()
+    # the defense's matrix for a class set, checked against a class set's own table
+    from unmask.defense import class_part_matrix
+
+    table = class_part_matrix("cs5-2").astype(np.float32)
+    np.testing.assert_allclose(soft_jaccard(torch.from_numpy(parts).float(), torch.from_numpy(table)).numpy(),
+                               jaccard_matrix(parts, "cs5-2"), rtol=1e-6)
+    assert ours.shape == (20, 5) and (ours[0] == 0).all()

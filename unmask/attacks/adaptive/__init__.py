@@ -1,0 +1,46 @@
+"""White-box adaptive attacks on UnMask: attacks that know M *and* K (and the part table and the
+detection threshold), and count success only on the real, hard pipeline.
+
+``adaptive_attack(target, images, labels, "joint_linf", 16)`` returns an ``AdaptiveResult``:
+8-bit adversarial images inside the epsilon ball (0-255 scale), the target class per image, and
+the injected judge's verdict. ``target`` is a ``DefenseTarget``: M, the attacker's K (the real
+one, or a surrogate K' for the transfer threat model), the class -> parts matrix, K's score
+threshold, the detection threshold and the judge (images -> ``Verdict``).
+
+| name | norm | attack |
+|---|---|---|
+| ``joint_linf``, ``joint_l2`` | L-inf, L2 | joint targeted PGD on M's C&W margin + lambda x K's hinges (Carlini & Wagner 2017) |
+| ``orthogonal_linf``, ``orthogonal_l2`` | L-inf, L2 | orthogonal / selective PGD (Bryniarski et al. 2022) |
+| ``reclassify_linf``, ``reclassify_l2`` | L-inf, L2 | PGD on K against UnMask's re-classification (soft Jaccard) |
+| ``k_vanish_linf`` | L-inf | K loses every part (TOG vanishing, DAG-style; sanity check of the surrogate) |
+| ``k_fabricate_linf`` | L-inf | K sees every part of a chosen class (TOG fabrication; sanity check) |
+| ``hsj_l2``, ``hsj_linf`` | L2, L-inf | HopSkipJump on the hard pipeline (label-only check against gradient masking) |
+
+K's differentiable view and the hinge losses live in ``part_view``; the shared PGD machinery
+(balls, 8-bit quantisation, per-image random starts, judging) in ``engine``.
+"""
+
+from unmask.attacks.adaptive.detector import FabricateAttack, VanishAttack
+from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveResult, project, quantize
+from unmask.attacks.adaptive.joint import JointAttack
+from unmask.attacks.adaptive.label_only import EvadesUnMask, HopSkipJump, PipelineDecision
+from unmask.attacks.adaptive.options import FULL_BUDGET, REDUCED_BUDGET, AdaptiveOptions
+from unmask.attacks.adaptive.orthogonal import OrthogonalAttack
+from unmask.attacks.adaptive.part_view import PartOutputs, PartView, soft_jaccard
+from unmask.attacks.adaptive.reclassify import ReclassifyAttack
+from unmask.attacks.adaptive.registry import (
+    ADAPTIVE_ATTACK_NAMES,
+    ADAPTIVE_ATTACK_NORMS,
+    MINIMIZATION_ATTACKS,
+    adaptive_attack,
+    build_adaptive_attack,
+)
+from unmask.attacks.adaptive.target import NO_PREDICTION, DefenseTarget, Judge, Verdict
+
+__all__ = [
+    "ADAPTIVE_ATTACK_NAMES", "ADAPTIVE_ATTACK_NORMS", "FULL_BUDGET", "MINIMIZATION_ATTACKS", "NO_PREDICTION",
+    "REDUCED_BUDGET", "AdaptiveAttack",
+    "AdaptiveOptions", "AdaptiveResult", "DefenseTarget", "EvadesUnMask", "FabricateAttack", "HopSkipJump",
+    "JointAttack", "Judge", "OrthogonalAttack", "PartOutputs", "PartView", "PipelineDecision", "ReclassifyAttack",
+    "Verdict", "VanishAttack", "adaptive_attack", "build_adaptive_attack", "project", "quantize", "soft_jaccard",
+]

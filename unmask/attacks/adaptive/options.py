@@ -1,0 +1,119 @@
+"""``AdaptiveOptions``: the hyper-parameters every adaptive attack shares (sizes on the 0-255 scale)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+TARGET_RANKINGS: tuple[str, ...] = ("loss", "jaccard", "logits")
+STEP_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """Hyper-parameters of the adaptive attacks.
+
+    Budget
+        - ``steps``: PGD iterations per run (one run = one target x lambda x restart).
+        - ``restarts``: runs per target and lambda; restart r > 0 (or every one with
+          ``random_start``) starts at a random point of the epsilon ball drawn from
+          (``seed``, image index, run), so it does not depend on which images share a batch.
+        - ``targets``: target classes tried per image by the targeted attacks (``joint_*``,
+          ``orthogonal_*``), best-ranked first; None: every class but the true one.
+        - ``target_ranking``: ``loss`` (the targeted attack's own loss on the clean image:
+          M's margin plus the first lambda times K's hinges; lowest first), ``jaccard`` (soft
+          Jaccard of the clean image's soft parts with each class's parts) or ``logits`` (M's).
+        - ``lambdas``: weights of K's hinge loss against M's margin (joint attack), tried in order.
+        - ``early_stop``: stop attacking an image once the judge confirms a success (the
+          remaining runs and steps go to the other images); False keeps looking for the
+          success with the lowest detection score.
+        - ``batch_size``: images per forward/backward pass.
+    Steps
+        - ``step_size``: absolute base step on the 0-255 scale; None: ``relative_step *
+          epsilon / steps`` (default 8: at 20 steps the first cosine step is 0.8 epsilon). ``step_schedule``: ``cosine`` (from twice the base step down to
+          0, same mean) or ``constant``. L-inf steps are whole grey levels (at least 1).
+        - ``random_start``: start every run at a random point (else only restarts > 0 do).
+    Losses
+        - ``kappa``: M's logit margin (C&W); ``part_margin`` (log-probability) and
+          ``part_kappa`` (argmax logit margin): K's hinge margins (see ``part_view``);
+          ``tau``: smooth-max temperature; ``temperature``: soft 0/1 presence temperature.
+        - ``reclassify_hinge``: weight of K's hinges towards the best other class in the
+          re-classification attack (0: the soft Jaccard gap alone).
+        - ``clean_proposals``: also score the clean image's proposals (DAG), not only the
+          current image's.
+    Judging
+        - ``judge_every``: also judge every active image every this many steps (0: only the
+          iterates the surrogate says succeed, and the returned images).
+    Label-only (``hsj_*``)
+        - ``hsj_steps``, ``hsj_initial_evals``, ``hsj_max_evals``: HopSkipJump iterations and
+          gradient-estimation queries (Chen et al. 2020; foolbox's defaults 64, 100, 10000).
+    """
+
+    steps: int = 20
+    restarts: int = 1
+    targets: int | None = 2
+    target_ranking: str = "loss"
+    lambdas: tuple[float, ...] = (1.0,)
+    early_stop: bool = True
+    batch_size: int = 32
+    step_size: float | None = None
+    relative_step: float = 8.0
+    step_schedule: str = "cosine"
+    random_start: bool = False
+    kappa: float = 1.0
+    part_margin: float = 0.3
+    part_kappa: float = 0.5
+    tau: float = 0.05
+    temperature: float = 0.05
+    reclassify_hinge: float = 0.1
+    clean_proposals: bool = False
+    judge_every: int = 0
+    seed: int = 0
+    hsj_steps: int = 16
+    hsj_initial_evals: int = 50
+    hsj_max_evals: int = 1000
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AdaptiveOptions.{name} must be an integer >= 1, got {value!r}")
+
+        for name in ("steps", "restarts", "batch_size", "hsj_steps", "hsj_initial_evals", "hsj_max_evals"):
+            positive_int(name)
+        if self.targets is not None:
+            positive_int("targets")
+        if self.target_ranking not in TARGET_RANKINGS:
+            raise ValueError(f"AdaptiveOptions.target_ranking must be one of {TARGET_RANKINGS}, "
+                             f"got {self.target_ranking!r}")
+        lambdas = tuple(self.lambdas)
+        if not lambdas or not all(isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in lambdas):
+            raise ValueError(f"AdaptiveOptions.lambdas must be a non-empty sequence of finite numbers >= 0, "
+                             f"got {self.lambdas!r}")
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in lambdas))
+        if self.step_schedule not in STEP_SCHEDULES:
+            raise ValueError(f"AdaptiveOptions.step_schedule must be one of {STEP_SCHEDULES}, "
+                             f"got {self.step_schedule!r}")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise ValueError(f"AdaptiveOptions.step_size must be positive (0-255 scale), got {self.step_size!r}")
+        for name in ("relative_step", "tau", "temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"AdaptiveOptions.{name} must be positive, got {value!r}")
+        for name in ("kappa", "part_margin", "part_kappa", "reclassify_hinge"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"AdaptiveOptions.{name} must be >= 0, got {value!r}")
+        if isinstance(self.judge_every, bool) or not isinstance(self.judge_every, int) or self.judge_every < 0:
+            raise ValueError(f"AdaptiveOptions.judge_every must be an integer >= 0, got {self.judge_every!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"AdaptiveOptions.seed must be an integer, got {self.seed!r}")
+
+
+REDUCED_BUDGET = AdaptiveOptions()
+"""The default run's budget: 20 steps, the 2 best-ranked targets, 1 run each (from the clean
+image), lambda 1, cosine steps from 0.8 epsilon (L-inf), early stop. See the module's measurements
+in the project notes: on the default models it is within a few points of ``FULL_BUDGET``."""
+
+FULL_BUDGET = AdaptiveOptions(steps=100, restarts=2, targets=None, relative_step=20.0)
+"""A convergence check: 100 steps, every target, 2 runs each (the clean start and a random one)."""

@@ -1,0 +1,115 @@
+"""What the white-box adaptive attacker knows: ``DefenseTarget``, and the hard judge's ``Verdict``.
+
+The attacks optimise a differentiable surrogate of K (``part_view``) but decide which iterate to
+keep on the real, non-differentiable pipeline: a *judge* the caller injects (BPDA, Athalye et al.
+2018: forward through the real function, backward through an approximation). The judge belongs
+to the layers above the attacks (it is built from ``unmask.defense`` and the hard K), so this
+package never imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+
+from unmask.parts import PARTS
+
+NO_PREDICTION = -1
+"""``Verdict.unmask_prediction`` of an image for which no class shares a part with K's parts."""
+
+
+def _as_tensor(value: object, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    return torch.as_tensor(value).detach().to("cpu", dtype)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The hard pipeline's answer for N images (tensors or arrays; stored as CPU tensors).
+
+    - ``m_prediction`` (N,) int64: M's class (class-set order).
+    - ``detection_score`` (N,) float: 1 - set Jaccard of V[M's class] with K's hard parts.
+    - ``flagged`` (N,) bool: ``detection_score >= detection_threshold``.
+    - ``unmask_prediction`` (N,) int64: UnMask's re-classification, ``NO_PREDICTION`` (-1) if none.
+    - ``parts`` (N, 44) bool: K's hard part sets.
+    """
+
+    m_prediction: torch.Tensor
+    detection_score: torch.Tensor
+    flagged: torch.Tensor
+    unmask_prediction: torch.Tensor
+    parts: torch.Tensor
+
+    def __post_init__(self) -> None:
+        converted = {
+            "m_prediction": _as_tensor(self.m_prediction, torch.int64),
+            "detection_score": _as_tensor(self.detection_score, torch.float64),
+            "flagged": _as_tensor(self.flagged, torch.bool),
+            "unmask_prediction": _as_tensor(self.unmask_prediction, torch.int64),
+            "parts": _as_tensor(self.parts, torch.bool),
+        }
+        n = len(converted["m_prediction"])
+        for name, value in converted.items():
+            expected = (n, len(PARTS)) if name == "parts" else (n,)
+            if tuple(value.shape) != expected:
+                raise ValueError(f"Verdict.{name} must have shape {expected}, got {tuple(value.shape)}")
+            object.__setattr__(self, name, value)
+
+    def __len__(self) -> int:
+        return len(self.m_prediction)
+
+    def evades(self, labels: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: M is wrong (``m_prediction != labels``) and the image is not flagged."""
+        return (self.m_prediction != labels.cpu()) & ~self.flagged
+
+    def hits(self, targets: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: M says ``targets`` and the image is not flagged (targeted success)."""
+        return (self.m_prediction == targets.cpu()) & ~self.flagged
+
+
+Judge = Callable[[torch.Tensor], Verdict]
+"""Images (N, 3, H, W) in [0, 1] (8-bit quantised by the attacks) -> the hard pipeline's Verdict."""
+
+
+@dataclass(frozen=True)
+class DefenseTarget:
+    """What the adaptive attacker knows about the defended pipeline.
+
+    - ``classifier``: M, [0, 1] images -> logits over the class set.
+    - ``part_model``: a torchvision ``MaskRCNN`` part extractor (label = part index + 1). It is
+      the attacker's K: the real one (white-box) or a surrogate K' (transfer threat model).
+      Nothing here assumes it is the K inside ``judge``.
+    - ``class_parts`` (C, 44) float 0/1: V[c] per class, class-set order (M's label indices).
+    - ``k_score_threshold``: the score threshold of ``part_model``'s detection rule.
+    - ``detection_threshold``: the detection-score threshold (flagged: score >= it).
+    - ``judge``: the hard pipeline (see ``Judge``); decides success and which iterate is kept.
+    """
+
+    classifier: nn.Module
+    part_model: MaskRCNN
+    class_parts: torch.Tensor
+    k_score_threshold: float
+    detection_threshold: float
+    judge: Judge
+
+    def __post_init__(self) -> None:
+        class_parts = _as_tensor(self.class_parts, torch.float32)
+        if class_parts.ndim != 2 or class_parts.shape[1] != len(PARTS) or len(class_parts) < 2:
+            raise ValueError(f"class_parts must be (classes >= 2, {len(PARTS)}), got {tuple(class_parts.shape)}")
+        if not bool(((class_parts == 0) | (class_parts == 1)).all()):
+            raise ValueError("class_parts must hold 0/1 entries")
+        if not 0.0 <= self.k_score_threshold < 1.0:
+            raise ValueError(f"k_score_threshold must lie in [0, 1), got {self.k_score_threshold}")
+        if not callable(self.judge):
+            raise TypeError(f"judge must be callable (images -> Verdict), got {type(self.judge).__name__}")
+        object.__setattr__(self, "class_parts", class_parts)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_parts)
