@@ -53,7 +53,7 @@ def load_models(m_weights: str | None, k_weights: str | None, *, image_size: int
     from unmask.train.common import load_model_weights
 
     classifier = build_classifier("compact", num_classes)
-    part_model = build_part_extractor("lean", image_size=image_size, nms_threshold=0.3, max_detections=100)
+    part_model = build_part_extractor("lean", image_size=image_size)
     sources = []
     for model, path, name in ((classifier, _first(m_weights), "M"), (part_model, _first(k_weights), "K")):
         if path and Path(path).is_file():

@@ -22,6 +22,7 @@ TINY = {
     "image_size": 48, "synthetic_images_per_class": 10, "synthetic_k_images": 48, "synthetic_workers": 1,
     "epochs": 2, "adv_epochs": 1, "adv_steps": 2, "k_epochs": 1, "k_batch_size": 4, "k_warmup_steps": 2,
     "attacks": ("pgd_linf:16", "mim_l2:300"), "attack_steps": 3, "class_set": "cs3-1", "verbosity": 0,
+    "adaptive_attacks": ("joint_linf:16",), "adaptive_steps": 2, "adaptive_batch_size": 2,
 }
 
 
@@ -60,7 +61,18 @@ def test_outputs_of_a_run(finished_run):
             assert 0.0 <= entry[key] <= 1.0
     assert set(metrics["summary"]) >= {"mean_accuracy_unmask", "mean_accuracy_adv_trained",
                                        "mean_gain_over_adv_training"}
-    assert set(metrics["timing"]) >= {"data", "train_m", "train_k", "clean", "attacks", "report", "total"}
+    assert set(metrics["timing"]) >= {"data", "train_m", "train_k", "clean", "attacks", "adaptive", "report", "total"}
+    # the threat-model table: gray-box beside white-box at the same budget, thresholds at 10% FPR
+    adaptive = metrics["adaptive"]
+    assert [(e["threat_model"], e["attack"], e["epsilon"], e["fpr_target"]) for e in adaptive] == [
+        ("gray-box", "pgd_linf", 16, 0.1), ("white-box", "joint_linf", 16, 0.1)]
+    for entry in adaptive:
+        assert set(entry) >= {"threat_model", "attack", "norm", "epsilon", "fpr_target", "n_images", "success_rate",
+                              "robust_accuracy_with_detection", "accuracy_unmask", "part_precision", "part_recall"}
+        assert entry["n_images"] == sum(row["m_prediction"] == row["label"] for row in _rows(directory))
+    assert {row["over"] for row in metrics["adaptive_summary"]} == {"all attacks", "gray-box", "white-box"}
+    assert "### Threat models" in (directory / "tables.md").read_text()
+    assert (directory / "threat_models.png").stat().st_size > 1000
     n_images = metrics["clean"]["n_images"]
     assert n_images == 3 * 2  # 10 per class: 6 train, 2 val, 2 test
     with open(directory / "per_image.csv", newline="") as handle:
@@ -266,3 +278,52 @@ def test_a_sample_of_test_images_covers_every_class(finished_run):
     plan, _ = finished_run
     directory = run_experiment(_shared(plan, run_name="sample", eval_max_images=3, verbosity=0))
     assert sorted(row["label"] for row in _rows(directory)) == ["car", "person", "train"]
+
+
+def test_transfer_attacks_are_crafted_on_a_surrogate_k_and_judged_at_each_fpr(finished_run, capsys):
+    plan, _ = finished_run
+    capsys.readouterr()
+    directory = run_experiment(_shared(plan, run_name="transfer", adaptive_threat_models=("white-box", "transfer"),
+                                       adaptive_fprs=(0.05, 0.1)))
+    assert "K (lean): training (no cached model" in capsys.readouterr().out  # K' is trained once, beside K
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert sorted({(e["fpr_target"], e["threat_model"]) for e in metrics["adaptive"]}) == [
+        (fpr, model) for fpr in (0.05, 0.1) for model in ("gray-box", "transfer", "white-box")]
+    seeds = sorted(json.loads(path.read_text())["spec"]["training"]["seed"]
+                   for path in (plan.output_dir / "models").glob("k-*/identity.json"))
+    assert seeds == [0, 1]  # K and K': another seed (and half of K's training split)
+    thresholds = {e["fpr_target"]: e["detection_threshold"] for e in metrics["adaptive"]}
+    assert thresholds[0.05] >= thresholds[0.1]  # a lower false-positive rate never needs a lower threshold
+
+
+def test_the_judge_is_the_real_pipeline():
+    import numpy as np
+    import torch
+
+    from unmask.defense import detection_scores, reclassify_batch
+    from unmask.experiment.stages import hard_judge
+    from unmask.models.part_extractor import PartExtraction
+    from unmask.parts import CLASS_PARTS, PARTS, ClassSet
+
+    class_set = ClassSet.named("cs3-1")  # car, person, train
+    parts = np.zeros((3, len(PARTS)), dtype=bool)
+    for row, name in enumerate(("car", "person", "train")):
+        parts[row, [PARTS.index(p) for p in CLASS_PARTS[name]]] = True
+
+    class Extractor:
+        def extract(self, images):
+            return PartExtraction(parts, parts.astype(np.float32))
+
+    class Says(torch.nn.Module):  # M says car, car, train
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, images):
+            return torch.eye(3)[[0, 0, 2]] + 0 * self.anchor
+
+    verdict = hard_judge(Says(), Extractor(), class_set, 0.5)(torch.zeros(3, 3, 8, 8))
+    assert verdict.m_prediction.tolist() == [0, 0, 2]
+    scores = detection_scores(parts, np.array([0, 0, 2]), class_set)
+    assert verdict.detection_score.tolist() == scores.tolist() and verdict.flagged.tolist() == [False, True, False]
+    assert verdict.unmask_prediction.tolist() == reclassify_batch(parts, class_set).tolist() == [0, 1, 2]

@@ -24,8 +24,14 @@ if typing.TYPE_CHECKING:
 # --- building the parser from the dataclass --------------------------------------------------
 
 
-def _comma_separated(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+def _comma_separated(item_type: type) -> Callable[[str], tuple[Any, ...]]:
+    """Parser of a comma-separated option whose items are ``item_type`` (str, float, int)."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        return tuple(item_type(item.strip()) for item in text.split(",") if item.strip())
+
+    parse.__name__ = f"comma-separated {item_type.__name__}"  # argparse's "invalid ... value" names it
+    return parse
 
 
 def build_parser(profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> argparse.ArgumentParser:
@@ -59,7 +65,7 @@ def build_parser(profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> argpar
         if kind is bool:
             group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         elif typing.get_origin(kind) is tuple:
-            group.add_argument(*flags, type=_comma_separated, metavar="A,B,...", **common)
+            group.add_argument(*flags, type=_comma_separated(typing.get_args(kind)[0]), metavar="A,B,...", **common)
         else:
             group.add_argument(*flags, type=kind, metavar=kind.__name__.upper(), **common)
     # defaults are shown in each help text; the formatter would print "==SUPPRESS==" otherwise

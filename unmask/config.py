@@ -117,6 +117,28 @@ class Config:
     mim_decay: float = option(1.0, "Momentum decay of the MIM attacks (the original: 1.0).")
     attack_batch_size: int = option(64, "Images per attack batch.")
 
+    # --- adaptive evaluation ------------------------------------------------------------------
+    adaptive_attacks: tuple[str, ...] = option(
+        ("joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64"),
+        "Adaptive attacks on M and K together, name:epsilon (0-255 scale), comma-separated: joint_linf, joint_l2, "
+        "orthogonal_linf, orthogonal_l2, reclassify_linf, reclassify_l2, k_vanish_linf, k_fabricate_linf, hsj_l2, "
+        "hsj_linf; 'full' is the full evaluation's list, 'none' turns the adaptive evaluation off.",
+        group="adaptive evaluation")
+    adaptive_threat_models: tuple[str, ...] = option(
+        ("white-box",), "Threat models of the adaptive attacks: white-box (the attacker knows M, K, the part table "
+        "and the thresholds) and transfer (crafted on M and a surrogate K' trained with another seed on half of K's "
+        "training split, judged on the real K). Gray-box rows (the paper's M-only PGD) are always shown beside them.")
+    adaptive_fprs: tuple[float, ...] = option((0.10,), "False-positive rates (on clean validation images) at which "
+                                              "the detection threshold is fixed for the adaptive evaluation.")
+    adaptive_max_images: int = option(100, "Adaptive evaluation on a seeded, class-stratified sample of this many "
+                                      "test images that M classifies correctly (0: all of them).")
+    adaptive_steps: int = option(20, "PGD steps per run of the adaptive attacks.")
+    adaptive_restarts: int = option(1, "Runs per target class (the first from the clean image, the others from "
+                                    "random points of the epsilon ball).")
+    adaptive_targets: int = option(2, "Target classes the targeted adaptive attacks try per image, best-ranked "
+                                   "first (0: every class but the true one).")
+    adaptive_batch_size: int = option(32, "Images per adaptive-attack batch (the unit of sharding and resume).")
+
     # --- evaluation ----------------------------------------------------------------------------
     detection_fpr: float = option(0.10, "Target false-positive rate for the detection threshold, fixed on "
                                   "the clean validation split.", group="evaluation")
@@ -192,10 +214,11 @@ def resolve_config(
 
 
 _POSITIVE = ("batch_size", "epochs", "k_epochs", "k_batch_size", "attack_steps", "attack_batch_size", "adv_steps",
+             "adaptive_steps", "adaptive_restarts", "adaptive_batch_size",
              "synthetic_images_per_class", "synthetic_k_images", "k_max_detections")
 _NON_NEGATIVE = ("lr", "k_lr", "weight_decay", "k_weight_decay", "momentum", "k_momentum", "adv_epochs",
                  "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size", "synthetic_workers",
-                 "mim_decay")
+                 "mim_decay", "adaptive_max_images", "adaptive_targets")
 _UNIT_INTERVAL = ("detection_fpr", "k_score_threshold", "k_nms_threshold", "synthetic_distractor_prob")
 MIN_IMAGE_SIZE = 32
 """Below this side parts stop being recognisable (the original uses 150)."""
@@ -224,6 +247,9 @@ def check_numbers(config: Config) -> None:
         value = getattr(config, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{option_name(name)}: expected a value in [0, 1], got {value}")
+    for value in config.adaptive_fprs:
+        if not (isinstance(value, int | float) and 0.0 < value < 1.0):
+            raise ConfigError(f"--adaptive-fprs: expected false-positive rates in (0, 1), got {value!r}")
 
 
 def format_config(config: Config) -> str:

@@ -39,7 +39,7 @@ def format_tables(metrics: Mapping[str, Any]) -> str:
     config = metrics.get("config", {})
     title = f"{config.get('class_set', '?')} · M = {config.get('model', '?')} · {config.get('dataset', '?')} data"
     lines = [
-        f"### Accuracy (%) — {title}",
+        f"### Accuracy (%) — {title} · gray-box (the attacker knows M only)",
         "",
         "| attack | ε (0-255) | undefended M | adversarial training | UnMask |",
         "|---|---:|---:|---:|---:|",
@@ -62,11 +62,11 @@ def format_tables(metrics: Mapping[str, Any]) -> str:
         f"{'n/a' if gain is None or math.isnan(gain) else f'{gain:+.1f}'} percentage points "
         f"({clean['n_images']} test images).",
         "",
-        f"### Detection — {title}",
+        f"### Detection — {title} · gray-box",
         "",
         "Pairs: images whose adversarial version fools M, and their clean versions (the original's protocol). "
-        "Threshold fixed on clean validation images at the target false-positive rate; TPR on the fooled "
-        "adversarial test images, FPR on all clean test images.",
+        f"Threshold fixed on clean validation images at a {_percent(metrics['thresholds']['target_fpr'])}% "
+        "false-positive rate; TPR on the fooled adversarial test images, FPR on all clean test images.",
         "",
         "| attack | ε (0-255) | pairs | AUC | AUC (soft) | TPR @ thr | FPR @ thr | TPR (soft) | FPR (soft) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -78,6 +78,57 @@ def format_tables(metrics: Mapping[str, Any]) -> str:
             f"{_number(detection['auc_soft'])} | {_percent(detection['tpr'])} | {_percent(detection['fpr'])} | "
             f"{_percent(detection.get('tpr_soft'))} | {_percent(detection.get('fpr_soft'))} |"
         )
+    if metrics.get("adaptive"):
+        lines += ["", format_threat_models(metrics).rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def format_threat_models(metrics: Mapping[str, Any]) -> str:
+    """The adaptive evaluation's tables: every threat model x attack x budget x false-positive
+    rate, then the per-image worst case over the attacks of each budget."""
+    entries, summary = metrics["adaptive"], metrics["adaptive_summary"]
+    config = metrics.get("config", {})
+    n_images = entries[0]["n_images"]
+    lines = [
+        f"### Threat models (%) — {config.get('class_set', '?')} · M = {config.get('model', '?')} · "
+        f"{n_images} test images M gets right",
+        "",
+        "gray-box: the attacker knows M (the paper's PGD); transfer: M and a surrogate K' (another seed, half of "
+        "K's data); white-box: M, K, the part table and the thresholds. Detection threshold fixed on clean "
+        "validation images at the FPR shown. Success: M wrong and not flagged, on the real pipeline and 8-bit "
+        "images. Robust accuracy with detection: the clean image is not flagged and the attacked one is classified "
+        "right or flagged. UnMask: its re-classification is right. K's part recall is against its parts on the "
+        "clean image.",
+        "",
+        "| threat model | attack | ε (0-255) | FPR | success | robust acc. w/ detection | UnMask | M | "
+        "adv. training | K part recall | parts changed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in entries:
+        lines.append(
+            f"| {entry['threat_model']} | {entry['attack']} | {entry['epsilon']:g} | {_percent(entry['fpr_target'])} | "
+            f"{_percent(entry['success_rate'])} | {_percent(entry['robust_accuracy_with_detection'])} | "
+            f"{_percent(entry['accuracy_unmask'])} | {_percent(entry['accuracy_m'])} | "
+            f"{_percent(entry.get('accuracy_adv_trained'))} | {_percent(entry['part_recall'])} | "
+            f"{_number(entry['parts_changed'], 1)} |"
+        )
+    scopes = ("gray-box", "transfer", "white-box", "all attacks")
+    lines += [
+        "",
+        "Worst case per image over each threat model's attacks at each budget, then over every attack (AutoAttack-"
+        "style: the headline); gray-box · transfer · white-box · worst case:",
+        "",
+        "| FPR | norm | ε (0-255) | success | robust acc. w/ detection | UnMask |",
+        "|---:|---|---:|---|---|---|",
+    ]
+    for key in sorted({(row["fpr_target"], row["norm"], row["epsilon"]) for row in summary}):
+        by_scope = {row["over"]: row for row in summary if (row["fpr_target"], row["norm"], row["epsilon"]) == key}
+
+        def cells(field: str, by_scope: Mapping[str, Any] = by_scope) -> str:
+            return " · ".join(_percent(by_scope[scope][field]) if scope in by_scope else "–" for scope in scopes)
+
+        lines.append(f"| {_percent(key[0])} | {key[1]} | {key[2]:g} | {cells('success_rate')} | "
+                     f"{cells('robust_accuracy_with_detection')} | {cells('accuracy_unmask')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,6 +204,42 @@ def plot_accuracy(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
     axis.set(ylim=(0, 105), ylabel="accuracy (%)", title="Accuracy under attack")
     axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(series), frameon=False)
     axis.grid(axis="y", alpha=0.3)
+    return _save(figure, path_stem)
+
+
+def plot_threat_models(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
+    """Accuracy against epsilon, one panel per norm, at the first detection FPR: undefended M and
+    adversarial training under the gray-box attack, and UnMask (robust accuracy with detection,
+    per-image worst case) under each threat model's attacks."""
+    summary, entries = metrics["adaptive_summary"], metrics["adaptive"]
+    fpr = min(row["fpr_target"] for row in summary)
+    norms = [norm for norm in ("linf", "l2") if any(row["norm"] == norm for row in summary)]
+    figure, axes = plt.subplots(1, len(norms), figsize=(5.6 * len(norms), 4.2), squeeze=False)
+    styles = {"gray-box": ("tab:green", "-"), "transfer": ("tab:orange", "-"), "white-box": ("tab:red", "-")}
+    for axis, norm in zip(axes[0], norms, strict=True):
+        rows = [row for row in summary if row["norm"] == norm and row["fpr_target"] == fpr]
+        gray = sorted((e for e in entries if e["norm"] == norm and e["fpr_target"] == fpr
+                       and e["threat_model"] == "gray-box"), key=lambda e: e["epsilon"])
+        epsilons = [e["epsilon"] for e in gray]
+        axis.plot(epsilons, [100 * e["accuracy_m"] for e in gray], "o-", color="tab:gray", label="undefended M")
+        if any(e.get("accuracy_adv_trained") is not None for e in gray):
+            axis.plot(epsilons, [100 * (e.get("accuracy_adv_trained") or 0.0) for e in gray], "s-", color="tab:blue",
+                      label="adversarial training")
+        for scope, (colour, style) in styles.items():
+            points = sorted((row["epsilon"], row["robust_accuracy_with_detection"]) for row in rows
+                            if row["over"] == scope)
+            if points:
+                axis.plot([p[0] for p in points], [100 * p[1] for p in points], "^" + style, color=colour,
+                          label=f"UnMask, {scope}")
+        worst = sorted((row["epsilon"], row["accuracy_unmask"]) for row in rows if row["over"] == "all attacks")
+        if worst:
+            axis.plot([p[0] for p in worst], [100 * p[1] for p in worst], "v--", color="black",
+                      label="UnMask re-classification, worst case")
+        axis.set(xscale="log", xlabel=f"ε ({'L∞' if norm == 'linf' else 'L2'}, 0-255 scale)", ylabel="accuracy (%)",
+                 ylim=(0, 102), title=f"{'L∞' if norm == 'linf' else 'L2'} attacks, detection at {100 * fpr:g}% FPR")
+        axis.set_xticks(epsilons or [1], [f"{e:g}" for e in epsilons] or ["1"])
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower left")
     return _save(figure, path_stem)
 
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from unmask.attacks.adaptive import DefenseTarget, Verdict
-from unmask.defense import class_part_matrix, detection_scores, reclassify_batch
+from unmask.defense import detection_scores, reclassify_batch
 from unmask.models.classifier import Classifier, CompactCNN
 from unmask.models.part_extractor import PartExtractor, build_part_extractor
+from unmask.parts import ClassSet
 
 SIZE = 48
-CLASS_SET = "cs3-1"  # car, person, train
+CLASS_SET = ClassSet.named("cs3-1")  # car, person, train
 
 
 def tiny_k(*, seed: int = 0, sharpen: float = 30.0) -> torch.nn.Module:
@@ -44,13 +45,13 @@ def images(count: int, *, seed: int = 0) -> torch.Tensor:
 
 
 def make_judge(classifier: torch.nn.Module, part_model: torch.nn.Module, *, k_threshold: float,
-               detection_threshold: float, class_set: str = CLASS_SET):
+               detection_threshold: float, class_set: ClassSet = CLASS_SET):
     extractor = PartExtractor(part_model, score_threshold=k_threshold)
 
     def judge(batch: torch.Tensor) -> Verdict:
         with torch.no_grad():
             predicted = classifier(batch).argmax(1).cpu().numpy()
-        parts = extractor.extract(batch).presence
+        parts = extractor.extract(batch).parts
         scores = detection_scores(parts, predicted, class_set)
         return Verdict(predicted, scores, scores >= detection_threshold, reclassify_batch(parts, class_set), parts)
 
@@ -58,12 +59,12 @@ def make_judge(classifier: torch.nn.Module, part_model: torch.nn.Module, *, k_th
 
 
 def make_target(classifier=None, part_model=None, *, k_threshold: float = 0.5, detection_threshold: float = 0.6,
-                class_set: str = CLASS_SET) -> DefenseTarget:
+                class_set: ClassSet = CLASS_SET) -> DefenseTarget:
     classifier = classifier if classifier is not None else tiny_m()
     part_model = part_model if part_model is not None else tiny_k()
     return DefenseTarget(
         classifier=classifier, part_model=part_model,
-        class_parts=torch.from_numpy(class_part_matrix(class_set).astype(np.float32)),
+        class_parts=torch.from_numpy(class_set.expected.astype(np.float32)),
         k_score_threshold=k_threshold, detection_threshold=detection_threshold,
         judge=make_judge(classifier, part_model, k_threshold=k_threshold, detection_threshold=detection_threshold,
                          class_set=class_set),

@@ -22,7 +22,7 @@ def k_model():
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5])
 def test_soft_presence_matches_the_hard_rule(k_model, threshold: float) -> None:
     batch = images(6, seed=1)
-    hard = PartExtractor(k_model, score_threshold=threshold).extract(batch).presence
+    hard = PartExtractor(k_model, score_threshold=threshold).extract(batch).parts
     view = PartView(k_model, score_threshold=threshold)
     with torch.no_grad():
         outputs = view(batch)
@@ -32,7 +32,7 @@ def test_soft_presence_matches_the_hard_rule(k_model, threshold: float) -> None:
     assert np.array_equal((soft >= view.effective_threshold).numpy(), hard)
     assert np.array_equal(view.hard_presence(outputs).numpy(), hard)
     # a detected part's soft presence is its best detection score (as PartExtractor reports)
-    scores = PartExtractor(k_model, score_threshold=threshold).extract(batch).scores
+    scores = PartExtractor(k_model, score_threshold=threshold).extract(batch).part_scores
     np.testing.assert_allclose(soft.numpy()[hard], scores[hard], rtol=1e-4, atol=1e-5)
     assert (soft >= 0).all() and (soft <= 1).all()
 
@@ -89,9 +89,9 @@ def test_soft_jaccard_is_the_set_jaccard_on_0_1_presence() -> None:
     classes = np.stack([rng.random(len(PARTS)) < 0.25 for _ in range(5)]).astype(np.float32)
     ours = soft_jaccard(torch.from_numpy(parts).float(), torch.from_numpy(classes)).numpy()
     # the defense's matrix for a class set, checked against a class set's own table
-    from unmask.defense import class_part_matrix
+    from unmask.parts import ClassSet
 
-    table = class_part_matrix("cs5-2").astype(np.float32)
+    table = ClassSet.named("cs5-2").expected.astype(np.float32)
     np.testing.assert_allclose(soft_jaccard(torch.from_numpy(parts).float(), torch.from_numpy(table)).numpy(),
-                               jaccard_matrix(parts, "cs5-2"), rtol=1e-6)
+                               jaccard_matrix(parts, ClassSet.named("cs5-2")), rtol=1e-6)
     assert ours.shape == (20, 5) and (ours[0] == 0).all()

@@ -26,13 +26,15 @@ from unmask.experiment.plan import Plan
 from unmask.io import atomic_path, load_checkpoint, stable_hash
 from unmask.models.part_extractor import PartExtractor
 from unmask.parts import PARTS, ClassSet
-from unmask.report import ExamplePanel, RocSeries, plot_accuracy, plot_examples, plot_roc
+from unmask.report import ExamplePanel, RocSeries, plot_accuracy, plot_examples, plot_roc, plot_threat_models
 
 NOT_RESULTS = frozenset({"verbosity", "workers", "device", "output_dir", "run_name", "grid_class_sets", "grid_models",
                          "grid_shard", "synthetic_workers"})
 """Configuration fields that do not change a run's numbers (left out of its name's hash)."""
 
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2
+"""2: the adaptive evaluation's sections (``adaptive``, ``adaptive_summary``), strict JSON (null
+for undefined numbers)."""
 K_METRICS = ("map_mask", "map_box", "map_mask_50", "map_box_50", "part_precision", "part_recall")
 
 
@@ -162,6 +164,8 @@ def write_figures(folder: RunFolder, metrics: dict[str, Any], labels: np.ndarray
               for v, c in curves.items()],
              folder.path / "roc")
     plot_accuracy(metrics, folder.path / "accuracy")
+    if metrics.get("adaptive"):
+        plot_threat_models(metrics, folder.path / "threat_models")
     if attacked:
         vector = max(attacked, key=lambda v: (v.name == "pgd_linf", v.epsilon))  # the strongest PGD if run
         example = load_checkpoint(folder.example(vector))

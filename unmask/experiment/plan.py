@@ -10,6 +10,7 @@ these objects; nothing below this module reads the configuration's fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from unmask.attacks import AttackOptions, AttackVector, parse_attack_vectors
+from unmask.attacks.adaptive import ADAPTIVE_ATTACK_NORMS, AdaptiveOptions
+from unmask.attacks.vectors import max_epsilon
 from unmask.config import Config, ConfigError, option_name
 from unmask.data import DATASETS
 from unmask.data.synthetic import SyntheticSpec
@@ -59,6 +62,81 @@ class EvaluationSpec:
     max_images: int
     seed: int
     batch_size: int
+
+
+THREAT_MODELS: tuple[str, ...] = ("gray-box", "transfer", "white-box")
+"""What the attacker knows: M only (the paper's), M and a surrogate K', or M, K and the thresholds."""
+
+FULL_ADAPTIVE: tuple[str, ...] = (
+    "joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64", "joint_l2:300", "joint_l2:600",
+    "orthogonal_linf:8", "orthogonal_linf:16", "orthogonal_l2:300", "orthogonal_l2:600",
+    "reclassify_linf:8", "reclassify_linf:16", "reclassify_l2:300", "reclassify_l2:600",
+    "k_vanish_linf:64", "k_fabricate_linf:64", "hsj_linf:8", "hsj_linf:16", "hsj_l2:300", "hsj_l2:600",
+)
+"""``--adaptive-attacks full``: every adaptive attack at the paper's budgets (L-inf 8 and 16, L2 300
+and 600), the joint attack further out (32, 64: where it should reach 100%), and K-only sanity
+attacks at 64."""
+
+
+@dataclass(frozen=True)
+class AdaptiveVector:
+    """One adaptive attack at one budget (0-255 scale)."""
+
+    name: str
+    epsilon: float
+
+    @property
+    def norm(self) -> str:
+        return ADAPTIVE_ATTACK_NORMS[self.name]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.epsilon:g}"
+
+
+def parse_adaptive_vectors(specs: tuple[str, ...], *, image_size: int) -> tuple[AdaptiveVector, ...]:
+    """``name:epsilon`` strings, ``full`` (``FULL_ADAPTIVE``) or ``none`` (no adaptive evaluation)."""
+    if tuple(specs) in ((), ("none",)):
+        return ()
+    vectors = []
+    for spec in specs:
+        if spec == "full":
+            vectors.extend(parse_adaptive_vectors(FULL_ADAPTIVE, image_size=image_size))
+            continue
+        name, _, epsilon = spec.partition(":")
+        if name not in ADAPTIVE_ATTACK_NORMS:
+            raise UnknownNameError(f"unknown adaptive attack {name!r} in {spec!r}; expected one of: full, none, "
+                                   f"{', '.join(ADAPTIVE_ATTACK_NORMS)}")
+        try:
+            value = float(epsilon)
+        except ValueError:
+            raise ValueError(f"{spec!r}: expected name:epsilon with epsilon on the 0-255 scale, e.g. {name}:8") \
+                from None
+        limit = max_epsilon(ADAPTIVE_ATTACK_NORMS[name], image_size)
+        if not (math.isfinite(value) and 0 < value <= limit):
+            raise ValueError(f"{spec!r}: epsilon must be a finite number in (0, {limit:g}] on the 0-255 scale")
+        vectors.append(AdaptiveVector(name, value))
+    return tuple(dict.fromkeys(vectors))
+
+
+@dataclass(frozen=True)
+class AdaptiveSpec:
+    """The security evaluation beyond the paper: ``vectors`` under each of ``threat_models`` (and
+    the gray-box M-only PGD of the same norms and budgets beside them), on a seeded,
+    class-stratified sample of at most ``max_images`` test images M gets right when clean, with
+    detection thresholds fixed on clean validation images at each of ``fprs``; the attacks'
+    hyper-parameters are ``options``; images go in batches of ``batch_size``."""
+
+    vectors: tuple[AdaptiveVector, ...]
+    threat_models: tuple[str, ...]
+    fprs: tuple[float, ...]
+    max_images: int
+    options: AdaptiveOptions
+    batch_size: int
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.vectors)
 
 
 @dataclass(frozen=True)
@@ -116,6 +194,7 @@ class Plan:
     vectors: tuple[AttackVector, ...]
     attack: AttackOptions
     evaluation: EvaluationSpec
+    adaptive: AdaptiveSpec
     m_checkpoint: Path | None
     k_checkpoint: Path | None
     allow_random_init: bool
@@ -207,12 +286,25 @@ def build_plan(config: Config) -> Plan:
         raise ConfigError("--k-pretrained: the lean part extractor has no pretrained weights; it trains from "
                           "scratch (use --no-k-pretrained, or --k-model resnet50-fpn for COCO weights)")
 
+    adaptive_vectors = _checked("adaptive_attacks", lambda: parse_adaptive_vectors(config.adaptive_attacks,
+                                                                                   image_size=config.image_size))
+    for model in config.adaptive_threat_models:
+        _choose("adaptive_threat_models", model, tuple(m for m in THREAT_MODELS if m != "gray-box"))
+    adaptive = AdaptiveSpec(
+        vectors=adaptive_vectors, threat_models=tuple(dict.fromkeys(config.adaptive_threat_models)),
+        fprs=tuple(sorted(set(float(fpr) for fpr in config.adaptive_fprs))), max_images=config.adaptive_max_images,
+        options=_checked("adaptive_steps", lambda: AdaptiveOptions(
+            steps=config.adaptive_steps, restarts=config.adaptive_restarts, targets=config.adaptive_targets or None,
+            batch_size=config.adaptive_batch_size, seed=config.seed)),
+        batch_size=config.adaptive_batch_size)
+
     return Plan(
         config=config, data=data,
         m=adversarial if config.m_adv_trained else standard,
         adv_trained=adversarial if config.adv_training else None,
         k=k, vectors=vectors, attack=attack,
         evaluation=EvaluationSpec(config.detection_fpr, config.eval_max_images, config.seed, config.attack_batch_size),
+        adaptive=adaptive,
         m_checkpoint=Path(config.m_checkpoint) if config.m_checkpoint else None,
         k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,
         allow_random_init=config.allow_random_init, output_dir=Path(config.output_dir), device=config.device,

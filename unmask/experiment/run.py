@@ -27,6 +27,7 @@ from unmask.attacks import AttackVector
 from unmask.config import Config
 from unmask.data.sampling import stratified_sample
 from unmask.evaluation import DetectionCurves, Predictions, Scored, detection_curves, fix_thresholds
+from unmask.experiment.adaptive import AdaptiveContext, adaptive_evaluation
 from unmask.experiment.batches import forget_batches, in_batches
 from unmask.experiment.outputs import (
     RESULT_FORMAT,
@@ -130,11 +131,11 @@ def run_experiment(plan: Plan) -> Path:
                                                  clean_batch(test_images, adv_trained_model),
                                                  what="clean test predictions"), class_set)
         validation_images = data["val"].tensors()[0]
-        validation = predictions_in_batches(
+        validation = Scored.of(predictions_in_batches(
             folder.validation, {"data": data["val"].fingerprint(), "m": m.fingerprint, "k": k.fingerprint,
                                 "batch_size": plan.evaluation.batch_size},
-            validation_images, clean_batch(validation_images, None), what="clean validation predictions")
-        thresholds = fix_thresholds(Scored.of(validation, class_set), plan.evaluation.detection_fpr)
+            validation_images, clean_batch(validation_images, None), what="clean validation predictions"), class_set)
+        thresholds = fix_thresholds(validation, plan.evaluation.detection_fpr)
 
     attacked: dict[AttackVector, Scored] = {}
     with timer.stage("attacks", f"{len(plan.vectors)} attack vectors: attack M (and the baseline), run K on the "
@@ -162,6 +163,16 @@ def run_experiment(plan: Plan) -> Path:
                 folder.vector(vector), fingerprint, test_images, attack_batch, what=f"attack {vector.label}",
                 finish=save_the_example), class_set)
 
+    adaptive: dict[str, Any] = {}
+    if plan.adaptive.enabled:
+        vectors = ", ".join(vector.label for vector in plan.adaptive.vectors)
+        with timer.stage("adaptive", f"threat models {', '.join(plan.adaptive.threat_models)} beside gray-box: "
+                                     f"{vectors} on at most {plan.adaptive.max_images} test images"):
+            adaptive = adaptive_evaluation(AdaptiveContext(
+                plan=plan, runtime=runtime, folder=folder.path, images=test_images, labels=test_labels, clean=clean,
+                validation=validation, validation_images=validation_images, m=m, adv_trained=adv_trained, k=k,
+                gray_box=attacked, inputs=inputs, validation_data=data["val"].fingerprint()))
+
     if not runtime.distributed.is_main:
         return folder.path  # the main process reports
     with timer.stage("report", f"metrics, tables and figures in {folder.path}"):
@@ -169,6 +180,7 @@ def run_experiment(plan: Plan) -> Path:
             vector: detection_curves(labels, clean, scored) for vector, scored in attacked.items()}
         metrics = build_metrics(plan, labels, clean, attacked, curves, thresholds, k_metrics,
                                 {"m": m.description, "adv_trained": adv_trained.description if adv_trained else None})
+        metrics.update(adaptive)
         image_names = [data["test"].samples[index][0].name for index in chosen]
         write_per_image(folder.path / "per_image.csv", image_names, labels, class_set, clean, attacked)
         tables = format_tables(metrics)

@@ -13,18 +13,23 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from unmask.attacks import AttackOptions, AttackVector, attack
-from unmask.data.coco import PartSegmentationDataset, check_part_split, split_paths
+from unmask.attacks.adaptive import Judge, Verdict
+from unmask.data.coco import PartSegmentationDataset, check_part_split, load_coco_parts, split_paths
 from unmask.data.folders import ClassFolderDataset, check_class_folders
 from unmask.data.synthetic import ensure_synthetic
+from unmask.defense import detection_scores, reclassify_batch
 from unmask.evaluation import Predictions
 from unmask.experiment.plan import DataSpec, Plan
 from unmask.io import atomic_write_json, stable_hash
 from unmask.models.classifier import predict
 from unmask.models.part_extractor import PartExtractor
+from unmask.parts import ClassSet
 from unmask.provenance import bytes_digest, cached, digest, files_digest, tensors_digest
 from unmask.runtime import Runtime, seed_everything
 from unmask.train.classifier import ClassifierSpec, load_trained_classifier, train_or_load_classifier
@@ -156,6 +161,31 @@ def trained_part_extractor(plan: Plan, runtime: Runtime) -> TrainedPartExtractor
     return TrainedPartExtractor(extractor, directory, fingerprint)
 
 
+def trained_surrogate_part_extractor(plan: Plan, runtime: Runtime) -> TrainedPartExtractor:
+    """K', the transfer threat model's surrogate of K: K's architecture and recipe trained with
+    another seed on a seeded half of K's training split (cached like K)."""
+    spec = replace(plan.k, training=replace(plan.k.training, seed=plan.k.training.seed + 1))
+    seed_everything(spec.training.seed)
+    root = plan.data.root
+
+    def training_images() -> PartSegmentationDataset:
+        return PartSegmentationDataset(*split_paths(root, "train"), hflip_prob=0.5,
+                                       mirror_sides=plan.data.synthetic is None)
+
+    count = len(load_coco_parts(*split_paths(root, "train")))
+    half = np.sort(np.random.default_rng(spec.training.seed).permutation(count)[:count // 2])
+    model, directory = train_or_load_part_extractor(
+        spec, train_set=lambda: Subset(training_images(), half.tolist()),
+        val_set=lambda: PartSegmentationDataset(*split_paths(root, "val")),
+        data_fingerprint=digest({"dataset": plan.data.dataset, "train": part_data_fingerprint(root, "train"),
+                                 "half": digest(half.tolist())}),
+        models_dir=plan.models_dir, device=runtime.device, allow_random_init=plan.allow_random_init,
+        workers=runtime.workers, progress=runtime.verbosity > 0, log=runtime.log)
+    extractor = PartExtractor(model, score_threshold=spec.rule.score_threshold, device=runtime.device)
+    return TrainedPartExtractor(extractor, directory,
+                                {"weights": tensors_digest(model.state_dict()), "rule": asdict(spec.rule)})
+
+
 def part_extractor_metrics(plan: Plan, k: TrainedPartExtractor, runtime: Runtime) -> tuple[dict[str, Any], Path]:
     """K's COCO mAP and part-set precision/recall on the test split of the plan's data, and the
     file they are kept in: ``<models>/evaluations/k-<digest>.json``, stamped with K's weights,
@@ -206,6 +236,20 @@ def attacked_predictions(vector: AttackVector, images: torch.Tensor, labels: tor
     predictions = Predictions(m=predict(m, adversarial).cpu().numpy(), parts=extraction.parts,
                               part_scores=extraction.part_scores, adv_trained=baseline_predictions)
     return predictions, adversarial
+
+
+def hard_judge(m: nn.Module, extractor: PartExtractor, class_set: ClassSet, detection_threshold: float) -> Judge:
+    """The real, non-differentiable pipeline as the adaptive attacks' judge: M's argmax, K's
+    detection rule, UnMask's set-Jaccard detection score against ``detection_threshold`` and its
+    re-classification, on the images as given (the attacks pass 8-bit ones)."""
+
+    def judge(images: torch.Tensor) -> Verdict:
+        predictions = clean_predictions(images, m, None, extractor)
+        scores = detection_scores(predictions.parts, predictions.m, class_set)
+        return Verdict(m_prediction=predictions.m, detection_score=scores, flagged=scores >= detection_threshold,
+                       unmask_prediction=reclassify_batch(predictions.parts, class_set), parts=predictions.parts)
+
+    return judge
 
 
 def classifier_summary(trained: TrainedClassifier, images: torch.Tensor, labels: torch.Tensor,
