@@ -13,7 +13,8 @@ times, per batch size, in one run on one machine:
 - ``joint``: one step of the joint attack (M + K, quantisation, projection),
 - ``judge``: the hard pipeline (M forward + K's ``PartExtractor``), no gradients,
 
-and prints image-steps per second and the ratios to ``m``. Models: the given weight files, else
+and prints image-steps per second, the ratios to ``m`` and the peak memory (CPU: the process's
+peak resident size so far, so give batch sizes in increasing order). Models: the given weight files, else
 the default run's (``/tmp/baseline/results/models``), else random initialisation (same cost).
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import glob
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -137,14 +139,20 @@ def main(argv: list[str] | None = None) -> None:
 
     generator = torch.Generator().manual_seed(0)
     print(f"{'batch':>5} {'m img-step/s':>13} {'k img-step/s':>13} {'joint img-step/s':>17} {'judge img/s':>12} "
-          f"{'k/m cost':>9} {'joint/m cost':>13}")
+          f"{'k/m cost':>9} {'joint/m cost':>13} {'peak memory':>12}")
     for batch_size in args.batch_sizes:
         images = (torch.rand(batch_size, 3, args.image_size, args.image_size, generator=generator) * 255).round() / 255
         images = images.to(device)
         timings = {label: time_per_image(step, images, repeats=args.repeats, device=device)
                    for label, step in (("m", m_step), ("k", k_step), ("joint", joint_step), ("judge", judge_step))}
+        if device.type == "cuda":
+            memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+            torch.cuda.reset_peak_memory_stats(device)
+        else:  # the process's peak resident size so far (batch sizes run in the order given)
+            memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
         print(f"{batch_size:>5} {1 / timings['m']:>13.1f} {1 / timings['k']:>13.1f} {1 / timings['joint']:>17.1f} "
-              f"{1 / timings['judge']:>12.1f} {timings['k'] / timings['m']:>9.1f} {timings['joint'] / timings['m']:>13.1f}")
+              f"{1 / timings['judge']:>12.1f} {timings['k'] / timings['m']:>9.1f} {timings['joint'] / timings['m']:>13.1f} "
+              f"{memory:>12}", flush=True)
 
 
 if __name__ == "__main__":

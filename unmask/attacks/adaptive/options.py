@@ -27,11 +27,14 @@ class AdaptiveOptions:
         - ``early_stop``: stop attacking an image once the judge confirms a success (the
           remaining runs and steps go to the other images); False keeps looking for the
           success with the lowest detection score.
-        - ``batch_size``: images per forward/backward pass.
+        - ``batch_size``: images per forward/backward pass (the images still under attack
+          fill each pass).
+        - ``seed``: of the random starts and of HopSkipJump.
     Steps
         - ``step_size``: absolute base step on the 0-255 scale; None: ``relative_step *
-          epsilon / steps`` (default 8: at 20 steps the first cosine step is 0.8 epsilon). ``step_schedule``: ``cosine`` (from twice the base step down to
-          0, same mean) or ``constant``. L-inf steps are whole grey levels (at least 1).
+          epsilon / steps`` (default 8: at 20 steps the first cosine step is 0.8 epsilon).
+        - ``step_schedule``: ``cosine`` (from twice the base step down to 0, same mean) or
+          ``constant``. L-inf steps are whole grey levels (at least 1).
         - ``random_start``: start every run at a random point (else only restarts > 0 do).
     Losses
         - ``kappa``: M's logit margin (C&W); ``part_margin`` (log-probability) and
@@ -44,13 +47,13 @@ class AdaptiveOptions:
     Judging
         - ``judge_every``: also judge every active image every this many steps (0: only the
           iterates the surrogate says succeed, and the returned images).
-    Label-only (``hsj_*``)
+    Label-only (``hsj_*``; HopSkipJump only)
         - ``hsj_steps``, ``hsj_initial_evals``, ``hsj_max_evals``: HopSkipJump iterations and
           gradient-estimation queries (Chen et al. 2020; foolbox's defaults 64, 100, 10000).
     """
 
     steps: int = 20
-    restarts: int = 1
+    restarts: int = 2
     targets: int | None = 2
     target_ranking: str = "loss"
     lambdas: tuple[float, ...] = (1.0,)
@@ -111,9 +114,9 @@ class AdaptiveOptions:
 
 
 REDUCED_BUDGET = AdaptiveOptions()
-"""The default run's budget: 20 steps, the 2 best-ranked targets, 1 run each (from the clean
-image), lambda 1, cosine steps from 0.8 epsilon (L-inf), early stop. See the module's measurements
-in the project notes: on the default models it is within a few points of ``FULL_BUDGET``."""
+"""The default run's budget (the defaults): 20 steps, the 2 best-ranked targets, 2 runs each (from
+the clean image, then from a random point), lambda 1, cosine steps from 0.8 epsilon (L-inf),
+early stop."""
 
 FULL_BUDGET = AdaptiveOptions(steps=100, restarts=2, targets=None, relative_step=20.0)
 """A convergence check: 100 steps, every target, 2 runs each (the clean start and a random one)."""

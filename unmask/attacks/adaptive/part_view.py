@@ -118,7 +118,12 @@ class PartView:
                 raise ValueError(f"extra_proposals: expected {len(proposals)} tensors, got {len(extra_proposals)}")
             proposals = [torch.cat([p, e.to(p)]) for p, e in zip(proposals, extra_proposals, strict=True)]
         heads = model.roi_heads
-        box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
+        # RoIAlign on channels-last maps (the lean K's backbone layout) returns channels-last RoIs
+        # that MultiScaleRoIAlign then scatters into a contiguous tensor, forward and backward:
+        # contiguous maps make the box head's forward and backward 2x faster (same values)
+        pooled = heads.box_roi_pool({name: f.contiguous() for name, f in features.items()}, proposals,
+                                    image_list.image_sizes)
+        box_features = heads.box_head(pooled)
         class_logits, box_regression = heads.box_predictor(box_features)
         counts = [len(p) for p in proposals]
         width = max(counts, default=0)
