@@ -133,7 +133,7 @@ class Config:
     adaptive_max_images: int = option(100, "Adaptive evaluation on a seeded, class-stratified sample of this many "
                                       "test images that M classifies correctly (0: all of them).")
     adaptive_steps: int = option(20, "PGD steps per run of the adaptive attacks.")
-    adaptive_restarts: int = option(1, "Runs per target class (the first from the clean image, the others from "
+    adaptive_restarts: int = option(2, "Runs per target class (the first from the clean image, the others from "
                                     "random points of the epsilon ball).")
     adaptive_targets: int = option(2, "Target classes the targeted adaptive attacks try per image, best-ranked "
                                    "first (0: every class but the true one).")

@@ -1,14 +1,14 @@
-"""On the default run's trained M and K (slow; skipped when they are not on this machine).
+"""On the default run's trained M and K (slow).
 
-The models are read from ``$UNMASK_BASELINE`` (default ``/tmp/baseline``): ``results/models/k-*/
-weights.pt``, ``results/models/m-*/weights.pt`` (not ``m-adv-*``) and the synthetic cs5-2 test
-images under ``data/synthetic``.
+The models come from the default configuration's cache, ``$UNMASK_RESULTS/models`` (default
+``results/models``, which ``python main.py`` fills): loaded when present, else trained there
+(a few minutes on a laptop CPU), with the synthetic data under the default data directory.
 """
 
 from __future__ import annotations
 
-import glob
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,42 +16,40 @@ import pytest
 import torch
 
 from unmask.attacks.adaptive import AdaptiveOptions, PartView, adaptive_attack
-from unmask.models.part_extractor import PartExtractor, build_part_extractor
+from unmask.models.part_extractor import PartExtractor
 from unmask.parts import ClassSet
 
 from .conftest import make_target
 
 pytestmark = pytest.mark.slow
 
-BASELINE = Path(os.environ.get("UNMASK_BASELINE", "/tmp/baseline"))
 K_THRESHOLD = 0.5
 DETECTION_THRESHOLD = 0.6  # the default run's set-Jaccard threshold at 10% FPR on clean validation images
 
 
-def _one(pattern: str) -> str:
-    matches = sorted(path for path in glob.glob(str(BASELINE / pattern)) if "m-adv-" not in path)
-    if not matches:
-        pytest.skip(f"no trained model {BASELINE / pattern}")
-    return matches[0]
-
-
 @pytest.fixture(scope="module")
 def trained():
-    from unmask.data.folders import ClassFolderDataset
-    from unmask.parts import ClassSet
-    from unmask.train.classifier import ClassifierSpec, ClassifierTraining, load_trained_classifier
-    from unmask.train.part_extractor import load_part_extractor_weights
+    from unmask.config import resolve_config
+    from unmask.experiment.plan import build_plan
+    from unmask.experiment.stages import (
+        load_classifier_data,
+        prepare_data,
+        trained_classifiers,
+        trained_part_extractor,
+    )
+    from unmask.runtime import Runtime
 
-    k_path, m_path = _one("results/models/k-*/weights.pt"), _one("results/models/m-*/weights.pt")
-    data = BASELINE / "data" / "synthetic"
-    if not (data / "cs5-2" / "test").is_dir():
-        pytest.skip(f"no synthetic test images under {data}")
-    part_model = build_part_extractor("lean", image_size=128)
-    load_part_extractor_weights(part_model, k_path)
-    class_set = ClassSet.named("cs5-2")
-    classifier = load_trained_classifier(m_path, ClassifierSpec("compact", class_set.classes, 128, ClassifierTraining()))
-    images, labels = ClassFolderDataset(data, class_set, "test", image_size=128).tensors()
-    return classifier, part_model.eval(), images, labels
+    output_dir = Path(os.environ.get("UNMASK_RESULTS", "results"))
+    plan = build_plan(resolve_config({}, "demo", {"output_dir": str(output_dir), "device": "cpu"}))
+    plan = replace(plan, adv_trained=None)  # the adversarially trained M plays no part here
+    assert plan.k.rule.score_threshold == K_THRESHOLD and plan.class_set.name == "cs5-2"
+    runtime = Runtime.start("cpu", verbosity=0)
+    prepare_data(plan.data, runtime)
+    data = load_classifier_data(plan.data)
+    m, _ = trained_classifiers(plan, data, runtime)
+    k = trained_part_extractor(plan, runtime)
+    images, labels = data["test"].tensors()
+    return m.model.eval(), k.extractor.model.eval(), images, labels
 
 
 def correct_sample(classifier, images, labels, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
