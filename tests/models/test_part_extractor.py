@@ -254,3 +254,20 @@ def test_both_backbones_run_channels_last() -> None:
     big = build_part_extractor("resnet50-fpn", image_size=SIZE)
     assert big.backbone.body.layer3[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert big.backbone.fpn.layer_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_images_of_mixed_sizes_are_batched_by_orientation_and_answered_in_order() -> None:
+    from unmask.models.part_extractor import batch_order
+
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(64, 48), (48, 64), (64, 40), (40, 64), (64, 48)]  # (height, width): portrait, landscape, ...
+    images = [torch.rand(3, *shape, generator=generator) for shape in shapes]
+    assert batch_order(images) == [3, 1, 2, 0, 4]  # landscape first, each by size; ties keep their order
+    assert batch_order(torch.rand(3, 3, 8, 8)) == [0, 1, 2]
+    extractor = PartExtractor(varied_k(), score_threshold=0.0)
+    batched = extractor.extract(images, batch_size=2, keep_detections=True)
+    for index, image in enumerate(images):
+        single = extractor.extract([image], keep_detections=True)
+        np.testing.assert_array_equal(batched.parts[index], single.parts[0])
+        assert batched.detections[index].masks.shape[1:] == shapes[index]
+        np.testing.assert_allclose(batched.detections[index].boxes, single.detections[0].boxes, atol=1e-3)

@@ -339,7 +339,11 @@ class PartExtractor:
     ) -> PartExtraction:
         """Parts detected in each image of ``images``: a tensor (N, 3, H, W) in [0, 1] (the one
         M sees) or a sequence of (3, H, W) tensors of any sizes. ``keep_detections`` also returns
-        boxes, scores and masks (slower: masks are computed and pasted into the images)."""
+        boxes, scores and masks (slower: masks are computed and pasted into the images).
+
+        Images of different sizes are batched with others of the same orientation and similar
+        size (results come back in the given order): a batch is padded to its largest height and
+        width, so a portrait image beside landscape ones would nearly double its cost."""
         threshold = self.score_threshold if score_threshold is None else score_threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"score_threshold must lie in [0, 1], got {threshold}")
@@ -348,11 +352,12 @@ class PartExtractor:
         self.model.eval()
         presence = torch.zeros(len(images), NUM_CLASSES, dtype=torch.bool)
         scores = torch.zeros(len(images), NUM_CLASSES)
-        detections: list[PartDetections] | None = [] if keep_detections else None
+        found: dict[int, PartDetections] = {}
         heads = self.model.roi_heads
+        order = batch_order(images)
         for start in range(0, len(images), batch_size):
-            batch = list(images[start:start + batch_size])
-            batch = [image.to(self.device, torch.float32, non_blocking=True) for image in batch]
+            indices = order[start:start + batch_size]
+            batch = [images[index].to(self.device, torch.float32, non_blocking=True) for index in indices]
             with inference_autocast(self.device, self.precision):
                 if keep_detections or not isinstance(heads, PartRoIHeads):
                     outputs = self.model(batch)
@@ -362,13 +367,23 @@ class PartExtractor:
             kept = [output["scores"] >= threshold for output in outputs]
             labels = torch.cat([o["labels"][k] for o, k in zip(outputs, kept, strict=True)]).cpu()
             best = torch.cat([o["scores"][k] for o, k in zip(outputs, kept, strict=True)]).float().cpu()
-            rows = torch.repeat_interleave(torch.arange(start, start + len(batch)),
+            rows = torch.repeat_interleave(torch.tensor(indices, dtype=torch.int64),
                                            torch.tensor([int(k.sum()) for k in kept]))
             presence[rows, labels] = True
             scores.view(-1).scatter_reduce_(0, rows * NUM_CLASSES + labels, best, reduce="amax")
-            if detections is not None:
-                detections.extend(_detections(o, k) for o, k in zip(outputs, kept, strict=True))
+            if keep_detections:
+                found.update((index, _detections(o, k)) for index, o, k in zip(indices, outputs, kept, strict=True))
+        detections = [found[index] for index in range(len(images))] if keep_detections else None
         return PartExtraction(presence[:, 1:].numpy(), scores[:, 1:].numpy(), detections)
+
+
+def batch_order(images: Sequence[torch.Tensor]) -> list[int]:
+    """The order in which ``extract`` batches ``images``: as given when they are all of one size
+    (a tensor always is), else landscape before portrait, each by size (stable)."""
+    if isinstance(images, torch.Tensor) or len({tuple(image.shape) for image in images}) <= 1:
+        return list(range(len(images)))
+    return sorted(range(len(images)), key=lambda index: (images[index].shape[1] > images[index].shape[2],
+                                                         images[index].shape[1], images[index].shape[2]))
 
 
 def _to_float32(module: nn.Module, inputs: Any, output: Any) -> Any:
