@@ -220,9 +220,8 @@ def test_bfloat16_extraction_finds_the_float32_part_sets() -> None:
 
 def test_under_autocast_proposals_boxes_and_scores_stay_float32() -> None:
     model = varied_k()
-    keys = set(model.state_dict())
+    assert model.rpn.head._unmask_float32_outputs  # from the builder on: training sees them too
     extractor = PartExtractor(model, score_threshold=0.0, precision="bfloat16")
-    assert set(model.state_dict()) == keys  # forward hooks, not new modules
     images = [torch.rand(3, SIZE, SIZE)]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         features = model.backbone(torch.rand(1, 3, SIZE, SIZE))

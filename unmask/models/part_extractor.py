@@ -179,7 +179,9 @@ def build_part_extractor(
         model = _resnet50_fpn(pretrained=pretrained, weights_path=weights_path,
                               allow_random_init=allow_random_init, **detection)
     model.roi_heads = PartRoIHeads.replacing(model.roi_heads)
-    return model
+    # from the start, so training under autocast sees the same heads whether or not a validation
+    # (which wraps the model in a PartExtractor) has run yet, and a resumed run the same as a whole one
+    return float32_outputs(model)
 
 
 class ChannelsLastBackbone(BackboneWithFPN):
