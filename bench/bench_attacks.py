@@ -1,11 +1,15 @@
 """Attack throughput: adversarial images per second for each of the paper's eight vectors, on the
-CPU demo's M (``compact`` at 128 px) and on the paper's ResNet50 at 150 px, in one run.
+CPU demo's M (``compact`` at 128 px) and on the paper's ResNet50 at 150 px (20 steps, as the
+paper), in one run; ResNet50 both in the default memory format and channels-last (the paper
+profile's ``--channels-last``), with their ratio.
 
     python bench/bench_attacks.py [--device auto] [--steps 20] [--demo-images 300] [--resnet50-images 4]
+        [--no-channels-last] [--batch-size 64]
 
 Weights are random (throughput does not depend on them: every paper vector runs a fixed number of
-steps). Each vector runs once as warm-up on a few images, then is timed ``--repeats`` times on
-all images; the best time counts (other processes on a shared machine only ever slow a run down).
+steps). Attacks run in float32 (mixed precision is for inference only). Each vector runs once as
+warm-up on a few images, then is timed ``--repeats`` times on all images; the best time counts
+(other processes on a shared machine only ever slow a run down).
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ import time
 import torch
 
 from unmask.attacks import PAPER_VECTORS, AttackOptions, attack
-from unmask.models.classifier import PAPER_IMAGE_SIZE, build_classifier
+from unmask.models.classifier import PAPER_IMAGE_SIZE, build_classifier, use_channels_last
 from unmask.runtime import resolve_device
 
 
 def throughput(name: str, image_size: int, images: int, *, steps: int, batch_size: int, repeats: int,
-               device: torch.device) -> list[tuple[str, float]]:
+               device: torch.device, channels_last: bool = False) -> list[tuple[str, float]]:
     torch.manual_seed(0)
     model = build_classifier(name, 5).to(device).eval()
+    if channels_last:
+        use_channels_last(model)
     inputs = torch.rand(images, 3, image_size, image_size, device=device)
     labels = torch.randint(0, 5, (images,), device=device)
     rates = []
@@ -53,24 +59,32 @@ def main() -> None:
     parser.add_argument("--resnet50-images", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64, help="images per attack batch (config.attack_batch_size)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time ResNet50 channels-last")
     args = parser.parse_args()
     device = resolve_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
     print(f"attack throughput, {args.steps} steps, device {device} ({where}), load average "
           f"{os.getloadavg()[0]:.1f} at start")
-    models = (("compact", args.demo_size, args.demo_images), ("resnet50", PAPER_IMAGE_SIZE, args.resnet50_images))
-    results = {f"{name} {size}px ({images} images)": throughput(name, size, images, steps=args.steps,
-                                                                  batch_size=args.batch_size, repeats=args.repeats,
-                                                                  device=device)
-               for name, size, images in models}
+    models = [("compact", args.demo_size, args.demo_images, False),
+              ("resnet50", PAPER_IMAGE_SIZE, args.resnet50_images, False)]
+    if args.channels_last:
+        models.append(("resnet50", PAPER_IMAGE_SIZE, args.resnet50_images, True))
+    results = {f"{name} {size}px{' channels-last' if last else ''} ({images} images)": throughput(
+        name, size, images, steps=args.steps, batch_size=args.batch_size, repeats=args.repeats, device=device,
+        channels_last=last) for name, size, images, last in models}
     labels = [label for label, _ in next(iter(results.values()))]
     width = max(map(len, results))
     print(f"{'images/s':<{width}}  " + "  ".join(f"{label:>11}" for label in labels) + "  " + f"{'all eight':>10}")
     for model, rates in results.items():
         total = len(rates) / sum(1 / rate for _, rate in rates)  # images/s over the eight vectors in sequence
-        print(f"{model:<{width}}  " + "  ".join(f"{rate:>11.1f}" for _, rate in rates) + f"  {total:>10.2f}")
+        print(f"{model:<{width}}  " + "  ".join(f"{rate:>11.{1 if rate >= 10 else 2}f}" for _, rate in rates)
+              + f"  {total:>10.2f}")
         print(f"{'':<{width}}  the eight vectors on 300 images take {8 * 300 / total:.0f} s")
+    totals = [len(rates) / sum(1 / rate for _, rate in rates) for rates in results.values()]
+    if args.channels_last:
+        print(f"ratio ResNet50 channels-last / default memory format, all eight: {totals[2] / totals[1]:.2f}x")
     print(f"(load average {os.getloadavg()[0]:.1f} at the end; other processes on this machine slow every figure)")
 
 

@@ -2,17 +2,23 @@
 share of time per stage, for the configured experiment, measured in one run on this machine.
 
     python bench/bench_experiment.py [--images 300] [any python main.py option, e.g. --class-set cs3-2]
+    python bench/bench_experiment.py --images 4 --profile paper --allow-random-init \
+        --synthetic-images-per-class 10 --synthetic-k-images 16 --epochs 1 --k-epochs 1 \
+        --data-dir data/paper-small     # the paper's sizes: ResNet50 at 150 px, resnet50-fpn K
 
 Options are read by the command line's own parser (``unmask.cli.parse``), so they mean what they
-mean for ``python main.py``. Models come from the experiment's cache (trained first if missing,
-which is not timed here). Stages: the attacks on M, the attacks on the adversarially trained M
-(the baseline's figures), K on the attacked images, and UnMask's rules (detection scores and
+mean for ``python main.py``, ``--inference-precision``, ``--channels-last`` and ``--compile``
+included (applied here as the evaluation applies them). Models come from the experiment's cache
+(trained first if missing, which is not timed here). Stages: the attacks on M, M's predictions on
+the attacked images, the attacks on the adversarially trained M and its predictions (the
+baseline's figures), K on the attacked images, and UnMask's rules (detection scores and
 re-classification).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -36,23 +42,34 @@ def main() -> None:
     data = load_classifier_data(plan.data)
     m, adv_trained = trained_classifiers(plan, data, runtime)
     k = trained_part_extractor(plan, runtime)
-    images, labels = data["test"].tensors()
+    inference = plan.inference
+    for model in (m.model, None if adv_trained is None else adv_trained.model):
+        if model is not None:
+            inference.prepare(model)
+    k.extractor.precision = inference.precision
+    images, labels = data["test"].tensors(pin_memory=runtime.device.type == "cuda")
     images, labels = images[:args.images], labels[:args.images]
 
-    seconds = {"attack M": 0.0, "attack baseline": 0.0, "K": 0.0, "UnMask rules": 0.0}
+    def timed(stage: str, function, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - a local helper
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize(runtime.device)
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize(runtime.device)
+        seconds[stage] += time.perf_counter() - started
+        return result
+
+    seconds = {"attack M": 0.0, "predict M": 0.0, "attack baseline": 0.0, "predict baseline": 0.0, "K": 0.0,
+               "UnMask rules": 0.0}
     for vector in plan.vectors:
         torch.manual_seed(0)
-        started = time.perf_counter()
-        adversarial = attack(m.model, images, labels, vector, plan.attack)
-        predicted = predict(m.model, adversarial).numpy()
-        seconds["attack M"] += time.perf_counter() - started
+        adversarial = timed("attack M", attack, m.model, images, labels, vector, plan.attack)
+        predicted = timed("predict M", predict, m.model, adversarial, precision=inference.precision).numpy()
         if adv_trained is not None:
-            started = time.perf_counter()
-            predict(adv_trained.model, attack(adv_trained.model, images, labels, vector, plan.attack))
-            seconds["attack baseline"] += time.perf_counter() - started
-        started = time.perf_counter()
-        extraction = k.extractor.extract(adversarial)
-        seconds["K"] += time.perf_counter() - started
+            attacked = timed("attack baseline", attack, adv_trained.model, images, labels, vector, plan.attack)
+            timed("predict baseline", predict, adv_trained.model, attacked, precision=inference.precision)
+        extraction = timed("K", k.extractor.extract, adversarial)
         started = time.perf_counter()
         for matrix in (extraction.parts, extraction.part_scores):
             detection_scores(matrix, predicted, plan.class_set)
@@ -61,13 +78,20 @@ def main() -> None:
 
     total = sum(seconds.values())
     processed = len(images) * len(plan.vectors)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"device {runtime.device}; M {plan.m.architecture} at {plan.data.image_size} px, K {plan.k.architecture}, "
-          f"{len(plan.vectors)} vectors x {len(images)} test images, {plan.attack.steps} attack steps")
-    print(f"end to end: {processed / total:.1f} attacked images/s ({total:.1f} s for {processed} images)")
-    print(f"without the baseline: {processed / (total - seconds['attack baseline']):.1f} attacked images/s")
+    baseline = seconds["attack baseline"] + seconds["predict baseline"]
+    device = runtime.device
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"device {device} ({where}); M {plan.m.architecture} at {plan.data.image_size} px "
+          f"({'channels-last' if inference.channels_last else 'default memory format'}"
+          f"{', compiled' if inference.compile else ''}), K {plan.k.architecture}, inference in "
+          f"{inference.effective_precision(device)}; {len(plan.vectors)} vectors x {len(images)} test images, "
+          f"{plan.attack.steps} attack steps")
+    print(f"end to end: {processed / total:.2f} attacked images/s ({total:.1f} s for {processed} images)")
+    print(f"without the baseline: {processed / (total - baseline):.2f} attacked images/s")
     for stage, value in seconds.items():
-        print(f"  {stage:16s} {value:7.2f} s  {100 * value / total:5.1f} %  ({processed / value:8.1f} images/s)"
+        print(f"  {stage:16s} {value:8.2f} s  {100 * value / total:5.1f} %  ({processed / value:9.2f} images/s)"
               if value else f"  {stage:16s} (not run)")
 
 

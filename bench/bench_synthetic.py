@@ -1,7 +1,8 @@
 """Speed of the synthetic part world on this machine.
 
 Prints, for image sizes 96 and 128: images per second of one process drawing M images (draw +
-PNG) and K images (draw + PNG + RLE annotations); then the wall time of generating the default
+PNG) and K images (draw + PNG + RLE annotations), and K images at the paper profile's PASCAL-like
+size (``--k-image-size``, default 500x375); then the wall time of generating the default
 dataset (``python main.py prepare --dataset synthetic`` with the default config) with the default
 number of worker processes, at both sizes. The load average is printed too: on a shared machine
 other work slows every figure down.
@@ -24,17 +25,21 @@ from unmask.data.synthetic import (
     encode_png,
     generate_synthetic,
     image_rng,
+    k_canvas_size,
+    parse_image_size,
     render_object,
 )
 from unmask.parts import CLASSES, PART_INDEX
 
 
-def images_per_second(image_size: int, images: int, *, annotate: bool) -> float:
-    spec = SyntheticSpec(image_size=image_size)
+def images_per_second(image_size: int, images: int, *, annotate: bool,
+                      k_image_size: tuple[int, int] | None = None) -> float:
+    spec = SyntheticSpec(image_size=image_size, k_image_size=k_image_size)
     start = time.perf_counter()
     for index in range(images):
         object_class = CLASSES[index % len(CLASSES)]
-        rendered = render_object(object_class, image_rng(0, "k", "train", object_class, index), spec)
+        canvas = k_canvas_size(spec, "train", object_class, index) if annotate else None
+        rendered = render_object(object_class, image_rng(0, "k", "train", object_class, index), spec, canvas=canvas)
         encode_png(rendered.image)
         if annotate:
             for number, (mask, part) in enumerate(zip(rendered.masks, rendered.parts, strict=True)):
@@ -46,12 +51,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=320, help="images per single-process measurement")
     parser.add_argument("--skip-default", action="store_true", help="skip generating the default dataset")
+    parser.add_argument("--k-image-size", default="500x375", help="K's PASCAL-like size (the paper profile's)")
     args = parser.parse_args()
     print(f"CPU cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}")
     for size in (96, 128):
         m_rate = images_per_second(size, args.images, annotate=False)
         k_rate = images_per_second(size, args.images, annotate=True)
         print(f"image size {size}: one process draws {m_rate:.0f} M images/s, {k_rate:.0f} K images/s")
+    pascal = parse_image_size(args.k_image_size)
+    k_rate = images_per_second(150, max(16, args.images // 8), annotate=True, k_image_size=pascal)
+    print(f"K images about {args.k_image_size}: one process draws {k_rate:.1f} images/s")
     if args.skip_default:
         return
     for size in (96, 128):

@@ -121,3 +121,40 @@ def test_check_class_folders_reads_headers_of_every_split_at_once(tmp_path):
         check_class_folders(tmp_path, CLASS_SET, ("train", "val"))
     with pytest.raises(DataLayoutError, match="cs5-2/test does not exist"):
         check_class_folders(tmp_path, CLASS_SET)
+
+
+def write_jpegs(root: Path, *, per_class: int = 4) -> None:
+    """Noisy JPEGs of varied sizes, so that decoding and resizing have something to get wrong."""
+    generator = torch.Generator().manual_seed(0)
+    for name in CLASS_SET.classes:
+        folder = root / CLASS_SET.name / "train" / name
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            size = (30 + 7 * index, 50 - 3 * index)
+            image = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=generator)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{index}.jpg", quality=80)
+
+
+def test_parallel_decoding_gives_the_same_tensors_as_serial(tmp_path):
+    write_jpegs(tmp_path)
+    serial = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=24, cache=True)
+    parallel = ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=24, cache=True, workers=2)
+    assert len(parallel) == len(serial) == 20
+    for index in range(len(serial)):
+        assert torch.equal(parallel._cache[index], serial._cache[index])
+        assert parallel._cache[index].dtype == torch.uint8 and not parallel._cache[index].is_shared()
+    assert torch.equal(parallel.tensors()[0], serial.tensors()[0])
+    assert parallel.fingerprint() == serial.fingerprint()
+
+
+def test_parallel_decoding_names_every_bad_image_as_serial(tmp_path):
+    write_jpegs(tmp_path, per_class=2)
+    split = tmp_path / CLASS_SET.name / "train"
+    for name in ("car/bad1.png", "person/bad2.jpg"):
+        (split / name).write_bytes(b"not an image")
+    errors = []
+    for workers in (0, 2):
+        with pytest.raises(BadImagesError) as raised:
+            ClassFolderDataset(tmp_path, CLASS_SET, "train", image_size=16, cache=True, workers=workers)
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1] and "bad1.png" in errors[0] and "bad2.jpg" in errors[0]

@@ -4,6 +4,7 @@ and bad input."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from itertools import combinations
@@ -26,7 +27,9 @@ from unmask.data.synthetic import (
     ensure_synthetic,
     generate_synthetic,
     image_rng,
+    k_canvas_size,
     manifest_matches,
+    parse_image_size,
     read_manifest,
     render_examples,
     render_object,
@@ -336,3 +339,97 @@ def test_two_runs_generating_the_same_world_at_once_draw_it_once(tmp_path: Path,
     for run in runs:
         run.join(10)
     assert len(calls) == 1
+
+
+# --- K's images at the paper's sizes --------------------------------------------------------------------------
+
+
+def _world_digest(root: Path) -> str:
+    """Digest of a world's file names, decoded PNG pixels and other files' bytes (not the PNG bytes,
+    which depend on zlib's version)."""
+    hasher = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            hasher.update(str(path.relative_to(root)).encode())
+            if path.suffix == ".png":
+                with Image.open(path) as image:
+                    hasher.update(np.asarray(image).tobytes())
+            else:
+                hasher.update(path.read_bytes())
+    return hasher.hexdigest()[:32]
+
+
+def test_the_default_worlds_are_the_same_as_before_k_image_size(tiny_world: Path, tmp_path: Path) -> None:
+    # digests of worlds drawn by the generator before K's images could differ from M's (same pixels,
+    # annotations and manifests), at the default 128 px and at TINY's 40 px with distractors
+    assert _world_digest(tiny_world) == "8b6b6ffa54f07c21c22dd90d7860ee04"
+    default = SyntheticSpec(images_per_class=3, k_images=16, class_sets=("cs3-1",))
+    assert "k_image_size" not in default.to_json()
+    root = generate_synthetic(tmp_path / "default", default, progress=False, workers=1)
+    assert _world_digest(root) == "72aa7187cabf97b888e908fef4f201e0"
+
+
+PASCAL_LIKE = SyntheticSpec(image_size=40, images_per_class=3, k_images=24, seed=1, class_sets=("cs3-1",),
+                            k_image_size=(100, 75))
+
+
+def test_k_images_are_pascal_like_canvases_and_m_images_stay_square(tmp_path: Path) -> None:
+    root = generate_synthetic(tmp_path / "world", PASCAL_LIKE, progress=False, workers=1)
+    assert read_manifest(root)["spec"]["k_image_size"] == [100, 75]
+    assert manifest_matches(root, PASCAL_LIKE) and not manifest_matches(root, dataclasses.replace(PASCAL_LIKE,
+                                                                                                  k_image_size=None))
+    with Image.open(next((root / "cs3-1" / "train" / "car").glob("*.png"))) as image:
+        assert image.size == (40, 40)
+    sizes = set()
+    for split in SPLITS:
+        annotation_file, image_dir = split_paths(root, split)
+        coco = json.loads(annotation_file.read_text())
+        for entry in coco["images"]:
+            with Image.open(image_dir / entry["file_name"]) as image:
+                assert image.size == (entry["width"], entry["height"])
+            sizes.add((entry["width"], entry["height"]))
+        for entry in load_coco_parts(annotation_file, image_dir):  # masks decode at the image's size
+            for annotation in entry.annotations:
+                assert decode(annotation["segmentation"]).shape == (entry.height, entry.width)
+    assert {max(size) for size in sizes} == {100}
+    assert all(66 <= min(size) <= 75 for size in sizes)  # the shorter side varies a little, as VOC's
+    portrait = [size for size in sizes if size[1] > size[0]]
+    assert 0 < len(portrait) < len(sizes) / 2  # a few are portrait
+    assert len(sizes) > 5
+
+
+def test_k_canvas_sizes_do_not_depend_on_the_drawing() -> None:
+    assert k_canvas_size(SyntheticSpec(image_size=48), "train", "car", 3) == (48, 48)
+    first = [k_canvas_size(PASCAL_LIKE, "val", CLASSES[i % 16], i) for i in range(32)]
+    assert first == [k_canvas_size(PASCAL_LIKE, "val", CLASSES[i % 16], i) for i in range(32)]
+    assert first != [k_canvas_size(dataclasses.replace(PASCAL_LIKE, seed=2), "val", CLASSES[i % 16], i)
+                     for i in range(32)]
+
+
+def test_objects_on_wide_canvases_use_the_free_room_and_keep_their_size() -> None:
+    spec = SyntheticSpec(image_size=64, part_keep=(1.0, 1.0), occluder_prob=0.0)
+    centres, heights = [], []
+    for index in range(12):
+        rendered = render_object("car", image_rng(0, "k", "train", "car", index), spec, canvas=(160, 64))
+        assert rendered.image.shape == (64, 160, 3) and rendered.masks.shape[1:] == (64, 160)
+        rows, columns = np.nonzero(rendered.masks.any(axis=0))
+        centres.append(columns.mean())
+        heights.append(rows.max() - rows.min())
+    assert max(centres) - min(centres) > 40  # placed along the long side, not always in the middle
+    assert 20 < np.mean(heights) < 64  # scaled to the short side, not squeezed or cut off
+
+
+@pytest.mark.parametrize(("text", "expected"), [("500x375", (500, 375)), (" 375X500 ", (375, 500)), ("", None)])
+def test_image_sizes_parse(text: str, expected: tuple[int, int] | None) -> None:
+    assert parse_image_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["500", "500x", "x375", "500x375x3", "big"])
+def test_bad_image_sizes_are_refused(text: str) -> None:
+    with pytest.raises(SyntheticDataError, match="WIDTHxHEIGHT"):
+        parse_image_size(text)
+
+
+def test_too_small_k_images_are_refused() -> None:
+    with pytest.raises(SyntheticDataError, match="k_image_size = 500x30 is too small"):
+        SyntheticSpec(k_image_size=(500, 30))

@@ -8,10 +8,14 @@ from unmask.io import CheckpointError
 from unmask.models import classifier
 from unmask.models.classifier import (
     CLASSIFIER_NAMES,
+    InferenceOptions,
     PretrainedWeightsError,
+    autocast_dtype,
     build_classifier,
+    compile_model,
     imagenet_weights_file,
     predict,
+    use_channels_last,
 )
 
 
@@ -110,3 +114,87 @@ def test_predict_batches_and_restores_the_mode():
     assert model.training and predictions.dtype == torch.int64
     with torch.no_grad():
         assert torch.equal(predictions, model.eval()(images).argmax(dim=1))
+
+
+# --- inference precision, memory format, compilation ----------------------------------------------------
+
+
+def test_autocast_dtype_per_device_and_precision(monkeypatch):
+    assert autocast_dtype("cpu", "auto") is None and autocast_dtype("cpu", "float32") is None
+    assert autocast_dtype("cpu", "bfloat16") == torch.bfloat16 and autocast_dtype("cpu", "float16") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert autocast_dtype("cuda", "auto") == torch.bfloat16 and autocast_dtype("cuda:1", "float32") is None
+    assert InferenceOptions().effective_precision("cuda") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)  # e.g. a V100 or T4
+    assert autocast_dtype("cuda", "auto") == torch.float16
+    assert InferenceOptions().effective_precision("cuda") == "float16"
+    assert InferenceOptions().effective_precision("cpu") == "float32"
+    assert autocast_dtype("mps", "bfloat16") is None
+    with pytest.raises(ValueError, match="unknown precision 'fp8'.*auto, float32, bfloat16, float16"):
+        autocast_dtype("cpu", "fp8")
+    with pytest.raises(ValueError, match="unknown precision"):
+        InferenceOptions(precision="half")
+
+
+def test_bfloat16_predictions_agree_with_float32_except_near_ties():
+    torch.manual_seed(0)
+    model = build_classifier("compact", 5).train()
+    with torch.no_grad():
+        model.network[-1].weight.normal_(0, 3.0)  # logits spread like a trained model's, not near uniform
+    images = torch.rand(64, 3, 32, 32)
+    dtypes = []
+    hook = model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    exact = predict(model, images, batch_size=16)
+    mixed = predict(model, images, batch_size=16, precision="bfloat16")
+    hook.remove()
+    assert dtypes == [torch.float32] * 4 + [torch.bfloat16] * 4  # the second ran under CPU autocast
+    assert model.training  # the mode is restored
+    assert mixed.dtype == torch.int64 and torch.equal(predict(model, images, precision="auto"), exact)
+    with torch.no_grad():
+        logits = model.eval()(images).sort(dim=1, descending=True).values
+    close = (logits[:, 0] - logits[:, 1]) < 0.05 * logits[:, 0].abs().clamp(min=1)  # a near tie
+    assert torch.equal(mixed[~close], exact[~close]) and (~close).sum() > 32 and len(exact.unique()) > 1
+
+
+def test_channels_last_keeps_weights_and_outputs():
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 3).eval()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    images = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        expected = model(images)
+    options = InferenceOptions(channels_last=True)
+    assert options.prepare(model) is model
+    assert model.network.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), expected, atol=1e-4, rtol=1e-4)
+    assert predict(use_channels_last(model), images).shape == (2,)
+
+
+def test_compile_keeps_the_state_dict_keys(monkeypatch):
+    model = build_classifier("compact", 3)
+    keys = list(model.state_dict())
+    called = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: called.append(self))
+    assert InferenceOptions(compile=True).prepare(model) is model and called == [model]
+    assert InferenceOptions().prepare(model) is model and called == [model]  # off by default
+    assert list(model.state_dict()) == keys
+
+
+@pytest.mark.slow
+def test_a_compiled_classifier_predicts_and_backpropagates_as_the_eager_one():
+    torch.manual_seed(0)
+    eager = build_classifier("compact", 3).eval()
+    compiled = build_classifier("compact", 3).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compile_model(compiled)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    images = torch.rand(4, 3, 32, 32)
+    assert torch.equal(predict(compiled, images), predict(eager, images))
+    gradients = []
+    for model in (eager, compiled):
+        inputs = images.clone().requires_grad_()
+        model(inputs).logsumexp(dim=1).sum().backward()
+        gradients.append(inputs.grad)
+    torch.testing.assert_close(gradients[1], gradients[0], atol=1e-5, rtol=1e-4)

@@ -183,3 +183,90 @@ def test_bad_images_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         extractor.extract(torch.rand(2, 3, SIZE, SIZE) * 255)
 
+
+
+# --- mixed precision and memory format ---------------------------------------------------------------
+
+
+def varied_k() -> torch.nn.Module:
+    """A tiny K with varied, image-dependent scores over several parts."""
+    model = tiny_k()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.5)
+        model.roi_heads.box_predictor.cls_score.bias[0] = -3.0
+    return model
+
+
+def test_bfloat16_extraction_finds_the_float32_part_sets() -> None:
+    model = varied_k()
+    images = torch.rand(6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    for threshold in (0.0, 0.2):
+        exact = PartExtractor(model, score_threshold=threshold).extract(images)
+        mixed = PartExtractor(model, score_threshold=threshold, precision="bfloat16").extract(images)
+        assert exact.parts.sum() >= 12
+        np.testing.assert_array_equal(mixed.parts, exact.parts)
+        # bfloat16 keeps ~3 digits of the logits; a part's best score may then come from another proposal
+        np.testing.assert_allclose(mixed.part_scores, exact.part_scores, atol=0.1)
+        assert mixed.part_scores.dtype == np.float32
+    # a threshold right at a detection's score: only parts scoring within rounding of it may differ
+    threshold = float(np.sort(exact.part_scores[exact.parts])[len(exact.part_scores[exact.parts]) // 2])
+    exact = PartExtractor(model, score_threshold=threshold).extract(images)
+    mixed = PartExtractor(model, score_threshold=threshold, precision="bfloat16").extract(images)
+    differ = exact.parts != mixed.parts
+    assert np.all(np.abs(np.maximum(exact.part_scores, mixed.part_scores)[differ] - threshold) < 0.1)
+    assert (exact.parts == mixed.parts).mean() > 0.95
+
+
+def test_under_autocast_proposals_boxes_and_scores_stay_float32() -> None:
+    model = varied_k()
+    assert model.rpn.head._unmask_float32_outputs  # from the builder on: training sees them too
+    extractor = PartExtractor(model, score_threshold=0.0, precision="bfloat16")
+    images = [torch.rand(3, SIZE, SIZE)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.backbone(torch.rand(1, 3, SIZE, SIZE))
+        assert next(iter(features.values())).dtype == torch.bfloat16  # the layers do run in bfloat16
+        objectness, deltas = model.rpn.head(list(features.values()))
+        assert {t.dtype for t in objectness + deltas} == {torch.float32}
+        output = model.eval()(images)[0]
+    assert output["boxes"].dtype == output["scores"].dtype == torch.float32
+    detections = extractor.extract(torch.stack(images), keep_detections=True).detections[0]  # masks pasted too
+    assert detections.masks.shape == (len(detections.parts), SIZE, SIZE) and detections.masks.dtype == bool
+    assert detections.boxes.dtype == np.float32 and len(detections.parts) > 0
+    assert PartExtractor(model, precision="bfloat16").model is model  # hooks are added once
+    assert sum(len(m._forward_hooks) for m in (model.rpn.head, model.roi_heads.box_predictor)) == 2
+    with pytest.raises(ValueError, match="unknown precision 'half'.*auto, float32, bfloat16, float16"):
+        PartExtractor(model, precision="half")
+
+
+def test_auto_precision_is_float32_on_the_cpu() -> None:
+    model = varied_k()
+    images = torch.rand(3, 3, SIZE, SIZE)
+    exact = PartExtractor(model, score_threshold=0.0).extract(images)
+    auto = PartExtractor(model, score_threshold=0.0, precision="auto").extract(images)
+    np.testing.assert_array_equal(auto.part_scores, exact.part_scores)
+
+
+def test_both_backbones_run_channels_last() -> None:
+    lean = tiny_k()
+    assert lean.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    big = build_part_extractor("resnet50-fpn", image_size=SIZE)
+    assert big.backbone.body.layer3[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert big.backbone.fpn.layer_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_images_of_mixed_sizes_are_batched_by_orientation_and_answered_in_order() -> None:
+    from unmask.models.part_extractor import batch_order
+
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(64, 48), (48, 64), (64, 40), (40, 64), (64, 48)]  # (height, width): portrait, landscape, ...
+    images = [torch.rand(3, *shape, generator=generator) for shape in shapes]
+    assert batch_order(images) == [3, 1, 2, 0, 4]  # landscape first, each by size; ties keep their order
+    assert batch_order(torch.rand(3, 3, 8, 8)) == [0, 1, 2]
+    extractor = PartExtractor(varied_k(), score_threshold=0.0)
+    batched = extractor.extract(images, batch_size=2, keep_detections=True)
+    for index, image in enumerate(images):
+        single = extractor.extract([image], keep_detections=True)
+        np.testing.assert_array_equal(batched.parts[index], single.parts[0])
+        assert batched.detections[index].masks.shape[1:] == shapes[index]
+        np.testing.assert_allclose(batched.detections[index].boxes, single.detections[0].boxes, atol=1e-3)

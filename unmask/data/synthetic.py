@@ -17,7 +17,8 @@ Layout under the dataset root (reference section 7):
 - K: ``<root>/VOC2010/{train,val,test}.json``, COCO instance segmentation with the 44 part
   categories (ids from 0), one RLE annotation per visible part instance (its pixels after
   occlusion), images in ``<root>/VOC2010/Images/{train,val,test}/``; K's images show objects of
-  all 16 classes in turn. Keys beyond COCO's: ``object_class`` on every image entry,
+  all 16 classes in turn, square like M's or, with ``k_image_size``, PASCAL VOC-like canvases of
+  about that many pixels (``k_canvas_size``). Keys beyond COCO's: ``object_class`` on every image entry,
   ``distractor`` (true for a part of another class) on every annotation. Image and annotation
   ids start at 1 (COCO's evaluation treats 0 as "no match"), category ids at 0;
 - ``<root>/manifest.json``: generator version, spec and counts. A dataset is reused only when its
@@ -55,6 +56,12 @@ GENERATOR_VERSION = 1
 MIN_IMAGE_SIZE = 32
 """Below this the smallest parts (eyes, eyebrows, mirrors) shrink to a few pixels."""
 
+K_SHORT_SIDE_RANGE = (0.88, 1.0)
+"""With ``k_image_size``: each K image's shorter side is the spec's times a factor drawn from this
+range (500x375 gives 500x330 to 500x375, as most PASCAL VOC images)..."""
+K_PORTRAIT_PROB = 0.25
+"""... and this share of K's images is turned to portrait (375x500), about VOC's share."""
+
 M_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 K_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 MANIFEST = "manifest.json"
@@ -79,7 +86,9 @@ class SyntheticSpec:
     that each of the class's part types is drawn; ``occluder_prob`` the chance of a clutter shape
     in front of the object; ``max_clutter`` the most background clutter shapes; ``noise_std`` the
     largest pixel noise (images in [0, 1]); a part showing less than ``min_visible_fraction`` of
-    itself is not annotated.
+    itself is not annotated. ``k_image_size`` (width, height): K's images are PASCAL VOC-like
+    canvases of about that size (``k_canvas_size``) instead of squares of ``image_size``; M's
+    images stay square.
     """
 
     image_size: int = 128
@@ -93,11 +102,21 @@ class SyntheticSpec:
     max_clutter: int = 6
     noise_std: float = 0.03
     min_visible_fraction: float = 0.2
+    k_image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.image_size < MIN_IMAGE_SIZE:
             raise SyntheticDataError(f"image size {self.image_size} is too small: below {MIN_IMAGE_SIZE} pixels the "
                                      f"smallest parts are a few pixels wide; expected at least {MIN_IMAGE_SIZE}")
+        if self.k_image_size is not None:
+            size = tuple(self.k_image_size)
+            if len(size) != 2 or not all(isinstance(side, int) for side in size):
+                raise SyntheticDataError(f"k_image_size = {self.k_image_size}: expected (width, height) in pixels")
+            # the shorter side shrinks by up to K_SHORT_SIDE_RANGE[0] and must stay drawable
+            if min(size) * K_SHORT_SIDE_RANGE[0] < MIN_IMAGE_SIZE:
+                raise SyntheticDataError(f"k_image_size = {size[0]}x{size[1]} is too small: expected both sides at "
+                                         f"least {math.ceil(MIN_IMAGE_SIZE / K_SHORT_SIDE_RANGE[0])} pixels")
+            object.__setattr__(self, "k_image_size", size)
         for name, count in (("images_per_class", self.images_per_class), ("k_images", self.k_images)):
             if count < len(SPLITS):
                 raise SyntheticDataError(f"{name} = {count}: expected at least {len(SPLITS)}, one image for "
@@ -121,13 +140,41 @@ class SyntheticSpec:
         object.__setattr__(self, "part_keep", (float(low), float(high)))
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in a manifest read back
+        fields = asdict(self)
+        if fields["k_image_size"] is None:  # so the default world's manifest reads as before the option
+            del fields["k_image_size"]
+        return json.loads(json.dumps(fields))  # tuples become lists, as in a manifest read back
 
     @property
     def m_classes(self) -> tuple[str, ...]:
         """Classes of M's images: those of the spec's class sets, in the order of ``CLASSES``."""
         wanted = {c for name in self.class_sets for c in CLASS_SETS[name]}
         return tuple(c for c in CLASSES if c in wanted)
+
+
+def parse_image_size(text: str) -> tuple[int, int] | None:
+    """``"500x375"`` -> (500, 375) (width, height); ``""`` -> None."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    width, separator, height = text.partition("x")
+    if not (separator and width.strip().isdigit() and height.strip().isdigit()):
+        raise SyntheticDataError(f"image size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 500x375")
+    return int(width), int(height)
+
+
+def k_canvas_size(spec: SyntheticSpec, split: str, object_class: str, index: int) -> tuple[int, int]:
+    """(width, height) of K's image ``index`` of ``split``: ``spec.image_size`` square, or with
+    ``spec.k_image_size`` a VOC-like canvas: the longer side as given, the shorter one times a
+    factor in ``K_SHORT_SIDE_RANGE``, turned to the other orientation with ``K_PORTRAIT_PROB``;
+    drawn from a random stream of its own, so the drawing's stream is the same as for a square."""
+    if spec.k_image_size is None:
+        return spec.image_size, spec.image_size
+    width, height = spec.k_image_size
+    rng = np.random.default_rng([spec.seed, len(KINDS), SPLITS.index(split), CLASSES.index(object_class), index])
+    long, short = max(width, height), round(min(width, height) * rng.uniform(*K_SHORT_SIDE_RANGE))
+    landscape = (width >= height) != (rng.random() < K_PORTRAIT_PROB)
+    return (long, short) if landscape else (short, long)
 
 
 def split_counts(total: int, fractions: Sequence[float]) -> dict[str, int]:
@@ -430,17 +477,23 @@ def _rotation(degrees: float) -> np.ndarray:
     return np.array([[math.cos(radians), -math.sin(radians)], [math.sin(radians), math.cos(radians)]])
 
 
-def _bilinear_field(rng: np.random.Generator, grid: int, size: int, channels: int) -> np.ndarray:
-    """Smooth random values: a grid x grid lattice interpolated up to size x size."""
-    lattice = rng.random((grid, grid, channels)).astype(np.float32)
+def _interpolation(grid: int, size: int) -> np.ndarray:
+    """(size, grid) weights that interpolate ``grid`` lattice values linearly up to ``size``."""
     positions = np.linspace(0, grid - 1, size, dtype=np.float32)
     low = np.minimum(positions.astype(int), grid - 2)
     weight = positions - low
     interpolate = np.zeros((size, grid), dtype=np.float32)
     interpolate[np.arange(size), low] = 1 - weight
     interpolate[np.arange(size), low + 1] = weight
-    rows = (interpolate @ lattice.reshape(grid, grid * channels)).reshape(size, grid, channels)
-    return interpolate @ rows  # (size, size, channels); two matrix products, far faster than einsum
+    return interpolate
+
+
+def _bilinear_field(rng: np.random.Generator, grid: int, height: int, width: int, channels: int) -> np.ndarray:
+    """Smooth random values: a grid x grid lattice interpolated up to height x width."""
+    lattice = rng.random((grid, grid, channels)).astype(np.float32)
+    rows = (_interpolation(grid, height) @ lattice.reshape(grid, grid * channels)).reshape(height, grid, channels)
+    # (height, width, channels); two matrix products, far faster than einsum
+    return _interpolation(grid, width) @ rows
 
 
 def _muted(rng: np.random.Generator, saturation: float) -> np.ndarray:
@@ -449,27 +502,31 @@ def _muted(rng: np.random.Generator, saturation: float) -> np.ndarray:
     return grey + saturation * (colour - grey)
 
 
-def _random_polygon(rng: np.random.Generator, centre: np.ndarray, radius: float, size: int) -> tuple[np.ndarray, ...]:
+def _random_polygon(rng: np.random.Generator, centre: np.ndarray, radius: float,
+                    shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
     corners = int(rng.integers(3, 9))
     angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
     radii = radius * rng.uniform(0.4, 1.0, corners)
-    return fill_polygon(centre[1] + radii * np.sin(angles), centre[0] + radii * np.cos(angles), (size, size))
+    return fill_polygon(centre[1] + radii * np.sin(angles), centre[0] + radii * np.cos(angles), shape)
 
 
-def _background(rng: np.random.Generator, size: int, max_clutter: int) -> np.ndarray:
-    """A muted smooth colour field, a faint texture, and clutter shapes unlike any part."""
-    colours = _bilinear_field(rng, int(rng.integers(2, 5)), size, 3)
+def _background(rng: np.random.Generator, height: int, width: int, max_clutter: int) -> np.ndarray:
+    """A muted smooth colour field, a faint texture, and clutter shapes unlike any part; sizes
+    scale with the shorter side."""
+    side = min(height, width)
+    colours = _bilinear_field(rng, int(rng.integers(2, 5)), height, width, 3)
     grey = colours.mean(axis=2, keepdims=True)
     image = grey * 0.5 + 0.25 + 0.45 * (colours - grey)
     texture = int(rng.integers(3))
     if texture == 1:  # faint stripes
-        y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 20) * size / 128
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 20) * side / 128
         image += 0.05 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period)[..., None]
     elif texture == 2:  # blotches
-        image += 0.12 * (_bilinear_field(rng, 12, size, 1) - 0.5)
+        image += 0.12 * (_bilinear_field(rng, 12, height, width, 1) - 0.5)
     for _ in range(int(rng.integers(0, max_clutter + 1))):
-        rows, columns = _random_polygon(rng, rng.uniform(0, size, 2), rng.uniform(0.04, 0.16) * size, size)
+        centre = rng.uniform(0, np.array([width, height]), 2)  # (x, y)
+        rows, columns = _random_polygon(rng, centre, rng.uniform(0.04, 0.16) * side, (height, width))
         image[rows, columns] = _muted(rng, 0.35) * 0.7 + 0.15
     return image
 
@@ -481,7 +538,7 @@ def _draw_part(image: np.ndarray, labels: np.ndarray, label: int, slot: Slot, to
     ``to_object`` and ``offset`` map pixel centres (x, y) to object coordinates.
     """
     look = PART_LOOKS[slot.part]
-    size = image.shape[0]
+    height, width = image.shape[:2]
     to_part = np.diag([2 / slot.width, 2 / slot.height]) @ _rotation(-slot.angle)
     to_local = to_part @ to_object  # pixel -> (u, v)
     local_offset = to_part @ (offset - np.array([slot.x, slot.y]))
@@ -498,7 +555,7 @@ def _draw_part(image: np.ndarray, labels: np.ndarray, label: int, slot: Slot, to
     inside = SHAPES[look.shape](u, v, aspect) & (np.abs(u) <= 1) & (np.abs(v) <= 1)
     area = int(inside.sum())
     # clip to the image
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, size), min(y1, size)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if cx0 >= cx1 or cy0 >= cy1:
         return area
     crop = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
@@ -553,9 +610,12 @@ def _part_colours(part: str, rng: np.random.Generator) -> tuple[np.ndarray, np.n
             np.clip(np.array(look.secondary) / 255 * jitter, 0, 1).astype(np.float32))
 
 
-def render_object(object_class: str, rng: np.random.Generator, spec: SyntheticSpec | None = None) -> RenderedObject:
+def render_object(object_class: str, rng: np.random.Generator, spec: SyntheticSpec | None = None, *,
+                  canvas: tuple[int, int] | None = None) -> RenderedObject:
     """Draw one object of ``object_class`` as ``spec`` says (default ``SyntheticSpec()``), with the
-    randomisation of the module docstring, all of it from ``rng``.
+    randomisation of the module docstring, all of it from ``rng``, on a ``canvas`` (width, height)
+    (default: ``spec.image_size`` square). The object's size follows the canvas's shorter side;
+    on a longer side it is placed anywhere within most of the free room.
 
     Returns the image and, for every part instance that shows at least ``spec.min_visible_fraction``
     of its area, its visible pixels after occlusion by later-drawn parts, an occluder or the border.
@@ -563,8 +623,10 @@ def render_object(object_class: str, rng: np.random.Generator, spec: SyntheticSp
     if object_class not in LAYOUTS:
         raise SyntheticDataError(f"unknown class {object_class!r}; expected one of: {', '.join(LAYOUTS)}")
     spec = spec or SyntheticSpec()
-    size = spec.image_size
-    image = _background(rng, size, spec.max_clutter)
+    width, height = canvas or (spec.image_size, spec.image_size)
+    size = min(width, height)  # what the object's size scales with
+    corner = np.array([width, height])  # the canvas's far corner (x, y)
+    image = _background(rng, height, width, spec.max_clutter)
     slots = [_jitter(s, rng) for s in _choose_slots(object_class, rng, spec.part_keep)]
     distractors = 0
     if rng.random() < spec.distractor_prob:
@@ -578,22 +640,24 @@ def render_object(object_class: str, rng: np.random.Generator, spec: SyntheticSp
     scale = rng.uniform(0.82, 1.0) * size
     stretch = rng.uniform(0.9, 1.1, 2)
     flip = -1.0 if rng.random() < 0.5 else 1.0
-    centre = size / 2 + rng.uniform(-0.07, 0.07, 2) * size
+    shift = rng.uniform(-0.07, 0.07, 2)  # a little around the centre, and along a longer side most of its free room
+    centre = corner / 2 + shift * size + (shift / 0.07) * (corner - size) * 0.4
     to_pixels = _rotation(rng.uniform(-12, 12)) @ np.diag([scale * stretch[0] * flip, scale * stretch[1]])
     to_object = np.linalg.inv(to_pixels)
     offset = np.array([0.5, 0.5]) - to_object @ centre
 
-    labels = np.zeros((size, size), dtype=np.int16)
+    labels = np.zeros((height, width), dtype=np.int16)
     areas = [_draw_part(image, labels, index + 1, slot, to_object, offset, _part_colours(slot.part, rng))
              for index, slot in enumerate(slots)]
     if rng.random() < spec.occluder_prob:
         rows, columns = _random_polygon(rng, centre + rng.uniform(-0.3, 0.3, 2) * scale,
-                                        rng.uniform(0.12, 0.22) * size, size)
+                                        rng.uniform(0.12, 0.22) * size, (height, width))
         image[rows, columns] = _muted(rng, 0.35) * 0.7 + 0.15
         labels[rows, columns] = 0
 
     # lighting: contrast, brightness, colour cast, a gradient across the image; then noise
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y, x = y / height - 0.5, x / width - 0.5
     direction = rng.uniform(0, 2 * np.pi)
     light = 1 + rng.uniform(0, 0.35) * (x * math.cos(direction) + y * math.sin(direction))
     gain = (rng.uniform(0.85, 1.12) * rng.uniform(0.93, 1.07, 3)).astype(np.float32)
@@ -609,7 +673,7 @@ def render_object(object_class: str, rng: np.random.Generator, spec: SyntheticSp
             masks.append(labels == index + 1)
             parts.append(slot.part)
             flags.append(index >= len(slots) - distractors)
-    stacked = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
+    stacked = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
     return RenderedObject(object_class, pixels, stacked, parts, flags)
 
 
@@ -640,7 +704,8 @@ class _Task:
 def _run_task(task: _Task, spec: SyntheticSpec) -> list[dict[str, Any]]:
     """Draw and write one image; for K, return its annotations (ids filled in by the caller)."""
     rng = image_rng(spec.seed, task.kind, task.split, task.object_class, task.index)
-    rendered = render_object(task.object_class, rng, spec)
+    canvas = k_canvas_size(spec, task.split, task.object_class, task.index) if task.kind == "k" else None
+    rendered = render_object(task.object_class, rng, spec, canvas=canvas)
     first, *copies = task.destinations
     Path(first).write_bytes(encode_png(rendered.image))
     for copy in copies:  # the same image in another class set: a hard link saves disk and time
@@ -718,8 +783,9 @@ def _write_coco_files(spec: SyntheticSpec, folder: Path, annotations: dict[_Task
         images, split_annotations = [], []
         for task in (t for t in annotations if t.kind == "k" and t.split == split):
             image_id = task.index + 1  # COCO tools treat id 0 as "no match"
-            images.append({"id": image_id, "file_name": Path(task.destinations[0]).name, "height": spec.image_size,
-                           "width": spec.image_size, "object_class": task.object_class})
+            width, height = k_canvas_size(spec, split, task.object_class, task.index)
+            images.append({"id": image_id, "file_name": Path(task.destinations[0]).name, "height": height,
+                           "width": width, "object_class": task.object_class})
             for annotation in annotations[task]:
                 split_annotations.append({**annotation, "id": len(split_annotations) + 1, "image_id": image_id})
         write_coco(split_paths(folder, split)[0], images=images, annotations=split_annotations,

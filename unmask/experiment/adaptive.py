@@ -107,6 +107,8 @@ class AdaptiveContext:
     """What every prediction on the test sample depends on (data, sample, models)."""
     validation_data: str
     """The validation split's fingerprint."""
+    precision: str = "float32"
+    """M's (and the baseline's) inference precision (K's is its extractor's)."""
 
 
 def adaptive_evaluation(context: AdaptiveContext) -> dict[str, Any]:
@@ -124,10 +126,12 @@ def adaptive_evaluation(context: AdaptiveContext) -> dict[str, Any]:
     if surrogate is not None:
         surrogate_validation = Scored.of(Predictions.from_arrays(_in_batches(
             context, context.folder / "adaptive" / "surrogate-validation.npz",
-            {"data": context.validation_data, "m": context.m.fingerprint, "k": surrogate.fingerprint},
+            {"data": context.validation_data, "m": context.m.fingerprint, "k": surrogate.fingerprint,
+             "m_precision": context.precision},
             len(context.validation_images),
             lambda number, indices: (clean_predictions(context.validation_images[indices], context.m.model, None,
-                                                       surrogate.extractor).arrays(), {}),
+                                                       surrogate.extractor, precision=context.precision).arrays(),
+                                     {}),
             batch_size=plan.evaluation.batch_size, what="K' on the validation images")), plan.class_set)
 
     rows: list[Row] = []
@@ -170,7 +174,8 @@ def _gray_box_row(context: AdaptiveContext, sample: np.ndarray, norm: str, epsil
             lambda number, indices: (attacked_predictions(
                 vector, images[indices], labels[indices], context.m.model,
                 context.adv_trained.model if context.adv_trained is not None else None, context.k.extractor,
-                options=plan.attack, seed=plan.evaluation.seed, batch=number)[0].arrays(), {}),
+                options=plan.attack, seed=plan.evaluation.seed, batch=number,
+                precision=context.precision)[0].arrays(), {}),
             batch_size=plan.evaluation.batch_size, what=f"gray-box {vector.label} on the adaptive sample")),
             plan.class_set)
     predictions = scored.predictions
@@ -186,13 +191,13 @@ def _adaptive_row(context: AdaptiveContext, sample: np.ndarray, vector: Adaptive
     ``attacker_threshold``, judged on the real pipeline at ``threshold``."""
     plan = context.plan
     class_set = plan.class_set
-    real_judge = hard_judge(context.m.model, context.k.extractor, class_set, threshold)
+    real_judge = hard_judge(context.m.model, context.k.extractor, class_set, threshold, precision=context.precision)
     target = DefenseTarget(
         classifier=context.m.model, part_model=attacker.extractor.model,
         class_parts=torch.from_numpy(np.asarray(class_set.expected, dtype=np.float32)),
         k_score_threshold=plan.k.rule.score_threshold, detection_threshold=attacker_threshold,
         judge=real_judge if threat_model == "white-box" else
-        hard_judge(context.m.model, attacker.extractor, class_set, attacker_threshold))
+        hard_judge(context.m.model, attacker.extractor, class_set, attacker_threshold, precision=context.precision))
     fingerprint = {**context.inputs, "sample": digest(sample.tolist()), "threat_model": threat_model,
                    "attacker_k": attacker.fingerprint, "attack": {"vector": vector.label, **asdict(plan.adaptive.options)},
                    "attacker_threshold": attacker_threshold, "threshold": threshold}

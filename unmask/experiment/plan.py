@@ -22,8 +22,8 @@ from unmask.attacks.adaptive import ADAPTIVE_ATTACK_NORMS, AdaptiveOptions
 from unmask.attacks.vectors import max_epsilon
 from unmask.config import Config, ConfigError, option_name
 from unmask.data import DATASETS
-from unmask.data.synthetic import SyntheticSpec
-from unmask.models.classifier import CLASSIFIER_NAMES
+from unmask.data.synthetic import SyntheticSpec, parse_image_size
+from unmask.models.classifier import CLASSIFIER_NAMES, PRECISIONS, InferenceOptions
 from unmask.models.part_extractor import PART_EXTRACTOR_NAMES, DetectionRule
 from unmask.parts import MERGE_MODES, ClassSet, UnknownNameError
 from unmask.runtime import resolve_device
@@ -203,6 +203,9 @@ class Plan:
     workers: int
     verbosity: int
     grid_shard: GridShard = GridShard()
+    inference: InferenceOptions = InferenceOptions()
+    """How the evaluation runs M (``inference.prepare(model)``, ``predict(..., precision=...)``) and
+    K (``PartExtractor(..., precision=...)``)."""
 
     @property
     def class_set(self) -> ClassSet:
@@ -244,6 +247,7 @@ def build_plan(config: Config) -> Plan:
     _choose("pascal_merge", config.pascal_merge, MERGE_MODES)
     _choose("optimizer", config.optimizer, OPTIMIZERS)
     _choose("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    _choose("inference_precision", config.inference_precision, PRECISIONS)
     device = _checked("device", lambda: resolve_device(config.device))
     on_gpu = device.type == "cuda"  # mixed precision only takes effect there, so only there is it part of a model
     vectors = _checked("attacks", lambda: parse_attack_vectors(config.attacks, image_size=config.image_size))
@@ -253,9 +257,11 @@ def build_plan(config: Config) -> Plan:
 
     synthetic = None
     if config.dataset == "synthetic":
+        k_image_size = _checked("synthetic_k_image_size", lambda: parse_image_size(config.synthetic_k_image_size))
         synthetic = _checked(None, lambda: SyntheticSpec(
             image_size=config.image_size, images_per_class=config.synthetic_images_per_class,
-            k_images=config.synthetic_k_images, distractor_prob=config.synthetic_distractor_prob, seed=config.seed))
+            k_images=config.synthetic_k_images, distractor_prob=config.synthetic_distractor_prob, seed=config.seed,
+            k_image_size=k_image_size))
     data = DataSpec(config.dataset, Path(config.data_dir), class_set, config.image_size, synthetic,
                     config.synthetic_workers or None)
 
@@ -309,4 +315,5 @@ def build_plan(config: Config) -> Plan:
         k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,
         allow_random_init=config.allow_random_init, output_dir=Path(config.output_dir), device=config.device,
         workers=config.workers, verbosity=config.verbosity, grid_shard=grid_shard,
+        inference=InferenceOptions(config.inference_precision, config.channels_last, config.compile),
     )

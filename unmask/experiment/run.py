@@ -84,6 +84,10 @@ def run_experiment(plan: Plan) -> Path:
         data = load_classifier_data(plan.data)
     with timer.stage("train_m", "M and the adversarially trained M: train or load from the cache"):
         m, adv_trained = trained_classifiers(plan, data, runtime)
+        for trained in (m, adv_trained):
+            if trained is not None:
+                plan.inference.prepare(trained.model)
+    precision = plan.inference.effective_precision(runtime.device)  # M's and the baseline's predictions
     with timer.stage("train_k", "K: train or load from the cache"):
         k = trained_part_extractor(plan, runtime)
     with timer.stage("eval_k", "K: COCO mAP and part precision/recall on the test split"):
@@ -102,7 +106,7 @@ def run_experiment(plan: Plan) -> Path:
     # what every saved prediction depends on besides its own options: the images and the models
     inputs = {"data": data["test"].fingerprint(), "images": digest(chosen.tolist()), "m": m.fingerprint,
               "adv_trained": adv_trained.fingerprint if adv_trained is not None else None, "k": k.fingerprint,
-              "batch_size": plan.evaluation.batch_size}
+              "m_precision": precision, "batch_size": plan.evaluation.batch_size}
 
     def predictions_in_batches(result: Path, fingerprint: dict[str, Any], images: torch.Tensor, compute: Any, *,
                                what: str, finish: Any = None) -> Predictions:
@@ -124,7 +128,7 @@ def run_experiment(plan: Plan) -> Path:
 
     def clean_batch(images: torch.Tensor, baseline: torch.nn.Module | None) -> Any:
         return lambda number, indices: (
-            clean_predictions(images[indices], m.model, baseline, k.extractor).arrays(), {})
+            clean_predictions(images[indices], m.model, baseline, k.extractor, precision=precision).arrays(), {})
 
     with timer.stage("clean", f"clean predictions of M, the baseline and K ({len(labels)} test images)"):
         clean = Scored.of(predictions_in_batches(folder.clean, inputs, test_images,
@@ -133,7 +137,7 @@ def run_experiment(plan: Plan) -> Path:
         validation_images = data["val"].tensors()[0]
         validation = Scored.of(predictions_in_batches(
             folder.validation, {"data": data["val"].fingerprint(), "m": m.fingerprint, "k": k.fingerprint,
-                                "batch_size": plan.evaluation.batch_size},
+                                "m_precision": precision, "batch_size": plan.evaluation.batch_size},
             validation_images, clean_batch(validation_images, None), what="clean validation predictions"), class_set)
         thresholds = fix_thresholds(validation, plan.evaluation.detection_fpr)
 
@@ -147,7 +151,7 @@ def run_experiment(plan: Plan) -> Path:
             def attack_batch(number: int, indices: np.ndarray, vector: AttackVector = vector) -> Any:
                 predictions, adversarial = attacked_predictions(
                     vector, test_images[indices], test_labels[indices], m.model, adv_trained_model, k.extractor,
-                    options=plan.attack, seed=plan.evaluation.seed, batch=number)
+                    options=plan.attack, seed=plan.evaluation.seed, batch=number, precision=precision)
                 positions = example_candidates(labels[indices], clean.subset(indices),
                                                Scored.of(predictions, class_set))
                 return predictions.arrays(), {"candidates": np.where(positions >= 0, indices[positions.clip(0)], -1),
@@ -171,7 +175,8 @@ def run_experiment(plan: Plan) -> Path:
             adaptive = adaptive_evaluation(AdaptiveContext(
                 plan=plan, runtime=runtime, folder=folder.path, images=test_images, labels=test_labels, clean=clean,
                 validation=validation, validation_images=validation_images, m=m, adv_trained=adv_trained, k=k,
-                gray_box=attacked, inputs=inputs, validation_data=data["val"].fingerprint()))
+                gray_box=attacked, inputs=inputs, validation_data=data["val"].fingerprint(),
+                precision=precision))
 
     if not runtime.distributed.is_main:
         return folder.path  # the main process reports

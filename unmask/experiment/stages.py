@@ -156,9 +156,7 @@ def trained_part_extractor(plan: Plan, runtime: Runtime) -> TrainedPartExtractor
             data_fingerprint=digest({"dataset": plan.data.dataset, "train": part_data_fingerprint(root, "train")}),
             models_dir=plan.models_dir, device=runtime.device, allow_random_init=plan.allow_random_init,
             workers=runtime.workers, progress=runtime.verbosity > 0, log=runtime.log)
-    extractor = PartExtractor(model, score_threshold=spec.rule.score_threshold, device=runtime.device)
-    fingerprint = {"weights": tensors_digest(model.state_dict()), "rule": asdict(spec.rule)}
-    return TrainedPartExtractor(extractor, directory, fingerprint)
+    return _part_extractor(model, directory, plan, runtime)
 
 
 def trained_surrogate_part_extractor(plan: Plan, runtime: Runtime) -> TrainedPartExtractor:
@@ -181,9 +179,16 @@ def trained_surrogate_part_extractor(plan: Plan, runtime: Runtime) -> TrainedPar
                                  "half": digest(half.tolist())}),
         models_dir=plan.models_dir, device=runtime.device, allow_random_init=plan.allow_random_init,
         workers=runtime.workers, progress=runtime.verbosity > 0, log=runtime.log)
-    extractor = PartExtractor(model, score_threshold=spec.rule.score_threshold, device=runtime.device)
-    return TrainedPartExtractor(extractor, directory,
-                                {"weights": tensors_digest(model.state_dict()), "rule": asdict(spec.rule)})
+    return _part_extractor(model, directory, plan, runtime)
+
+
+def _part_extractor(model: nn.Module, directory: Path, plan: Plan, runtime: Runtime) -> TrainedPartExtractor:
+    """K's detection rule and inference precision around trained weights, and their fingerprint."""
+    precision = plan.inference.effective_precision(runtime.device)
+    extractor = PartExtractor(model, score_threshold=plan.k.rule.score_threshold, device=runtime.device,
+                              precision=precision)
+    fingerprint = {"weights": tensors_digest(model.state_dict()), "rule": asdict(plan.k.rule), "precision": precision}
+    return TrainedPartExtractor(extractor, directory, fingerprint)
 
 
 def part_extractor_metrics(plan: Plan, k: TrainedPartExtractor, runtime: Runtime) -> tuple[dict[str, Any], Path]:
@@ -212,17 +217,19 @@ def attack_seed(seed: int, vector: AttackVector, model_role: str, batch: int) ->
 
 
 def clean_predictions(images: torch.Tensor, m: nn.Module, adv_trained: nn.Module | None,
-                      extractor: PartExtractor) -> Predictions:
-    """What M, the baseline (if any) and K say about clean images."""
+                      extractor: PartExtractor, *, precision: str = "float32") -> Predictions:
+    """What M, the baseline (if any) and K say about clean images (M and the baseline predict in
+    ``precision``; K in its extractor's)."""
     extraction = extractor.extract(images)
-    return Predictions(m=predict(m, images).cpu().numpy(), parts=extraction.parts,
+    return Predictions(m=predict(m, images, precision=precision).cpu().numpy(), parts=extraction.parts,
                        part_scores=extraction.part_scores,
-                       adv_trained=None if adv_trained is None else predict(adv_trained, images).cpu().numpy())
+                       adv_trained=None if adv_trained is None else
+                       predict(adv_trained, images, precision=precision).cpu().numpy())
 
 
 def attacked_predictions(vector: AttackVector, images: torch.Tensor, labels: torch.Tensor, m: nn.Module,
                          adv_trained: nn.Module | None, extractor: PartExtractor, *, options: AttackOptions,
-                         seed: int, batch: int) -> tuple[Predictions, torch.Tensor]:
+                         seed: int, batch: int, precision: str = "float32") -> tuple[Predictions, torch.Tensor]:
     """M's and K's view of one batch of images attacked through M's gradients, and the
     baseline's prediction on them attacked through its own gradients (gray-box: K is never
     attacked). Also returns the adversarial images (against M)."""
@@ -232,19 +239,21 @@ def attacked_predictions(vector: AttackVector, images: torch.Tensor, labels: tor
     baseline_predictions = None
     if adv_trained is not None:
         torch.manual_seed(attack_seed(seed, vector, "adv-trained", batch))
-        baseline_predictions = predict(adv_trained, attack(adv_trained, images, labels, vector, options)).cpu().numpy()
-    predictions = Predictions(m=predict(m, adversarial).cpu().numpy(), parts=extraction.parts,
+        baseline_adversarial = attack(adv_trained, images, labels, vector, options)
+        baseline_predictions = predict(adv_trained, baseline_adversarial, precision=precision).cpu().numpy()
+    predictions = Predictions(m=predict(m, adversarial, precision=precision).cpu().numpy(), parts=extraction.parts,
                               part_scores=extraction.part_scores, adv_trained=baseline_predictions)
     return predictions, adversarial
 
 
-def hard_judge(m: nn.Module, extractor: PartExtractor, class_set: ClassSet, detection_threshold: float) -> Judge:
+def hard_judge(m: nn.Module, extractor: PartExtractor, class_set: ClassSet, detection_threshold: float, *,
+               precision: str = "float32") -> Judge:
     """The real, non-differentiable pipeline as the adaptive attacks' judge: M's argmax, K's
     detection rule, UnMask's set-Jaccard detection score against ``detection_threshold`` and its
     re-classification, on the images as given (the attacks pass 8-bit ones)."""
 
     def judge(images: torch.Tensor) -> Verdict:
-        predictions = clean_predictions(images, m, None, extractor)
+        predictions = clean_predictions(images, m, None, extractor, precision=precision)
         scores = detection_scores(predictions.parts, predictions.m, class_set)
         return Verdict(m_prediction=predictions.m, detection_score=scores, flagged=scores >= detection_threshold,
                        unmask_prediction=reclassify_batch(predictions.parts, class_set), parts=predictions.parts)
