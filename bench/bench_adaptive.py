@@ -1,8 +1,8 @@
 """Adaptive-attack throughput: image-steps per second through M + K forward and backward.
 
-    python bench/bench_adaptive.py                      # CPU, trained models of /tmp/baseline if present
+    python bench/bench_adaptive.py                      # CPU, the default run's trained M and K
     python bench/bench_adaptive.py --device cuda --batch-sizes 32 64 128
-    python bench/bench_adaptive.py --m-weights M.pt --k-weights K.pt
+    python bench/bench_adaptive.py --random-init        # same cost, no trained models needed
 
 One step of an adaptive attack is one forward and backward pass of the image through M and
 through K's differentiable view (backbone, RPN, RoIAlign, box head; ``part_view``). The benchmark
@@ -14,56 +14,55 @@ times, per batch size, in one run on one machine:
 - ``judge``: the hard pipeline (M forward + K's ``PartExtractor``), no gradients,
 
 and prints image-steps per second, the ratios to ``m`` and the peak memory (CPU: the process's
-peak resident size so far, so give batch sizes in increasing order). Models: the given weight files, else
-the default run's (``/tmp/baseline/results/models``), else random initialisation (same cost).
+peak resident size so far, so give batch sizes in increasing order). Models: the default
+configuration's M and K from ``--output-dir``'s model cache (``python main.py`` fills it; trained
+there first when missing, a few minutes), or random initialisation with ``--random-init``
+(the proposals differ, so the K step's cost does a little).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import platform
 import resource
-import sys
 import time
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+from unmask.attacks.adaptive.engine import direction, project, quantize_ste
+from unmask.attacks.adaptive.part_view import PartView
+from unmask.models.classifier import build_classifier
+from unmask.models.part_extractor import PartExtractor, build_part_extractor
 
-from unmask.attacks.adaptive.engine import direction, project, quantize_ste  # noqa: E402
-from unmask.attacks.adaptive.part_view import PartView  # noqa: E402
-from unmask.models.classifier import build_classifier  # noqa: E402
-from unmask.models.part_extractor import PartExtractor, build_part_extractor  # noqa: E402
-
-DEFAULT_M = "/tmp/baseline/results/models/m-24888613/best.pt"
-DEFAULT_K = "/tmp/baseline/results/models/k-*/weights.pt"
+IMAGE_SIZE = 128  # the default run's
 
 
-def _first(pattern: str | None) -> str | None:
-    if not pattern:
-        return None
-    matches = sorted(glob.glob(pattern))
-    return matches[0] if matches else None
+def load_models(output_dir: str | None, *, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """The default configuration's M (compact) and K (lean) from ``output_dir``'s cache (trained
+    there when missing), or randomly initialised ones when ``output_dir`` is None."""
+    if output_dir is None:
+        torch.manual_seed(0)
+        classifier, part_model = build_classifier("compact", 5), build_part_extractor("lean", image_size=IMAGE_SIZE)
+        return classifier.to(device).eval(), part_model.to(device).eval(), "M, K: random init"
+    from unmask.config import resolve_config
+    from unmask.experiment.plan import build_plan
+    from unmask.experiment.stages import (
+        load_classifier_data,
+        prepare_data,
+        trained_classifiers,
+        trained_part_extractor,
+    )
+    from unmask.runtime import Runtime
 
-
-def load_models(m_weights: str | None, k_weights: str | None, *, image_size: int, num_classes: int,
-                device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, str]:
-    """M (compact) and K (lean) from weight files when given and present, else random init."""
-    from unmask.io import load_checkpoint
-    from unmask.train.common import load_model_weights
-
-    classifier = build_classifier("compact", num_classes)
-    part_model = build_part_extractor("lean", image_size=image_size)
-    sources = []
-    for model, path, name in ((classifier, _first(m_weights), "M"), (part_model, _first(k_weights), "K")):
-        if path and Path(path).is_file():
-            load_model_weights(model, load_checkpoint(path), source=path)
-            sources.append(f"{name}={path}")
-        else:
-            sources.append(f"{name}=random init")
-    return classifier.to(device).eval(), part_model.to(device).eval(), ", ".join(sources)
+    plan = replace(build_plan(resolve_config({}, "demo", {"output_dir": output_dir, "device": "cpu"})),
+                   adv_trained=None)
+    runtime = Runtime.start("cpu", verbosity=1)
+    prepare_data(plan.data, runtime)
+    m, _ = trained_classifiers(plan, load_classifier_data(plan.data), runtime)
+    k = trained_part_extractor(plan, runtime)
+    return (m.model.to(device).eval(), k.extractor.model.to(device).eval(),
+            f"M: {m.description}; K: models/{k.directory.name}")
 
 
 def _sync(device: torch.device) -> None:
@@ -88,18 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
-    parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--m-weights", default=DEFAULT_M)
-    parser.add_argument("--k-weights", default=DEFAULT_K)
+    parser.add_argument("--output-dir", default="results", help="the run's results folder (its models/ cache)")
+    parser.add_argument("--random-init", action="store_true", help="random M and K instead of trained ones")
     parser.add_argument("--k-score-threshold", type=float, default=0.5)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    classifier, part_model, sources = load_models(args.m_weights, args.k_weights, image_size=args.image_size,
-                                                  num_classes=5, device=device)
+    classifier, part_model, sources = load_models(None if args.random_init else args.output_dir, device=device)
     for model in (classifier, part_model):
         for parameter in model.parameters():
             parameter.requires_grad_(False)
@@ -108,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     epsilon = 16 / 255
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-          f"image size {args.image_size}; {sources}")
+          f"image size {IMAGE_SIZE}; {sources}")
 
     def m_step(x: torch.Tensor) -> None:
         leaf = x.detach().requires_grad_(True)
@@ -141,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'batch':>5} {'m img-step/s':>13} {'k img-step/s':>13} {'joint img-step/s':>17} {'judge img/s':>12} "
           f"{'k/m cost':>9} {'joint/m cost':>13} {'peak memory':>12}")
     for batch_size in args.batch_sizes:
-        images = (torch.rand(batch_size, 3, args.image_size, args.image_size, generator=generator) * 255).round() / 255
+        images = (torch.rand(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 255).round() / 255
         images = images.to(device)
         timings = {label: time_per_image(step, images, repeats=args.repeats, device=device)
                    for label, step in (("m", m_step), ("k", k_step), ("joint", joint_step), ("judge", judge_step))}

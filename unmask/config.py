@@ -149,6 +149,9 @@ class Config:
                                     "random points of the epsilon ball).")
     adaptive_targets: int = option(2, "Target classes the targeted adaptive attacks try per image, best-ranked "
                                    "first (0: every class but the true one).")
+    adaptive_relative_step: float = option(8.0, "Base step of the adaptive attacks: this x epsilon / steps (cosine "
+                                           "schedule from twice that down to 0; 8 at 20 steps: a first step of "
+                                           "0.8 epsilon).")
     adaptive_batch_size: int = option(32, "Images per adaptive-attack batch (the unit of sharding and resume).")
 
     # --- evaluation ----------------------------------------------------------------------------
@@ -189,6 +192,17 @@ PROFILES: dict[str, dict[str, object]] = {
         "k_score_threshold": 0.0,
         "grid_models": ("vgg16", "resnet50", "densenet121"),
     },
+    # the full adaptive evaluation (python main.py --profile adaptive-full): every adaptive attack at
+    # every budget, both threat models, both FPRs, 100 steps x 2 runs for every target class
+    "adaptive-full": {
+        "adaptive_attacks": ("full",),
+        "adaptive_threat_models": ("white-box", "transfer"),
+        "adaptive_fprs": (0.05, 0.10),
+        "adaptive_steps": 100,
+        "adaptive_restarts": 2,
+        "adaptive_targets": 0,
+        "adaptive_relative_step": 20.0,
+    },
 }
 """Named sets of overrides, applied on top of the defaults by ``--profile``."""
 
@@ -228,7 +242,7 @@ def resolve_config(
 
 
 _POSITIVE = ("batch_size", "epochs", "k_epochs", "k_batch_size", "attack_steps", "attack_batch_size", "adv_steps",
-             "adaptive_steps", "adaptive_restarts", "adaptive_batch_size",
+             "adaptive_steps", "adaptive_restarts", "adaptive_batch_size", "adaptive_relative_step",
              "synthetic_images_per_class", "synthetic_k_images", "k_max_detections")
 _NON_NEGATIVE = ("lr", "k_lr", "weight_decay", "k_weight_decay", "momentum", "k_momentum", "adv_epochs",
                  "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size", "synthetic_workers",

@@ -68,14 +68,15 @@ THREAT_MODELS: tuple[str, ...] = ("gray-box", "transfer", "white-box")
 """What the attacker knows: M only (the paper's), M and a surrogate K', or M, K and the thresholds."""
 
 FULL_ADAPTIVE: tuple[str, ...] = (
-    "joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64", "joint_l2:300", "joint_l2:600",
+    "joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64",
+    "joint_l2:300", "joint_l2:600", "joint_l2:1200", "joint_l2:2400",
     "orthogonal_linf:8", "orthogonal_linf:16", "orthogonal_l2:300", "orthogonal_l2:600",
     "reclassify_linf:8", "reclassify_linf:16", "reclassify_l2:300", "reclassify_l2:600",
     "k_vanish_linf:64", "k_fabricate_linf:64", "hsj_linf:8", "hsj_linf:16", "hsj_l2:300", "hsj_l2:600",
 )
 """``--adaptive-attacks full``: every adaptive attack at the paper's budgets (L-inf 8 and 16, L2 300
-and 600), the joint attack further out (32, 64: where it should reach 100%), and K-only sanity
-attacks at 64."""
+and 600), the joint attack further out (L-inf 32 and 64, L2 1200 and 2400: where it should reach
+100%), and K-only sanity attacks at 64."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ def build_plan(config: Config) -> Plan:
         fprs=tuple(sorted(set(float(fpr) for fpr in config.adaptive_fprs))), max_images=config.adaptive_max_images,
         options=_checked("adaptive_steps", lambda: AdaptiveOptions(
             steps=config.adaptive_steps, restarts=config.adaptive_restarts, targets=config.adaptive_targets or None,
-            batch_size=config.adaptive_batch_size, seed=config.seed)),
+            relative_step=config.adaptive_relative_step, batch_size=config.adaptive_batch_size, seed=config.seed)),
         batch_size=config.adaptive_batch_size)
 
     return Plan(
