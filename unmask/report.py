@@ -214,7 +214,7 @@ def plot_threat_models(metrics: Mapping[str, Any], path_stem: Path) -> list[Path
     summary, entries = metrics["adaptive_summary"], metrics["adaptive"]
     fpr = min(row["fpr_target"] for row in summary)
     norms = [norm for norm in ("linf", "l2") if any(row["norm"] == norm for row in summary)]
-    figure, axes = plt.subplots(1, len(norms), figsize=(5.6 * len(norms), 4.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(norms), figsize=(5.6 * len(norms), 4.8), squeeze=False)
     styles = {"gray-box": ("tab:green", "-"), "transfer": ("tab:orange", "-"), "white-box": ("tab:red", "-")}
     for axis, norm in zip(axes[0], norms, strict=True):
         rows = [row for row in summary if row["norm"] == norm and row["fpr_target"] == fpr]
@@ -230,16 +230,17 @@ def plot_threat_models(metrics: Mapping[str, Any], path_stem: Path) -> list[Path
                             if row["over"] == scope)
             if points:
                 axis.plot([p[0] for p in points], [100 * p[1] for p in points], "^" + style, color=colour,
-                          label=f"UnMask, {scope}")
+                          label=f"UnMask detects or is right, {scope}")
         worst = sorted((row["epsilon"], row["accuracy_unmask"]) for row in rows if row["over"] == "all attacks")
         if worst:
             axis.plot([p[0] for p in worst], [100 * p[1] for p in worst], "v--", color="black",
-                      label="UnMask re-classification, worst case")
+                      label="UnMask's re-classification, worst case")
         axis.set(xscale="log", xlabel=f"ε ({'L∞' if norm == 'linf' else 'L2'}, 0-255 scale)", ylabel="accuracy (%)",
                  ylim=(0, 102), title=f"{'L∞' if norm == 'linf' else 'L2'} attacks, detection at {100 * fpr:g}% FPR")
+        axis.minorticks_off()  # log-scale minor labels would collide with the budgets'
         axis.set_xticks(epsilons or [1], [f"{e:g}" for e in epsilons] or ["1"])
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="lower left")
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     return _save(figure, path_stem)
 
 
