@@ -37,6 +37,13 @@ def check_norm(norm: str) -> str:
     return norm
 
 
+def check_budget(attack: str, epsilon: float) -> float:
+    """``epsilon`` (0-255 scale) checked positive and finite, on the [0, 1] pixel scale."""
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"{attack}: epsilon must be positive (0-255 scale), got {epsilon!r}")
+    return float(epsilon) / GREY_LEVELS
+
+
 def _flat_norm(delta: torch.Tensor) -> torch.Tensor:
     return delta.flatten(1).norm(dim=1).view(-1, *([1] * (delta.ndim - 1)))
 
@@ -250,12 +257,10 @@ class AdaptiveAttack:
     targeted = False
 
     def __init__(self, target: DefenseTarget, *, epsilon: float, norm: str, options: AdaptiveOptions) -> None:
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"{self.name}: epsilon must be positive (0-255 scale), got {epsilon!r}")
+        self.epsilon = check_budget(self.name, epsilon)
+        self.epsilon255 = float(epsilon)
         self.target = target
         self.norm = check_norm(norm)
-        self.epsilon255 = float(epsilon)
-        self.epsilon = float(epsilon) / GREY_LEVELS
         self.options = options
         self.view = PartView(target.part_model, score_threshold=target.k_score_threshold, tau=options.tau,
                              temperature=options.temperature, margin=options.part_margin, kappa=options.part_kappa)

@@ -14,6 +14,7 @@ from torch import nn
 from unmask.attacks.adaptive.engine import (
     GREY_LEVELS,
     AdaptiveResult,
+    check_budget,
     check_norm,
     empty_verdict,
     image_seed,
@@ -83,11 +84,9 @@ class HopSkipJump:
     targeted = False
 
     def __init__(self, target: DefenseTarget, *, epsilon: float, norm: str, options: AdaptiveOptions) -> None:
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"{self.name}: epsilon must be positive (0-255 scale), got {epsilon!r}")
+        self.epsilon = check_budget(self.name, epsilon)
         self.target = target
         self.norm = check_norm(norm)
-        self.epsilon = float(epsilon) / GREY_LEVELS
         self.options = options
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> AdaptiveResult:
