@@ -296,6 +296,18 @@ def test_transfer_attacks_are_crafted_on_a_surrogate_k_and_judged_at_each_fpr(fi
     assert thresholds[0.05] >= thresholds[0.1]  # a lower false-positive rate never needs a lower threshold
 
 
+def test_the_label_only_check_runs_on_a_sub_sample_and_stays_out_of_the_worst_case(finished_run):
+    plan, _ = finished_run
+    directory = run_experiment(_shared(plan, run_name="label-only", verbosity=0,
+                                       adaptive_attacks=("joint_linf:16", "hsj_linf:16"), adaptive_label_only_images=1))
+    metrics = json.loads((directory / "metrics.json").read_text())
+    sizes = {entry["attack"]: entry["n_images"] for entry in metrics["adaptive"]}
+    assert sizes["hsj_linf"] == 1 < sizes["joint_linf"] == sizes["pgd_linf"]
+    assert all("white-box hsj_linf" not in row["attacks"] for row in metrics["adaptive_summary"])
+    assert any("white-box joint_linf" in row["attacks"] for row in metrics["adaptive_summary"])
+    assert "| white-box | hsj_linf (1 image) | 16 |" in (directory / "tables.md").read_text()
+
+
 def test_the_judge_is_the_real_pipeline():
     import numpy as np
     import torch

@@ -149,6 +149,10 @@ class Config:
                                     "random points of the epsilon ball).")
     adaptive_targets: int = option(2, "Target classes the targeted adaptive attacks try per image, best-ranked "
                                    "first (0: every class but the true one).")
+    adaptive_label_only_images: int = option(20, "The label-only attack (HopSkipJump, a check against gradient "
+                                             "masking) runs on a seeded, class-stratified sub-sample of this many of "
+                                             "the adaptive sample's images (0: all): about a minute per image on a "
+                                             "CPU.")
     adaptive_relative_step: float = option(8.0, "Base step of the adaptive attacks: this x epsilon / steps (cosine "
                                            "schedule from twice that down to 0; 8 at 20 steps: a first step of "
                                            "0.8 epsilon).")
@@ -246,7 +250,8 @@ _POSITIVE = ("batch_size", "epochs", "k_epochs", "k_batch_size", "attack_steps",
              "synthetic_images_per_class", "synthetic_k_images", "k_max_detections")
 _NON_NEGATIVE = ("lr", "k_lr", "weight_decay", "k_weight_decay", "momentum", "k_momentum", "adv_epochs",
                  "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size", "synthetic_workers",
-                 "mim_decay", "adaptive_max_images", "adaptive_targets")
+                 "mim_decay", "adaptive_max_images", "adaptive_targets",
+                 "adaptive_label_only_images")
 _UNIT_INTERVAL = ("detection_fpr", "k_score_threshold", "k_nms_threshold", "synthetic_distractor_prob")
 MIN_IMAGE_SIZE = 32
 """Below this side parts stop being recognisable (the original uses 150)."""

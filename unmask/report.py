@@ -104,9 +104,14 @@ def format_threat_models(metrics: Mapping[str, Any]) -> str:
         "adv. training | K part recall | parts changed |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    def subset(entry: Mapping[str, Any]) -> str:  # the label-only attacks run on a sub-sample
+        count = entry["n_images"]
+        return "" if count == n_images else f" ({count} image{'' if count == 1 else 's'})"
+
     for entry in entries:
         lines.append(
-            f"| {entry['threat_model']} | {entry['attack']} | {entry['epsilon']:g} | {_percent(entry['fpr_target'])} | "
+            f"| {entry['threat_model']} | {entry['attack']}{subset(entry)} | {entry['epsilon']:g} | "
+            f"{_percent(entry['fpr_target'])} | "
             f"{_percent(entry['success_rate'])} | {_percent(entry['robust_accuracy_with_detection'])} | "
             f"{_percent(entry['accuracy_unmask'])} | {_percent(entry['accuracy_m'])} | "
             f"{_percent(entry.get('accuracy_adv_trained'))} | {_percent(entry['part_recall'])} | "
@@ -116,7 +121,8 @@ def format_threat_models(metrics: Mapping[str, Any]) -> str:
     lines += [
         "",
         "Worst case per image over each threat model's attacks at each budget, then over every attack (AutoAttack-"
-        "style: the headline); gray-box · transfer · white-box · worst case:",
+        "style: the headline; the label-only check on its sub-sample stays out); gray-box · transfer · white-box · "
+        "worst case:",
         "",
         "| FPR | norm | ε (0-255) | success | robust acc. w/ detection | UnMask |",
         "|---:|---|---:|---|---|---|",

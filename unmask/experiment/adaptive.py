@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from unmask.attacks import AttackVector
-from unmask.attacks.adaptive import DefenseTarget, adaptive_attack
+from unmask.attacks.adaptive import LABEL_ONLY_ATTACKS, DefenseTarget, adaptive_attack
 from unmask.data.sampling import stratified_sample
 from unmask.evaluation import Predictions, Scored, fix_thresholds
 from unmask.experiment.batches import forget_batches, in_batches
@@ -84,6 +84,9 @@ class Row:
     threshold: float
     judged: Judged
     adv_trained_correct: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    """Which images of the adaptive sample the row covers (None: all; the label-only attacks run
+    on a sub-sample and stay out of the worst cases)."""
 
 
 @dataclass
@@ -120,6 +123,7 @@ def adaptive_evaluation(context: AdaptiveContext) -> dict[str, Any]:
     correct = np.flatnonzero(context.clean.m == labels)
     sample = correct[stratified_sample(labels[correct], spec.max_images, seed=plan.evaluation.seed)]
     clean_parts = context.clean.predictions.parts[sample]
+    label_only_positions = stratified_sample(labels[sample], spec.label_only_images, seed=plan.evaluation.seed)
     budgets = sorted({(vector.norm, vector.epsilon) for vector in spec.vectors})
     surrogate = trained_surrogate_part_extractor(plan, runtime) if "transfer" in spec.threat_models else None
     surrogate_validation = None
@@ -145,11 +149,14 @@ def adaptive_evaluation(context: AdaptiveContext) -> dict[str, Any]:
             else:
                 attacker, attacker_threshold = surrogate, fix_thresholds(surrogate_validation, fpr).set_jaccard
             for vector in spec.vectors:
-                rows.append(_adaptive_row(context, sample, vector, threat_model, fpr, threshold, attacker,
-                                          attacker_threshold))
+                positions = label_only_positions if vector.name in LABEL_ONLY_ATTACKS else None
+                row = _adaptive_row(context, sample if positions is None else sample[positions], vector,
+                                    threat_model, fpr, threshold, attacker, attacker_threshold)
+                rows.append(replace(row, positions=positions))
     clean_detection = context.clean.detection[sample]
-    entries = [_entry(row, labels[sample], clean_detection, clean_parts) for row in rows]
-    summary = _worst_cases(rows, labels[sample], clean_detection)
+    entries = [_entry(row, labels[sample][_all(row.positions)], clean_detection[_all(row.positions)],
+                      clean_parts[_all(row.positions)]) for row in rows]
+    summary = _worst_cases([row for row in rows if row.positions is None], labels[sample], clean_detection)
     return {"adaptive": entries, "adaptive_summary": summary}
 
 
@@ -252,6 +259,10 @@ def _outcomes(row: Row, labels: np.ndarray, clean_detection: np.ndarray) -> dict
     clean_flagged = clean_detection >= row.threshold
     return {"success": ~m_right & ~flagged, "handled": ~clean_flagged & (m_right | flagged),
             "unmask": (row.judged.unmask == labels), "m": m_right}
+
+
+def _all(positions: np.ndarray | None) -> slice | np.ndarray:
+    return slice(None) if positions is None else positions
 
 
 def _finite(value: float) -> float | None:

@@ -126,7 +126,8 @@ class AdaptiveSpec:
     the gray-box M-only PGD of the same norms and budgets beside them), on a seeded,
     class-stratified sample of at most ``max_images`` test images M gets right when clean, with
     detection thresholds fixed on clean validation images at each of ``fprs``; the attacks'
-    hyper-parameters are ``options``; images go in batches of ``batch_size``."""
+    hyper-parameters are ``options``; images go in batches of ``batch_size``. The label-only
+    attacks (``LABEL_ONLY_ATTACKS``) run on a sub-sample of at most ``label_only_images`` of them."""
 
     vectors: tuple[AdaptiveVector, ...]
     threat_models: tuple[str, ...]
@@ -134,6 +135,7 @@ class AdaptiveSpec:
     max_images: int
     options: AdaptiveOptions
     batch_size: int
+    label_only_images: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -303,7 +305,7 @@ def build_plan(config: Config) -> Plan:
         options=_checked("adaptive_steps", lambda: AdaptiveOptions(
             steps=config.adaptive_steps, restarts=config.adaptive_restarts, targets=config.adaptive_targets or None,
             relative_step=config.adaptive_relative_step, batch_size=config.adaptive_batch_size, seed=config.seed)),
-        batch_size=config.adaptive_batch_size)
+        batch_size=config.adaptive_batch_size, label_only_images=config.adaptive_label_only_images)
 
     return Plan(
         config=config, data=data,

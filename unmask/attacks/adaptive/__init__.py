@@ -31,6 +31,7 @@ from unmask.attacks.adaptive.reclassify import ReclassifyAttack
 from unmask.attacks.adaptive.registry import (
     ADAPTIVE_ATTACK_NAMES,
     ADAPTIVE_ATTACK_NORMS,
+    LABEL_ONLY_ATTACKS,
     MINIMIZATION_ATTACKS,
     adaptive_attack,
     build_adaptive_attack,
@@ -38,7 +39,7 @@ from unmask.attacks.adaptive.registry import (
 from unmask.attacks.adaptive.target import NO_PREDICTION, DefenseTarget, Judge, Verdict
 
 __all__ = [
-    "ADAPTIVE_ATTACK_NAMES", "ADAPTIVE_ATTACK_NORMS", "FULL_BUDGET", "MINIMIZATION_ATTACKS", "NO_PREDICTION",
+    "ADAPTIVE_ATTACK_NAMES", "ADAPTIVE_ATTACK_NORMS", "FULL_BUDGET", "LABEL_ONLY_ATTACKS", "MINIMIZATION_ATTACKS", "NO_PREDICTION",
     "REDUCED_BUDGET", "AdaptiveAttack",
     "AdaptiveOptions", "AdaptiveResult", "DefenseTarget", "EvadesUnMask", "FabricateAttack", "HopSkipJump",
     "JointAttack", "Judge", "OrthogonalAttack", "PartOutputs", "PartView", "PipelineDecision", "ReclassifyAttack",

@@ -42,6 +42,10 @@ ADAPTIVE_ATTACK_NAMES: tuple[str, ...] = tuple(ADAPTIVE_ATTACK_NORMS)
 MINIMIZATION_ATTACKS = frozenset({"hsj_l2", "hsj_linf"})
 """Attacks that minimise the distance: ``AdaptiveResult.distances`` answers every epsilon."""
 
+LABEL_ONLY_ATTACKS = frozenset({"hsj_l2", "hsj_linf"})
+"""Decision-based attacks: they query the hard pipeline's verdicts only, never a gradient (the
+check against gradient masking), at about a minute per image on a CPU."""
+
 
 def _family(name: str) -> str:
     return name.rsplit("_", 1)[0]
