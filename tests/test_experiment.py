@@ -296,6 +296,16 @@ def test_transfer_attacks_are_crafted_on_a_surrogate_k_and_judged_at_each_fpr(fi
     assert thresholds[0.05] >= thresholds[0.1]  # a lower false-positive rate never needs a lower threshold
 
 
+def test_saved_predictions_are_recomputed_when_m_runs_another_way(finished_run, capsys):
+    plan, _ = finished_run
+    run_experiment(_shared(plan, run_name="inference", adaptive_attacks=("none",)))
+    capsys.readouterr()
+    run_experiment(_shared(plan, run_name="inference", adaptive_attacks=("none",), channels_last=True))
+    output = capsys.readouterr().out
+    assert "m_inference.channels_last: False -> True" in output
+    assert "recomputing the saved result clean.npz" in output
+
+
 def test_the_label_only_check_runs_on_a_sub_sample_and_stays_out_of_the_worst_case(finished_run):
     plan, _ = finished_run
     directory = run_experiment(_shared(plan, run_name="label-only", verbosity=0,

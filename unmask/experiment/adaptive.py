@@ -131,7 +131,7 @@ def adaptive_evaluation(context: AdaptiveContext) -> dict[str, Any]:
         surrogate_validation = Scored.of(Predictions.from_arrays(_in_batches(
             context, context.folder / "adaptive" / "surrogate-validation.npz",
             {"data": context.validation_data, "m": context.m.fingerprint, "k": surrogate.fingerprint,
-             "m_precision": context.precision},
+             "m_inference": context.inputs["m_inference"]},
             len(context.validation_images),
             lambda number, indices: (clean_predictions(context.validation_images[indices], context.m.model, None,
                                                        surrogate.extractor, precision=context.precision).arrays(),

@@ -88,6 +88,8 @@ def run_experiment(plan: Plan) -> Path:
             if trained is not None:
                 plan.inference.prepare(trained.model)
     precision = plan.inference.effective_precision(runtime.device)  # M's and the baseline's predictions
+    # channels-last and compilation change M's (and so the attacks') float rounding: part of what made a result
+    m_inference = {**asdict(plan.inference), "precision": precision}
     with timer.stage("train_k", "K: train or load from the cache"):
         k = trained_part_extractor(plan, runtime)
     with timer.stage("eval_k", "K: COCO mAP and part precision/recall on the test split"):
@@ -106,7 +108,7 @@ def run_experiment(plan: Plan) -> Path:
     # what every saved prediction depends on besides its own options: the images and the models
     inputs = {"data": data["test"].fingerprint(), "images": digest(chosen.tolist()), "m": m.fingerprint,
               "adv_trained": adv_trained.fingerprint if adv_trained is not None else None, "k": k.fingerprint,
-              "m_precision": precision, "batch_size": plan.evaluation.batch_size}
+              "m_inference": m_inference, "batch_size": plan.evaluation.batch_size}
 
     def predictions_in_batches(result: Path, fingerprint: dict[str, Any], images: torch.Tensor, compute: Any, *,
                                what: str, finish: Any = None) -> Predictions:
@@ -137,7 +139,7 @@ def run_experiment(plan: Plan) -> Path:
         validation_images = data["val"].tensors()[0]
         validation = Scored.of(predictions_in_batches(
             folder.validation, {"data": data["val"].fingerprint(), "m": m.fingerprint, "k": k.fingerprint,
-                                "m_precision": precision, "batch_size": plan.evaluation.batch_size},
+                                "m_inference": m_inference, "batch_size": plan.evaluation.batch_size},
             validation_images, clean_batch(validation_images, None), what="clean validation predictions"), class_set)
         thresholds = fix_thresholds(validation, plan.evaluation.detection_fpr)
 
