@@ -296,6 +296,17 @@ def test_transfer_attacks_are_crafted_on_a_surrogate_k_and_judged_at_each_fpr(fi
     assert thresholds[0.05] >= thresholds[0.1]  # a lower false-positive rate never needs a lower threshold
 
 
+def test_figures_copies_the_readme_figures_of_the_run(finished_run, tmp_path, monkeypatch):
+    plan, _ = finished_run
+    for name, extra in (("with", []), ("without", ["--adaptive-attacks", "none", "--run-name", "no-adaptive"])):
+        (tmp_path / name / "images").mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / name)
+        assert cli.main(["figures", *_argv(plan), *extra]) == 0
+    expected = {"results_accuracy.png", "results_roc.png", "results_example.png"}
+    assert {path.name for path in (tmp_path / "with" / "images").iterdir()} == expected | {"results_threat_models.png"}
+    assert {path.name for path in (tmp_path / "without" / "images").iterdir()} == expected  # no adaptive evaluation
+
+
 def test_saved_predictions_are_recomputed_when_m_runs_another_way(finished_run, capsys):
     plan, _ = finished_run
     run_experiment(_shared(plan, run_name="inference", adaptive_attacks=("none",)))
