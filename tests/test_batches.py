@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unmask.experiment.batches import batch_folder, forget_batches, in_batches
+from unmask.experiment.batches import batch_folder, forget_batches, in_batches, resumable_result
 from unmask.runtime import Runtime
 
 
@@ -35,3 +35,15 @@ def test_batches_cover_every_image_in_order_and_resume_per_batch(tmp_path):
     assert calls == [0, 1, 2, 3, 0, 1, 2, 3]
     forget_batches(result)
     assert not batch_folder(result).exists()
+
+
+def test_a_whole_result_is_written_once_and_reused_only_for_its_fingerprint(tmp_path):
+    result, runtime, calls, finished = tmp_path / "result.npz", Runtime("cpu", verbosity=0), [], []
+    arrays = resumable_result(result, {"v": 1}, count=5, batch_size=2, compute=computation(calls), runtime=runtime,
+                              what="x", finish=lambda extras: finished.append(len(extras)))
+    assert calls == [0, 1, 2] and finished == [3] and result.is_file() and not batch_folder(result).exists()
+    again = resumable_result(result, {"v": 1}, count=5, batch_size=2, compute=computation(calls), runtime=runtime,
+                             what="x")
+    assert calls == [0, 1, 2] and again["square"].tolist() == arrays["square"].tolist() == [0, 1, 4, 9, 16]
+    resumable_result(result, {"v": 2}, count=5, batch_size=2, compute=computation(calls), runtime=runtime, what="x")
+    assert calls == [0, 1, 2, 0, 1, 2]  # made for another fingerprint: recomputed

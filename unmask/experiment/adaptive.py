@@ -27,7 +27,6 @@ every attack of a norm and budget (AutoAttack-style).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from unmask.attacks import AttackVector
 from unmask.attacks.adaptive import LABEL_ONLY_ATTACKS, DefenseTarget, adaptive_attack
 from unmask.data.sampling import stratified_sample
 from unmask.evaluation import Predictions, Scored, fix_thresholds
-from unmask.experiment.batches import forget_batches, in_batches
+from unmask.experiment.batches import Arrays, BatchComputation, resumable_result
 from unmask.experiment.plan import AdaptiveVector, Plan
 from unmask.experiment.stages import (
     TrainedClassifier,
@@ -49,9 +48,8 @@ from unmask.experiment.stages import (
     hard_judge,
     trained_surrogate_part_extractor,
 )
-from unmask.io import atomic_path
 from unmask.metrics import accuracy
-from unmask.provenance import digest, producing, reusable
+from unmask.provenance import digest
 from unmask.runtime import Runtime
 from unmask.train.part_extractor import part_set_precision_recall
 
@@ -231,21 +229,9 @@ def _adaptive_row(context: AdaptiveContext, sample: np.ndarray, vector: Adaptive
 
 
 def _in_batches(context: AdaptiveContext, result: Path, fingerprint: dict[str, Any], count: int,
-                compute: Callable[[int, np.ndarray], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], *,
-                batch_size: int, what: str) -> dict[str, np.ndarray]:
-    """Per-image arrays of ``compute`` over ``count`` images: reused when ``result`` was made from
-    ``fingerprint``, else computed in batches (sharded, resumable) and written by the main process."""
-    runtime = context.runtime
-    if reusable(result, fingerprint, what=what, log=runtime.log):
-        with np.load(result, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    arrays, _ = in_batches(result, fingerprint, count=count, batch_size=batch_size, compute=compute,
-                           runtime=runtime, what=what)
-    if runtime.distributed.is_main:
-        with producing(result, fingerprint) as path, atomic_path(path) as temporary, open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        forget_batches(result)
-    return arrays
+                compute: BatchComputation, *, batch_size: int, what: str) -> Arrays:
+    return resumable_result(result, fingerprint, count=count, batch_size=batch_size, compute=compute,
+                            runtime=context.runtime, what=what)
 
 
 # --- figures of a row ----------------------------------------------------------------------------

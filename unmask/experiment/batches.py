@@ -67,6 +67,28 @@ def in_batches(result: Path, fingerprint: Fingerprint, *, count: int, batch_size
     return per_image, [extras for _, extras in per_batch]
 
 
+def resumable_result(result: Path, fingerprint: Fingerprint, *, count: int, batch_size: int,
+                     compute: BatchComputation, runtime: Runtime, what: str,
+                     finish: Callable[[list[Arrays]], None] | None = None) -> Arrays:
+    """The per-image arrays of ``compute`` over ``count`` images: read from ``result`` when it was
+    made from ``fingerprint``, else computed ``in_batches`` (sharded, resumable); the main process
+    then writes ``result`` (after ``finish(extras of every batch)`` wrote what goes with it) and
+    drops the batch files."""
+    if reusable(result, fingerprint, what=what, log=runtime.log):
+        with np.load(result, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    arrays, extras = in_batches(result, fingerprint, count=count, batch_size=batch_size, compute=compute,
+                                runtime=runtime, what=what)
+    if runtime.distributed.is_main:
+        with producing(result, fingerprint) as path, atomic_path(path) as temporary:
+            if finish is not None:
+                finish(extras)
+            with open(temporary, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+        forget_batches(result)
+    return arrays
+
+
 def forget_batches(result: Path) -> None:
     """Remove a result's batch files once the whole result is written."""
     shutil.rmtree(batch_folder(result), ignore_errors=True)

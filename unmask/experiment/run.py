@@ -28,7 +28,7 @@ from unmask.config import Config
 from unmask.data.sampling import stratified_sample
 from unmask.evaluation import DetectionCurves, Predictions, Scored, detection_curves, fix_thresholds
 from unmask.experiment.adaptive import AdaptiveContext, adaptive_evaluation
-from unmask.experiment.batches import forget_batches, in_batches
+from unmask.experiment.batches import resumable_result
 from unmask.experiment.outputs import (
     RESULT_FORMAT,
     RunFolder,
@@ -53,7 +53,7 @@ from unmask.experiment.stages import (
     trained_part_extractor,
 )
 from unmask.io import atomic_write_json, atomic_write_text
-from unmask.provenance import digest, producing, reusable
+from unmask.provenance import digest
 from unmask.report import format_grid_table, format_tables
 from unmask.runtime import Runtime
 
@@ -112,21 +112,9 @@ def run_experiment(plan: Plan) -> Path:
 
     def predictions_in_batches(result: Path, fingerprint: dict[str, Any], images: torch.Tensor, compute: Any, *,
                                what: str, finish: Any = None) -> Predictions:
-        """The predictions of ``compute`` over ``images``, sharded and resumable per batch
-        (``batches``); the main process writes the whole result, after ``finish(predictions,
-        extras)`` wrote what goes with it."""
-        if reusable(result, fingerprint, what=what, log=runtime.log):
-            return Predictions.load(result)
-        arrays, extras = in_batches(result, fingerprint, count=len(images), batch_size=plan.evaluation.batch_size,
-                                    compute=compute, runtime=runtime, what=what)
-        predictions = Predictions.from_arrays(arrays)
-        if runtime.distributed.is_main:
-            with producing(result, fingerprint):
-                if finish is not None:
-                    finish(predictions, extras)
-                predictions.save(result)
-            forget_batches(result)
-        return predictions
+        return Predictions.from_arrays(resumable_result(
+            result, fingerprint, count=len(images), batch_size=plan.evaluation.batch_size, compute=compute,
+            runtime=runtime, what=what, finish=finish))
 
     def clean_batch(images: torch.Tensor, baseline: torch.nn.Module | None) -> Any:
         return lambda number, indices: (
@@ -159,7 +147,7 @@ def run_experiment(plan: Plan) -> Path:
                 return predictions.arrays(), {"candidates": np.where(positions >= 0, indices[positions.clip(0)], -1),
                                               "adversarial": adversarial[positions.clip(0)].numpy()}
 
-            def save_the_example(predictions: Predictions, extras: list[Any], vector: AttackVector = vector) -> None:
+            def save_the_example(extras: list[Any], vector: AttackVector = vector) -> None:
                 batch, position = choose_example([batch["candidates"] for batch in extras])
                 index = int(extras[batch]["candidates"][position])
                 save_example(folder.example(vector), index, test_images[index],
