@@ -18,10 +18,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from unmask.constants import NO_PREDICTION
 from unmask.parts import PART_INDEX, PARTS, ClassSet, UnknownNameError
 
-NO_PREDICTION = -1
-"""Class index that ``reclassify_batch`` returns when no class shares a part with the image."""
+__all__ = ["NO_PREDICTION", "detection_score", "detection_scores", "jaccard", "jaccard_matrix", "part_matrix",
+           "part_sets", "reclassify", "reclassify_batch", "soft_detection_score", "soft_jaccard", "soft_reclassify"]
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:

@@ -105,10 +105,6 @@ def fix_thresholds(validation: Scored, target_fpr: float) -> Thresholds:
                       threshold_at_fpr(validation.detection_soft, target_fpr), target_fpr)
 
 
-def _finite(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
 def clean_metrics(labels: np.ndarray, clean: Scored) -> dict:
     adv_trained = clean.predictions.adv_trained
     return {
@@ -159,10 +155,10 @@ def vector_metrics(labels: np.ndarray, clean: Scored, attacked: Scored, threshol
             "auc": curves.set_jaccard.auc,
             "auc_soft": curves.soft_jaccard.auc,
             "n_pairs": int(fooled.sum()),
-            "threshold": _finite(thresholds.set_jaccard),
+            "threshold": float(thresholds.set_jaccard),
             "tpr": tpr,
             "fpr": fpr,
-            "threshold_soft": _finite(thresholds.soft_jaccard),
+            "threshold_soft": float(thresholds.soft_jaccard),
             "tpr_soft": tpr_soft,
             "fpr_soft": fpr_soft,
         },

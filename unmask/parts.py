@@ -80,6 +80,9 @@ label indices."""
 CLASS_SET_ALIASES: dict[str, str] = {"CS3a": "cs3-1", "CS3b": "cs3-2", "CS5a": "cs5-1", "CS5b": "cs5-2"}
 """The paper's names for the class sets."""
 
+CLASS_SET_NAMES: tuple[str, ...] = (*CLASS_SETS, *CLASS_SET_ALIASES)
+"""Every name a class set answers to (the paper's are also matched case-insensitively)."""
+
 
 class UnknownNameError(ValueError):
     """A name that is not in a fixed vocabulary; the message lists the valid names."""
@@ -96,8 +99,7 @@ def class_set_name(name: str) -> str:
     for alias, code_name in CLASS_SET_ALIASES.items():
         if name.lower() == alias.lower():
             return code_name
-    valid = [*CLASS_SETS, *CLASS_SET_ALIASES]
-    raise _unknown("class set", name, valid)
+    raise _unknown("class set", name, CLASS_SET_NAMES)
 
 
 @dataclass(frozen=True)

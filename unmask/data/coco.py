@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from unmask.constants import GREY_LEVELS
 from unmask.data.images import LISTED_FAILURES, check_images, read_image
 from unmask.io import UnmaskError, atomic_write_json
 from unmask.parts import PART_INDEX, PARTS
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 K_DATA_FOLDER = "VOC2010"
 
 
@@ -411,7 +411,7 @@ class PartSegmentationDataset(torch.utils.data.Dataset):
 
     def image(self, index: int) -> torch.Tensor:
         """Image ``index`` as float (3, H, W) in [0, 1], without its target or augmentation."""
-        return self._sample(index).image.float().div_(255)
+        return self._sample(index).image.float().div_(GREY_LEVELS)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self._sample(index)
@@ -428,7 +428,7 @@ class PartSegmentationDataset(torch.utils.data.Dataset):
                 labels = MIRRORED_LABELS[labels]
         target = {"boxes": boxes, "labels": labels, "masks": masks.contiguous(),
                   "image_id": torch.tensor(entry.id, dtype=torch.int64)}
-        return image.float().div_(255), target
+        return image.float().div_(GREY_LEVELS), target
 
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:

@@ -16,12 +16,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from unmask.constants import GREY_LEVELS, SPLITS
 from unmask.data.images import IMAGE_SUFFIXES, BadImagesError, ImageError, check_images, open_rgb
 from unmask.io import UnmaskError
 from unmask.parts import ClassSet
 
 PREPARE_HINT = "python main.py prepare --dataset synthetic generates the synthetic one"
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 class DataLayoutError(UnmaskError, FileNotFoundError):
@@ -58,7 +58,7 @@ class ClassFolderDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self._cache[index] if self._cache is not None else self._read(self.samples[index][0])
-        return image.float().div_(255), self.samples[index][1]
+        return image.float().div_(GREY_LEVELS), self.samples[index][1]
 
     def tensors(self, *, pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """All images (N, 3, size, size) in [0, 1] and their int64 labels (N,). ``pin_memory``

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from unmask.constants import GREY_LEVELS
 from unmask.io import UnmaskError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -83,7 +84,7 @@ def _to_rgb(image: Image.Image, path: str | Path) -> Image.Image:
     if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
         raise ImageError(path, f"{image.mode} pixels span {pixels.min()} to {pixels.max()}, beyond 16 bits")
     # 0..65535 -> 0..255, rounded: the 8-bit value whose 16-bit twin (v * 257) is nearest
-    scaled = ((pixels.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    scaled = ((pixels.astype(np.int64) * GREY_LEVELS + 32767) // 65535).astype(np.uint8)
     return Image.fromarray(scaled).convert("RGB")
 
 

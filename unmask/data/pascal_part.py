@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from unmask.data.coco import K_DATA_FOLDER, SPLITS, mask_to_annotation, split_paths, write_coco
+from unmask.constants import SPLITS
+from unmask.data.coco import K_DATA_FOLDER, mask_to_annotation, split_paths, write_coco
 from unmask.io import atomic_directory, atomic_write_json, link_or_copy, stable_hash
 from unmask.parts import (
     MERGE_MODES,

@@ -46,15 +46,13 @@ import numpy as np
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
-from unmask.data.coco import SPLITS, mask_to_annotation, split_paths, write_coco
+from unmask.constants import GREY_LEVELS, MIN_IMAGE_SIZE, SPLITS
+from unmask.data.coco import mask_to_annotation, split_paths, write_coco
 from unmask.io import atomic_directory, atomic_path, atomic_write_json, file_lock, link_or_copy, lock_path
 from unmask.parts import CLASS_PARTS, CLASS_SETS, CLASSES, PART_INDEX, PARTS, class_set_name
 
 GENERATOR_VERSION = 1
 """Bumped whenever the drawing changes, so datasets drawn by an older generator are regenerated."""
-
-MIN_IMAGE_SIZE = 32
-"""Below this the smallest parts (eyes, eyebrows, mirrors) shrink to a few pixels."""
 
 K_SHORT_SIDE_RANGE = (0.88, 1.0)
 """With ``k_image_size``: each K image's shorter side is the spec's times a factor drawn from this
@@ -606,8 +604,8 @@ def _jitter(slot: Slot, rng: np.random.Generator) -> Slot:
 def _part_colours(part: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     look = PART_LOOKS[part]
     jitter = 1 + rng.normal(0, 0.04, 3)
-    return (np.clip(np.array(look.primary) / 255 * jitter, 0, 1).astype(np.float32),
-            np.clip(np.array(look.secondary) / 255 * jitter, 0, 1).astype(np.float32))
+    return (np.clip(np.array(look.primary) / GREY_LEVELS * jitter, 0, 1).astype(np.float32),
+            np.clip(np.array(look.secondary) / GREY_LEVELS * jitter, 0, 1).astype(np.float32))
 
 
 def render_object(object_class: str, rng: np.random.Generator, spec: SyntheticSpec | None = None, *,
@@ -663,7 +661,7 @@ def render_object(object_class: str, rng: np.random.Generator, spec: SyntheticSp
     gain = (rng.uniform(0.85, 1.12) * rng.uniform(0.93, 1.07, 3)).astype(np.float32)
     image = ((image - 0.5) * rng.uniform(0.8, 1.1) + 0.5) * gain * light[..., None]
     image += rng.uniform(0, spec.noise_std) * rng.standard_normal(image.shape, dtype=np.float32)
-    pixels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    pixels = np.clip(np.rint(image * GREY_LEVELS), 0, GREY_LEVELS).astype(np.uint8)
 
     masks, parts, flags = [], [], []
     visible_counts = np.bincount(labels.ravel(), minlength=len(slots) + 1)
