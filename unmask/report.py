@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from unmask.attacks.norms import NORMS  # noqa: E402
 from unmask.io import atomic_path  # noqa: E402
 from unmask.parts import PARTS  # noqa: E402
 
@@ -241,8 +242,9 @@ def plot_threat_models(metrics: Mapping[str, Any], path_stem: Path) -> list[Path
         if worst:
             axis.plot([p[0] for p in worst], [100 * p[1] for p in worst], "v--", color="black",
                       label="UnMask's re-classification, worst case")
-        axis.set(xscale="log", xlabel=f"ε ({'L∞' if norm == 'linf' else 'L2'}, 0-255 scale)", ylabel="accuracy (%)",
-                 ylim=(0, 102), title=f"{'L∞' if norm == 'linf' else 'L2'} attacks, detection at {100 * fpr:g}% FPR")
+        symbol = NORMS[norm].symbol
+        axis.set(xscale="log", xlabel=f"ε ({symbol}, 0-255 scale)", ylabel="accuracy (%)",
+                 ylim=(0, 102), title=f"{symbol} attacks, detection at {100 * fpr:g}% FPR")
         axis.minorticks_off()  # log-scale minor labels would collide with the budgets'
         axis.set_xticks(epsilons or [1], [f"{e:g}" for e in epsilons] or ["1"])
         axis.grid(alpha=0.3)

@@ -5,20 +5,21 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from unmask.attacks import (
-    ATTACK_NAMES,
-    ATTACK_NORMS,
+    GRAY_BOX_ATTACKS,
+    NORMS,
     PAPER_VECTORS,
+    AttackKind,
     AttackOptions,
-    AttackVector,
     attack,
     build_attack,
-    parse_attack_vectors,
 )
 from unmask.models.classifier import Classifier, CompactCNN, build_classifier, predict
 from unmask.parts import UnknownNameError
 from unmask.train.classifier import ClassifierTraining, train_classifier
 
 SIZE = 32
+vector = GRAY_BOX_ATTACKS.vector
+parse_attack_vectors = GRAY_BOX_ATTACKS.parse
 SMALL_EPSILON = {"linf": 1, "l2": 20}
 LARGE_EPSILON = {"linf": 64, "l2": 1500}
 
@@ -55,21 +56,21 @@ def trained():
 
 def perturbation_norm(adversarials: torch.Tensor, images: torch.Tensor, norm: str) -> torch.Tensor:
     difference = (adversarials - images).flatten(1)
-    return difference.abs().amax(dim=1) if norm == "linf" else difference.norm(dim=1)
+    return difference.abs().amax(dim=1) if str(norm) == "linf" else difference.norm(dim=1)
 
 
 def success_rate(model, adversarials, labels) -> float:
     return (predict(model, adversarials) != labels).float().mean().item()
 
 
-@pytest.mark.parametrize("name", ATTACK_NAMES)
+@pytest.mark.parametrize("name", list(GRAY_BOX_ATTACKS))
 def test_attacks_stay_in_the_ball_and_in_unit_range_and_succeed_more_with_larger_epsilon(trained, name):
     model, images, labels = trained
-    norm = ATTACK_NORMS[name]
+    norm = GRAY_BOX_ATTACKS[name].norm.name
     rates = []
     for epsilon in (SMALL_EPSILON[norm], LARGE_EPSILON[norm]):
         torch.manual_seed(0)
-        adversarials = attack(model, images, labels, AttackVector(name, epsilon))
+        adversarials = attack(model, images, labels, vector(name, epsilon))
         assert adversarials.shape == images.shape and adversarials.dtype == torch.float32
         assert adversarials.min() >= 0 and adversarials.max() <= 1
         assert perturbation_norm(adversarials, images, norm).max() <= epsilon / 255 * (1 + 1e-5)
@@ -81,7 +82,7 @@ def test_attacks_stay_in_the_ball_and_in_unit_range_and_succeed_more_with_larger
 def test_pgd_success_rises_with_epsilon(trained):
     model, images, labels = trained
     torch.manual_seed(0)
-    rates = [success_rate(model, attack(model, images, labels, AttackVector("pgd_linf", epsilon)), labels) for epsilon in (1, 4, 16)]
+    rates = [success_rate(model, attack(model, images, labels, vector("pgd_linf", epsilon)), labels) for epsilon in (1, 4, 16)]
     assert rates[0] < rates[1] < rates[2]
 
 
@@ -138,7 +139,7 @@ def test_mim_follows_dong_et_al_in_a_hand_computed_two_step_example(norm):
             expected = images + delta * (epsilon / 255 / l2_norms(delta)).clamp(max=1)
         expected = expected.clamp(0, 1)
 
-    result = attack(model, images, labels, AttackVector(f"mim_{norm}", epsilon), AttackOptions(steps=2, step_size=20, decay=decay))
+    result = attack(model, images, labels, vector(f"mim_{norm}", epsilon), AttackOptions(steps=2, step_size=20, decay=decay))
     assert torch.allclose(result, expected, atol=1e-6)
     if norm == "linf":  # foolbox's own MI-FGSM accumulates sign(grad): another attack, as the example shows
         foolbox_mim = fb.attacks.LinfMomentumIterativeFastGradientMethod(momentum=decay, abs_stepsize=step, steps=2)
@@ -151,19 +152,19 @@ def test_fgsm_is_one_signed_step_of_epsilon():
     images = torch.tensor([[[[0.5, 0.4], [0.6, 0.98]]]])
     labels = torch.tensor([1])
     expected = (images + 8 / 255 * cross_entropy_gradient(model, images, labels).sign()).clamp(0, 1)
-    assert torch.allclose(attack(model, images, labels, AttackVector("fgsm", 8)), expected, atol=1e-7)
+    assert torch.allclose(attack(model, images, labels, vector("fgsm", 8)), expected, atol=1e-7)
 
 
 def test_step_sizes_follow_the_spec():
     steps = 20
-    assert build_attack(AttackVector("pgd_linf", 8)).abs_stepsize == pytest.approx(2 / 255)
-    assert build_attack(AttackVector("mim_linf", 16)).abs_stepsize == pytest.approx(2 / 255)
-    assert build_attack(AttackVector("pgd_l2", 300)).abs_stepsize == pytest.approx(2.5 * 300 / 255 / steps)
-    assert build_attack(AttackVector("mim_l2", 600), AttackOptions(steps=10)).abs_stepsize == pytest.approx(2.5 * 600 / 255 / 10)
+    assert build_attack(vector("pgd_linf", 8)).abs_stepsize == pytest.approx(2 / 255)
+    assert build_attack(vector("mim_linf", 16)).abs_stepsize == pytest.approx(2 / 255)
+    assert build_attack(vector("pgd_l2", 300)).abs_stepsize == pytest.approx(2.5 * 300 / 255 / steps)
+    assert build_attack(vector("mim_l2", 600), AttackOptions(steps=10)).abs_stepsize == pytest.approx(2.5 * 600 / 255 / 10)
     for name in ("pgd_linf", "pgd_l2", "mim_linf", "mim_l2"):
-        assert build_attack(AttackVector(name, 8), AttackOptions(original_step=True)).abs_stepsize == 2.0
-    assert build_attack(AttackVector("pgd_linf", 8)).random_start and build_attack(AttackVector("pgd_l2", 300)).random_start
-    assert not build_attack(AttackVector("mim_linf", 8)).random_start and not build_attack(AttackVector("mim_l2", 300)).random_start
+        assert build_attack(vector(name, 8), AttackOptions(original_step=True)).abs_stepsize == 2.0
+    assert build_attack(vector("pgd_linf", 8)).random_start and build_attack(vector("pgd_l2", 300)).random_start
+    assert not build_attack(vector("mim_linf", 8)).random_start and not build_attack(vector("mim_l2", 300)).random_start
 
 
 def test_one_pgd_step_moves_by_the_step_and_the_original_step_jumps_to_the_ball_edge():
@@ -171,9 +172,9 @@ def test_one_pgd_step_moves_by_the_step_and_the_original_step_jumps_to_the_ball_
     images = torch.full((1, 1, 2, 2), 0.5)
     labels = torch.tensor([0])
     direction = cross_entropy_gradient(model, images, labels).sign()
-    corrected = attack(model, images, labels, AttackVector("pgd_linf", 8), AttackOptions(steps=1, random_start=False))
+    corrected = attack(model, images, labels, vector("pgd_linf", 8), AttackOptions(steps=1, random_start=False))
     assert torch.allclose(corrected, images + 2 / 255 * direction, atol=1e-7)
-    original = attack(model, images, labels, AttackVector("pgd_linf", 8), AttackOptions(steps=1, random_start=False, original_step=True))
+    original = attack(model, images, labels, vector("pgd_linf", 8), AttackOptions(steps=1, random_start=False, original_step=True))
     assert torch.allclose(original, images + 8 / 255 * direction, atol=1e-7)
 
 
@@ -182,14 +183,14 @@ def test_random_starts_are_reproducible_given_a_seed(trained):
     runs = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        runs.append(attack(model, images[:6], labels[:6], AttackVector("pgd_linf", 8), AttackOptions(steps=3)))
+        runs.append(attack(model, images[:6], labels[:6], vector("pgd_linf", 8), AttackOptions(steps=3)))
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
 def test_batching_does_not_change_a_deterministic_attack(trained):
     model, images, labels = trained
-    whole = attack(model, images[:10], labels[:10], AttackVector("bim_linf", 8), AttackOptions(steps=3))
-    batched = attack(model, images[:10], labels[:10], AttackVector("bim_linf", 8), AttackOptions(steps=3, batch_size=4))
+    whole = attack(model, images[:10], labels[:10], vector("bim_linf", 8), AttackOptions(steps=3))
+    batched = attack(model, images[:10], labels[:10], vector("bim_linf", 8), AttackOptions(steps=3, batch_size=4))
     assert torch.allclose(whole, batched, atol=1e-6)
 
 
@@ -197,7 +198,7 @@ def test_the_model_comes_back_as_it_was():
     model = build_classifier("compact", 3).train()
     model.network[1][0].weight.requires_grad_(False)
     flags = [parameter.requires_grad for parameter in model.parameters()]
-    attack(model, torch.rand(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 0]), AttackVector("pgd_linf", 8), AttackOptions(steps=2))
+    attack(model, torch.rand(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 0]), vector("pgd_linf", 8), AttackOptions(steps=2))
     assert model.training and [parameter.requires_grad for parameter in model.parameters()] == flags
     assert all(parameter.grad is None for parameter in model.parameters())
 
@@ -206,37 +207,40 @@ def test_bad_inputs_are_refused_with_a_clear_message():
     model = Quadratic()
     images = torch.full((2, 1, 2, 2), 0.5)
     with pytest.raises(UnknownNameError, match="unknown attack 'pgd'.*pgd_linf"):
-        attack(model, images, torch.tensor([0, 1]), AttackVector("pgd", 8))
+        attack(model, images, torch.tensor([0, 1]), vector("pgd", 8))
     with pytest.raises(ValueError, match=r"\[0, 1\].*normalisation belongs inside the model"):
-        attack(model, images * 3, torch.tensor([0, 1]), AttackVector("pgd_linf", 8))
+        attack(model, images * 3, torch.tensor([0, 1]), vector("pgd_linf", 8))
     with pytest.raises(ValueError, match="integer labels"):
-        attack(model, images, torch.tensor([0.0, 1.0]), AttackVector("pgd_linf", 8))
+        attack(model, images, torch.tensor([0.0, 1.0]), vector("pgd_linf", 8))
     with pytest.raises(ValueError, match="epsilon must be a finite number > 0"):
-        attack(model, images, torch.tensor([0, 1]), AttackVector("pgd_linf", 0))
-    assert attack(model, images, torch.tensor([0, 1], dtype=torch.int32), AttackVector("fgsm", 8)).shape == images.shape
+        attack(model, images, torch.tensor([0, 1]), vector("pgd_linf", 0))
+    assert attack(model, images, torch.tensor([0, 1], dtype=torch.int32), vector("fgsm", 8)).shape == images.shape
 
 
-def test_the_registry_builds_every_named_attack():
-    from unmask.attacks.registry import BUILDERS
-
-    assert set(BUILDERS) == set(ATTACK_NAMES) == set(ATTACK_NORMS)
+def test_every_registered_attack_describes_itself_and_builds_a_foolbox_attack():
+    for name, info in GRAY_BOX_ATTACKS.items():
+        assert info.name == name and info.norm in NORMS.values() and info.summary
+        assert isinstance(build_attack(vector(name, 8)), fb.attacks.Attack)
+    minimising = {name for name, info in GRAY_BOX_ATTACKS.items() if info.kind is AttackKind.MINIMISATION}
+    assert minimising == {"cw_l2", "deepfool_linf"}
+    assert GRAY_BOX_ATTACKS.choices[0] == "paper" and "pgd_linf" in GRAY_BOX_ATTACKS.describe()
 
 
 @pytest.mark.parametrize("epsilon", [float("inf"), float("-inf"), float("nan"), 0.0, -1.0])
 def test_non_finite_and_non_positive_epsilons_are_refused(epsilon):
     for name in ("pgd_linf", "pgd_l2"):
         with pytest.raises(ValueError, match=f"attack {name}: epsilon must be a finite number > 0"):
-            AttackVector(name, epsilon)
+            vector(name, epsilon)
 
 
 def test_epsilons_beyond_the_pixel_range_are_refused():
-    assert AttackVector("pgd_linf", 255).epsilon == 255  # the whole range is allowed
+    assert vector("pgd_linf", 255).epsilon == 255  # the whole range is allowed
     with pytest.raises(ValueError, match="epsilon 1e\\+09 exceeds 255, the whole 0-255 pixel range"):
         parse_attack_vectors(["pgd_linf:1e9"])
     limit = 255 * 3**0.5 * 128  # the L2 distance between an all-black and an all-white 128 px image
     assert parse_attack_vectors([f"pgd_l2:{limit - 1}"], image_size=128)[0].epsilon == limit - 1
     with pytest.raises(ValueError, match=r"attack mim_l2: epsilon 1e\+09 exceeds 56,534, the largest L2 distance "
-                                         r"between two 128x128 RGB images .*\(255\*sqrt\(3\*128\*128\)\)"):
+                                         r"between two 128x128 RGB images"):
         parse_attack_vectors(["pgd_l2:600", "mim_l2:1e9"], image_size=128)
     assert parse_attack_vectors(["mim_l2:1e9"])[0].epsilon == 1e9  # the size is not known here
     with pytest.raises(ValueError, match="pgd_linf:inf.*finite|epsilon must be a finite"):

@@ -1,9 +1,10 @@
-"""Attacks on M: a registry of untargeted attacks keyed by name, run through one call.
+"""Attacks on M (gray-box) and on UnMask as a whole (``unmask.attacks.adaptive``).
 
-``attack(model, images, labels, AttackVector("pgd_linf", 8), AttackOptions(steps=20))`` returns adversarial versions of [0, 1] images:
-epsilon is on the paper's 0-255 scale, the result lies in [0, 1] and inside the epsilon ball of
-the attack's norm. Every attack maximises the cross-entropy of the true label (the original's
-gray-box setting: the attacker knows M only) and is built on foolbox 3.3.4.
+``attack(model, images, labels, GRAY_BOX_ATTACKS.vector("pgd_linf", 8), AttackOptions(steps=20))``
+returns adversarial versions of [0, 1] images: epsilon is on the paper's 0-255 scale, the result
+lies in [0, 1] and inside the epsilon ball of the attack's norm. Every gray-box attack maximises
+the cross-entropy of the true label (the original's setting: the attacker knows M only) and is
+built on foolbox 3.3.4.
 
 | name | norm | attack | defaults |
 |---|---|---|---|
@@ -22,23 +23,26 @@ for PGD and MIM (every step overshoots and is projected back); ``original_step=T
 it. The two minimisation attacks (``cw_l2``, ``deepfool_linf``) return the clean image where they
 find no adversarial within epsilon.
 
-This package only re-exports: ``registry`` (options and builders), ``runner`` (``attack``),
-``vectors`` (names, norms, budgets), ``momentum`` (MIM).
+Modules: ``base`` (what an attack says about itself, registries, the attack vector), ``norms``
+(L-inf and L2 as types), ``registry`` (the gray-box attacks and their options), ``runner``
+(``attack``), ``momentum`` (MIM), ``adaptive`` (the attacks that know K).
 """
 
+from unmask.attacks.base import AttackInfo, AttackKind, AttackRegistry, AttackVector, frozen_eval
 from unmask.attacks.momentum import L2MomentumIterativeAttack, LinfMomentumIterativeAttack
-from unmask.attacks.registry import AttackOptions, build_attack
-from unmask.attacks.runner import attack
-from unmask.attacks.vectors import (
-    ATTACK_NAMES,
-    ATTACK_NORMS,
-    NAMED_VECTOR_LISTS,
+from unmask.attacks.norms import L2, LINF, NORMS, Norm
+from unmask.attacks.registry import (
+    GRAY_BOX_ATTACKS,
+    PAPER_ATTACK,
     PAPER_VECTORS,
-    AttackVector,
-    parse_attack_vectors,
+    AttackOptions,
+    GrayBoxAttack,
+    build_attack,
 )
+from unmask.attacks.runner import attack
 
 __all__ = [
-    "ATTACK_NAMES", "ATTACK_NORMS", "NAMED_VECTOR_LISTS", "PAPER_VECTORS", "AttackOptions", "AttackVector",
-    "L2MomentumIterativeAttack", "LinfMomentumIterativeAttack", "attack", "build_attack", "parse_attack_vectors",
+    "GRAY_BOX_ATTACKS", "L2", "LINF", "NORMS", "PAPER_ATTACK", "PAPER_VECTORS", "AttackInfo", "AttackKind",
+    "AttackOptions", "AttackRegistry", "AttackVector", "GrayBoxAttack", "L2MomentumIterativeAttack",
+    "LinfMomentumIterativeAttack", "Norm", "attack", "build_attack", "frozen_eval",
 ]

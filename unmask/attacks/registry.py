@@ -1,21 +1,23 @@
-"""The registry of gray-box attacks on M: each name's foolbox attack and its hyper-parameters.
+"""The gray-box attacks on M: one description per attack (its norm, kind, paper and how foolbox
+builds it), the registry built from them, and their shared hyper-parameters.
 
-Names and norms live in ``vectors.ATTACK_NORMS``; ``BUILDERS`` maps every name to how its attack
-is built (a test checks that the two agree). ``AttackOptions`` holds the hyper-parameters every
-attack shares, built once from the configuration.
+Adding an attack is one ``GrayBoxAttack(...)`` line in ``GRAY_BOX_ATTACKS``: the command line's
+``--attacks`` names, its help text and the ``name:epsilon`` parser are read off the registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import foolbox as fb
 
+from unmask.attacks.base import AttackInfo, AttackKind, AttackRegistry, AttackVector
 from unmask.attacks.momentum import L2MomentumIterativeAttack, LinfMomentumIterativeAttack
-from unmask.attacks.vectors import AttackVector
+from unmask.attacks.norms import L2, LINF, Norm
+from unmask.constants import to_unit_scale
 
-LINF_STEP = 2.0 / 255
+LINF_STEP = to_unit_scale(2.0)
 """The corrected L-inf step of PGD, MIM and BIM, in [0, 1] pixels."""
 L2_RELATIVE_STEP = 2.5
 """The corrected L2 step of PGD and MIM is ``L2_RELATIVE_STEP * epsilon / steps``."""
@@ -53,51 +55,79 @@ class AttackOptions:
         if not self.decay >= 0:
             raise ValueError(f"momentum decay must be >= 0, got {self.decay}")
 
+    def step(self, norm: Norm, epsilon: float) -> float:
+        """The step of PGD, MIM and BIM in [0, 1] pixels at ``epsilon`` (also in [0, 1] pixels)."""
+        if self.step_size is not None:
+            return to_unit_scale(self.step_size)
+        if self.original_step:
+            return ORIGINAL_STEP
+        return LINF_STEP if norm is LINF else L2_RELATIVE_STEP * epsilon / self.steps
 
-def _linf_step(epsilon: float, options: AttackOptions) -> float:
-    if options.step_size is not None:
-        return options.step_size / 255
-    return ORIGINAL_STEP if options.original_step else LINF_STEP
-
-
-def _l2_step(epsilon: float, options: AttackOptions) -> float:
-    if options.step_size is not None:
-        return options.step_size / 255
-    return ORIGINAL_STEP if options.original_step else L2_RELATIVE_STEP * epsilon / options.steps
-
-
-def _start(options: AttackOptions, default: bool) -> bool:
-    return default if options.random_start is None else options.random_start
+    def random_start_or(self, default: bool) -> bool:
+        return default if self.random_start is None else self.random_start
 
 
-AttackBuilder = Callable[[float, AttackOptions], fb.attacks.Attack]
+FoolboxBuilder = Callable[[float, AttackOptions], fb.attacks.Attack]
+"""``build(epsilon in [0, 1] pixels, options)`` -> the foolbox attack."""
 
-BUILDERS: dict[str, AttackBuilder] = {
-    "pgd_linf": lambda epsilon, options: fb.attacks.LinfPGD(
-        abs_stepsize=_linf_step(epsilon, options), steps=options.steps, random_start=_start(options, True)),
-    "pgd_l2": lambda epsilon, options: fb.attacks.L2PGD(
-        abs_stepsize=_l2_step(epsilon, options), steps=options.steps, random_start=_start(options, True)),
-    "mim_linf": lambda epsilon, options: LinfMomentumIterativeAttack(
-        decay=options.decay, abs_stepsize=_linf_step(epsilon, options), steps=options.steps,
-        random_start=_start(options, False)),
-    "mim_l2": lambda epsilon, options: L2MomentumIterativeAttack(
-        decay=options.decay, abs_stepsize=_l2_step(epsilon, options), steps=options.steps,
-        random_start=_start(options, False)),
-    "fgsm": lambda epsilon, options: fb.attacks.LinfFastGradientAttack(random_start=_start(options, False)),
-    "bim_linf": lambda epsilon, options: fb.attacks.LinfBasicIterativeAttack(
-        abs_stepsize=_linf_step(epsilon, options), steps=options.steps, random_start=_start(options, False)),
-    "cw_l2": lambda epsilon, options: fb.attacks.L2CarliniWagnerAttack(
-        binary_search_steps=options.cw_binary_search_steps, steps=options.steps,
-        stepsize=options.cw_learning_rate),
-    "deepfool_linf": lambda epsilon, options: fb.attacks.LinfDeepFoolAttack(steps=options.steps),
-}
-"""How to build each attack at ``epsilon`` (in [0, 1] pixels) with the given options."""
 
-MINIMISATION_ATTACKS = frozenset({"cw_l2", "deepfool_linf"})
-"""Attacks that search for the smallest adversarial; they return the clean image where they find none."""
+@dataclass(frozen=True)
+class GrayBoxAttack(AttackInfo):
+    """An attack on M alone (the paper's gray-box attacker), untargeted on the cross-entropy of
+    the true label; ``build`` makes its foolbox attack."""
 
+    build: FoolboxBuilder = field(default=lambda epsilon, options: None, compare=False)
+
+
+def _pgd(norm: Norm, foolbox_class: type, *, random_start: bool) -> FoolboxBuilder:
+    return lambda epsilon, options: foolbox_class(abs_stepsize=options.step(norm, epsilon), steps=options.steps,
+                                                  random_start=options.random_start_or(random_start))
+
+
+def _mim(norm: Norm, attack_class: type) -> FoolboxBuilder:
+    return lambda epsilon, options: attack_class(decay=options.decay, abs_stepsize=options.step(norm, epsilon),
+                                                 steps=options.steps, random_start=options.random_start_or(False))
+
+
+PAPER_SPECS: tuple[str, ...] = ("pgd_linf:8", "pgd_linf:16", "pgd_l2:300", "pgd_l2:600",
+                                "mim_linf:8", "mim_linf:16", "mim_l2:300", "mim_l2:600")
+"""The paper's eight attack vectors: PGD and MIM, L-inf at 8 and 16, L2 at 300 and 600."""
+
+GRAY_BOX_ATTACKS = AttackRegistry("attack", (
+    GrayBoxAttack("pgd_linf", LINF, summary="PGD (Madry et al. 2018), random start, step 2/255",
+                  build=_pgd(LINF, fb.attacks.LinfPGD, random_start=True)),
+    GrayBoxAttack("pgd_l2", L2, summary="PGD, random start, step 2.5 eps / steps",
+                  build=_pgd(L2, fb.attacks.L2PGD, random_start=True)),
+    GrayBoxAttack("mim_linf", LINF, summary="MIM (Dong et al. 2018), decay 1.0, step 2/255",
+                  build=_mim(LINF, LinfMomentumIterativeAttack)),
+    GrayBoxAttack("mim_l2", L2, summary="MIM, decay 1.0, step 2.5 eps / steps",
+                  build=_mim(L2, L2MomentumIterativeAttack)),
+    GrayBoxAttack("fgsm", LINF, summary="FGSM (Goodfellow et al. 2015), one step of eps",
+                  build=lambda epsilon, options: fb.attacks.LinfFastGradientAttack(
+                      random_start=options.random_start_or(False))),
+    GrayBoxAttack("bim_linf", LINF, summary="BIM (Kurakin et al. 2017): PGD without random start, step 2/255",
+                  build=_pgd(LINF, fb.attacks.LinfBasicIterativeAttack, random_start=False)),
+    GrayBoxAttack("cw_l2", L2, AttackKind.MINIMISATION,
+                  summary="Carlini & Wagner 2017, 5 binary-search steps, Adam lr 0.01",
+                  build=lambda epsilon, options: fb.attacks.L2CarliniWagnerAttack(
+                      binary_search_steps=options.cw_binary_search_steps, steps=options.steps,
+                      stepsize=options.cw_learning_rate)),
+    GrayBoxAttack("deepfool_linf", LINF, AttackKind.MINIMISATION,
+                  summary="DeepFool (Moosavi-Dezfooli et al. 2016), overshoot 0.02, 10 candidates",
+                  build=lambda epsilon, options: fb.attacks.LinfDeepFoolAttack(steps=options.steps)),
+), named_lists={"paper": PAPER_SPECS})
+"""Every gray-box attack; ``paper`` names the paper's eight vectors."""
+
+PAPER_VECTORS: tuple[AttackVector, ...] = GRAY_BOX_ATTACKS.parse(("paper",))
+
+PAPER_ATTACK: dict[Norm, str] = {LINF: "pgd_linf", L2: "pgd_l2"}
+"""The paper's attack of each norm: the gray-box row beside each adaptive budget."""
 
 
 def build_attack(vector: AttackVector, options: AttackOptions | None = None) -> fb.attacks.Attack:
-    """The foolbox attack registered as ``vector.name`` for ``vector.epsilon`` (0-255 scale)."""
-    return BUILDERS[vector.name](vector.epsilon / 255, options or AttackOptions())
+    """The foolbox attack of ``vector`` (a gray-box attack) at its budget."""
+    attack = vector.attack
+    if not isinstance(attack, GrayBoxAttack):
+        raise ValueError(f"{vector.label} is not a gray-box attack on M; expected one of: "
+                         f"{', '.join(GRAY_BOX_ATTACKS)}")
+    return attack.build(vector.unit_epsilon, options or AttackOptions())

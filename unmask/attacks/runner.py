@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import foolbox as fb
 import torch
 from torch import nn
 
-from unmask.attacks.registry import MINIMISATION_ATTACKS, AttackOptions, build_attack
-from unmask.attacks.vectors import AttackVector
+from unmask.attacks.base import AttackVector, frozen_eval
+from unmask.attacks.registry import AttackOptions, build_attack
 
 
 def attack(
@@ -43,14 +40,14 @@ def attack(
         return images.float().clone()
     batch_size = options.batch_size or len(images)
     device = _device_of(model)
-    with _attack_mode(model):
+    with frozen_eval(model):
         foolbox_model = fb.PyTorchModel(model, bounds=(0, 1), device=device)
         adversarials = []
         for start in range(0, len(images), batch_size):
             clean = images[start:start + batch_size].to(device, torch.float32)
             targets = labels[start:start + batch_size].to(device, torch.int64)
-            _, bounded, success = foolbox_attack(foolbox_model, clean, targets, epsilons=vector.epsilon / 255)
-            if vector.name in MINIMISATION_ATTACKS:
+            _, bounded, success = foolbox_attack(foolbox_model, clean, targets, epsilons=vector.unit_epsilon)
+            if vector.attack.kind.minimises:
                 # foolbox returns zeros (a black image) where it found no adversarial at all
                 bounded = torch.where(success.view(-1, 1, 1, 1), bounded, clean)
             adversarials.append(bounded.clamp_(0, 1).detach().to(images.device))
@@ -71,21 +68,3 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor) -> None:
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
-
-
-@contextmanager
-def _attack_mode(model: nn.Module) -> Iterator[None]:
-    # eval: BatchNorm and dropout must not change while the attacker queries; frozen parameters:
-    # backward then computes input gradients only (faster, and leaves no .grad behind)
-    was_training = model.training
-    parameters = list(model.parameters())
-    trainable = [parameter.requires_grad for parameter in parameters]
-    model.eval()
-    for parameter in parameters:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in zip(parameters, trainable, strict=True):
-            parameter.requires_grad_(flag)
-        model.train(was_training)

@@ -3,18 +3,14 @@ reproducible random starts, success where it is reachable, and the layering rule
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 import torch
 
-import unmask.attacks.adaptive as adaptive
+from unmask.attacks import GRAY_BOX_ATTACKS, L2, LINF, AttackKind, AttackVector
 from unmask.attacks.adaptive import (
-    ADAPTIVE_ATTACK_NAMES,
-    ADAPTIVE_ATTACK_NORMS,
-    MINIMIZATION_ATTACKS,
+    ADAPTIVE_ATTACKS,
     AdaptiveOptions,
+    GradientAttack,
     adaptive_attack,
     build_adaptive_attack,
 )
@@ -27,45 +23,70 @@ FAST = AdaptiveOptions(steps=3, restarts=1, targets=2, batch_size=4, random_star
                        hsj_steps=1, hsj_initial_evals=4, hsj_max_evals=8)
 
 
-def size(adversarial: torch.Tensor, clean: torch.Tensor, norm: str) -> torch.Tensor:
-    delta = (adversarial - clean).flatten(1) * 255
-    return delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
-
-
-def test_registry_names_and_norms() -> None:
-    assert {"joint_linf", "joint_l2", "orthogonal_linf", "orthogonal_l2", "reclassify_linf", "reclassify_l2",
-            "k_vanish_linf", "k_fabricate_linf", "hsj_l2"} <= set(ADAPTIVE_ATTACK_NAMES)
-    assert all(ADAPTIVE_ATTACK_NORMS[name] == name.rsplit("_", 1)[1] for name in ADAPTIVE_ATTACK_NAMES)
+def test_the_registry_is_built_from_what_each_attack_says_about_itself() -> None:
+    assert list(ADAPTIVE_ATTACKS) == ["joint_linf", "joint_l2", "orthogonal_linf", "orthogonal_l2", "reclassify_linf",
+                                      "reclassify_l2", "k_vanish_linf", "k_fabricate_linf", "hsj_l2", "hsj_linf"]
+    for name, info in ADAPTIVE_ATTACKS.items():
+        assert name == f"{info.attack_class.family}_{info.norm.name}" and info.summary
+        assert info.targeted == info.attack_class.targeted and info.kind == info.attack_class.kind
+    assert {name for name, info in ADAPTIVE_ATTACKS.items() if info.targeted} == {
+        "joint_linf", "joint_l2", "orthogonal_linf", "orthogonal_l2", "k_fabricate_linf"}
+    assert {name for name, info in ADAPTIVE_ATTACKS.items() if info.kind is AttackKind.LABEL_ONLY} == {"hsj_l2",
+                                                                                                    "hsj_linf"}
     with pytest.raises(UnknownNameError, match="unknown adaptive attack 'pgd_linf'"):
-        build_adaptive_attack("pgd_linf", make_target(), 8)
-    with pytest.raises(ValueError, match="epsilon must be positive"):
-        build_adaptive_attack("joint_linf", make_target(), 0)
+        ADAPTIVE_ATTACKS.vector("pgd_linf", 8)
+    with pytest.raises(ValueError, match="not an adaptive attack"):
+        build_adaptive_attack(GRAY_BOX_ATTACKS.vector("pgd_linf", 8), make_target())
+    with pytest.raises(ValueError, match="epsilon must be a finite number > 0"):
+        ADAPTIVE_ATTACKS.vector("joint_linf", 0)
+    assert len(ADAPTIVE_ATTACKS.parse(["full"])) == 22 and ADAPTIVE_ATTACKS.parse(["none"]) == ()
 
 
-@pytest.mark.parametrize("name", ADAPTIVE_ATTACK_NAMES)
+def test_a_new_attack_is_one_class() -> None:
+    """A subclass with a family, its norms and an evaluate() is a complete attack: the registry
+    line ``*Attack.describe()`` is all it takes to name it."""
+
+    class Nothing(GradientAttack):
+        """Keeps the clean image (a test double)."""
+
+        family, norms = "nothing", (LINF, L2)
+
+        def evaluate(self, batch, run, x, x_q, rows):
+            logits, outputs = self.forward(batch, x_q, rows)
+            return self.fooling(batch, logits, outputs, rows, loss=(x_q * 0).flatten(1).sum(1))
+
+    (linf, l2) = Nothing.describe()
+    assert (linf.name, l2.name, linf.summary) == ("nothing_linf", "nothing_l2", "Keeps the clean image (a test double).")
+    clean = images(2, seed=4)
+    result = build_adaptive_attack(AttackVector(linf, 8), make_target(), FAST)(clean, torch.tensor([0, 1]),
+                                                                                 torch.arange(2))
+    assert result.images.shape == clean.shape
+
+
+@pytest.mark.parametrize("name", list(ADAPTIVE_ATTACKS))
 def test_every_attack_returns_8_bit_images_in_the_ball_with_the_judges_verdict(target, name: str) -> None:
-    norm = ADAPTIVE_ATTACK_NORMS[name]
+    norm = ADAPTIVE_ATTACKS[name].norm
     clean = images(3, seed=5)
     with torch.no_grad():
         labels = target.classifier(clean).argmax(1)
-    result = adaptive_attack(target, clean, labels, name, EPSILON[norm], FAST)
+    result = adaptive_attack(target, clean, labels, ADAPTIVE_ATTACKS.vector(name, EPSILON[norm.name]), FAST)
     adversarial = result.images
     assert adversarial.shape == clean.shape and adversarial.dtype == torch.float32
     assert adversarial.min() >= 0 and adversarial.max() <= 1
     assert torch.equal(torch.round(adversarial * 255) / 255, adversarial)
-    assert (size(adversarial, clean, norm) <= EPSILON[norm] + 1e-3).all()
+    assert (norm.size((adversarial - clean) * 255) <= EPSILON[norm.name] + 1e-3).all()
     again = target.judge(adversarial)
     assert torch.equal(again.parts, result.verdict.parts)
     assert torch.equal(again.m_prediction, result.verdict.m_prediction)
     assert result.success.shape == (3,) and result.success.dtype == torch.bool
     assert result.targets.shape == (3,)
-    if name.startswith(("joint", "orthogonal", "k_fabricate")):
+    if ADAPTIVE_ATTACKS[name].targeted:
         assert (result.targets >= 0).all() and (result.targets != labels).all()
     else:
         assert (result.targets == -1).all()
     if name.startswith(("joint", "orthogonal", "hsj")):
         assert torch.equal(result.success, again.evades(labels))
-    if name in MINIMIZATION_ATTACKS:
+    if ADAPTIVE_ATTACKS[name].kind.minimises:
         assert result.distances.shape == (3,)
     # the models come back as they were
     assert all(p.requires_grad for p in target.part_model.parameters())
@@ -75,11 +96,11 @@ def test_random_starts_are_reproducible_per_image_across_batches(target) -> None
     clean = images(3, seed=6)
     labels = torch.tensor([0, 1, 2])
     options = AdaptiveOptions(steps=2, restarts=2, targets=1, random_start=True, early_stop=False)
-    together = adaptive_attack(target, clean, labels, "reclassify_linf", 16, options, indices=torch.tensor([7, 8, 9]))
-    alone = adaptive_attack(target, clean[1:2], labels[1:2], "reclassify_linf", 16, options, index_offset=8)
+    together = adaptive_attack(target, clean, labels, "reclassify_linf:16", options, indices=torch.tensor([7, 8, 9]))
+    alone = adaptive_attack(target, clean[1:2], labels[1:2], "reclassify_linf:16", options, indices=torch.tensor([8]))
     assert (together.images[1] - alone.images[0]).abs().max() <= 1 / 255 + 1e-6
     assert (together.images[1] != alone.images[0]).float().mean() < 0.01
-    shifted = adaptive_attack(target, clean[1:2], labels[1:2], "reclassify_linf", 16, options, index_offset=0)
+    shifted = adaptive_attack(target, clean[1:2], labels[1:2], "reclassify_linf:16", options, indices=torch.tensor([0]))
     assert not torch.equal(shifted.images[0], alone.images[0])
 
 
@@ -111,8 +132,7 @@ def test_joint_attack_succeeds_where_only_m_must_move() -> None:
     keep = judged.m_prediction != 0
     assert keep.sum() >= 2, "the tiny M should call some images person or train"
     clean, labels = clean[keep][:3], judged.m_prediction[keep][:3]
-    result = adaptive_attack(target, clean, labels, "joint_linf", 64,
-                             AdaptiveOptions(steps=10, targets=None, relative_step=4))
+    result = adaptive_attack(target, clean, labels, "joint_linf:64", AdaptiveOptions(steps=10, targets=0, relative_step=4))
     assert result.success.all()
     assert (result.targets == 0).all() and (result.verdict.m_prediction == 0).all()
 
@@ -125,7 +145,7 @@ def test_hopskipjump_runs_from_another_class_and_reports_distances() -> None:
     predicted = target.judge(pool).m_prediction
     assert (predicted == 0).any() and (predicted != 0).any(), "the tiny M should call one image car, not all"
     options = AdaptiveOptions(hsj_steps=1, hsj_initial_evals=4, hsj_max_evals=8)
-    result = adaptive_attack(target, pool, predicted, "hsj_l2", 3000, options)
+    result = adaptive_attack(target, pool, predicted, "hsj_l2:3000", options)
     attacked = predicted != 0
     assert torch.isfinite(result.distances[attacked]).all()
     assert torch.isinf(result.distances[~attacked]).all()  # no image of another class is "car"-free
@@ -134,19 +154,7 @@ def test_hopskipjump_runs_from_another_class_and_reports_distances() -> None:
     assert torch.equal(result.success, (result.distances <= 3000) & result.verdict.evades(predicted))
 
 
-def test_attacks_import_no_layer_above_them() -> None:
-    forbidden = ("unmask.defense", "unmask.metrics", "unmask.evaluation", "unmask.experiment", "unmask.report",
-                 "unmask.cli")
-    package = Path(adaptive.__file__).parent
-    for source in package.glob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text())):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            for name in names:
-                assert not name.startswith(forbidden), f"{source.name} imports {name}"
-
-
-@pytest.mark.parametrize("name", ["joint_linf", "hsj_l2"])
+@pytest.mark.parametrize("name", ["joint_linf:8", "hsj_l2:8"])
 def test_no_images_no_judge(name: str) -> None:
     def judge(batch):
         raise AssertionError("the judge must not be asked about no images")
@@ -154,5 +162,5 @@ def test_no_images_no_judge(name: str) -> None:
     target = make_target()
     target = type(target)(target.classifier, target.part_model, target.class_parts, target.k_score_threshold,
                           target.detection_threshold, judge)
-    result = adaptive_attack(target, torch.zeros(0, 3, 48, 48), torch.zeros(0, dtype=torch.int64), name, 8, FAST)
+    result = adaptive_attack(target, torch.zeros(0, 3, 48, 48), torch.zeros(0, dtype=torch.int64), name, FAST)
     assert result.images.shape == (0, 3, 48, 48) and len(result.verdict) == 0 and result.success.shape == (0,)

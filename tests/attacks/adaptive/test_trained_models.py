@@ -1,15 +1,8 @@
-"""On the default run's trained M and K (slow).
-
-The models come from the default configuration's cache, ``$UNMASK_RESULTS/models`` (default
-``results/models``, which ``python main.py`` fills): loaded when present, else trained there
-(a few minutes on a laptop CPU), with the synthetic data under the default data directory.
-"""
+"""On the default run's trained M and K (slow; the models come from the ``default_run_models``
+fixture of ``tests/conftest.py``: the default run's cache when it has them, else trained in a
+temporary folder)."""
 
 from __future__ import annotations
-
-import os
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,28 +21,10 @@ DETECTION_THRESHOLD = 0.6  # the default run's set-Jaccard threshold at 10% FPR 
 
 
 @pytest.fixture(scope="module")
-def trained():
-    from unmask.config import resolve_config
-    from unmask.experiment.plan import build_plan
-    from unmask.experiment.stages import (
-        load_classifier_data,
-        prepare_data,
-        trained_classifiers,
-        trained_part_extractor,
-    )
-    from unmask.runtime import Runtime
-
-    output_dir = Path(os.environ.get("UNMASK_RESULTS", "results"))
-    plan = build_plan(resolve_config({}, "demo", {"output_dir": str(output_dir), "device": "cpu"}))
-    plan = replace(plan, adv_trained=None)  # the adversarially trained M plays no part here
-    assert plan.k.rule.score_threshold == K_THRESHOLD and plan.class_set.name == "cs5-2"
-    runtime = Runtime.start("cpu", verbosity=0)
-    prepare_data(plan.data, runtime)
-    data = load_classifier_data(plan.data)
-    m, _ = trained_classifiers(plan, data, runtime)
-    k = trained_part_extractor(plan, runtime)
-    images, labels = data["test"].tensors()
-    return m.model.eval(), k.extractor.model.eval(), images, labels
+def trained(default_run_models):
+    models = default_run_models
+    assert models.plan.k.rule.score_threshold == K_THRESHOLD and models.plan.class_set.name == "cs5-2"
+    return models.classifier, models.part_model, models.images, models.labels
 
 
 def correct_sample(classifier, images, labels, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +52,7 @@ def test_joint_attack_at_64_evades_unmask(trained) -> None:
     images, labels = correct_sample(classifier, images, labels, per_class=2)
     target = make_target(classifier, part_model, k_threshold=K_THRESHOLD, detection_threshold=DETECTION_THRESHOLD,
                          class_set=ClassSet.named("cs5-2"))
-    result = adaptive_attack(target, images, labels, "joint_linf", 64, AdaptiveOptions(steps=10, targets=2))
+    result = adaptive_attack(target, images, labels, "joint_linf:64", AdaptiveOptions(steps=10, targets=2))
     assert result.success.float().mean() >= 0.9
     assert ((result.images - images).abs().amax() * 255 <= 64 + 1e-3)
 
@@ -88,6 +63,6 @@ def test_k_vanish_at_64_removes_every_part(trained) -> None:
     target = make_target(classifier, part_model, k_threshold=K_THRESHOLD, detection_threshold=DETECTION_THRESHOLD,
                          class_set=ClassSet.named("cs5-2"))
     clean = target.judge(images).parts
-    result = adaptive_attack(target, images, labels, "k_vanish_linf", 64, AdaptiveOptions(steps=10))
+    result = adaptive_attack(target, images, labels, "k_vanish_linf:64", AdaptiveOptions(steps=10))
     recall = (result.verdict.parts & clean).sum() / clean.sum()
     assert recall <= 0.1, recall

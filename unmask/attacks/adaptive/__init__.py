@@ -1,7 +1,7 @@
 """White-box adaptive attacks on UnMask: attacks that know M *and* K (and the part table and the
 detection threshold), and count success only on the real, hard pipeline.
 
-``adaptive_attack(target, images, labels, "joint_linf", 16)`` returns an ``AdaptiveResult``:
+``adaptive_attack(target, images, labels, "joint_linf:16")`` returns an ``AdaptiveResult``:
 8-bit adversarial images inside the epsilon ball (0-255 scale), the target class per image, and
 the injected judge's verdict. ``target`` is a ``DefenseTarget``: M, the attacker's K (the real
 one, or a surrogate K' for the transfer threat model), the class -> parts matrix, K's score
@@ -16,32 +16,26 @@ threshold, the detection threshold and the judge (images -> ``Verdict``).
 | ``k_fabricate_linf`` | L-inf | K sees every part of a chosen class (TOG fabrication; sanity check) |
 | ``hsj_l2``, ``hsj_linf`` | L2, L-inf | HopSkipJump on the hard pipeline (label-only check against gradient masking) |
 
-K's differentiable view and the hinge losses live in ``part_view``; the shared PGD machinery
-(balls, 8-bit quantisation, per-image random starts, judging) in ``engine``.
+``ADAPTIVE_ATTACKS`` is the registry (``ADAPTIVE_ATTACKS.describe()`` lists them with their
+kinds). K's differentiable view and the hinge losses live in ``part_view``; the shared PGD
+machinery (8-bit iterates, per-image random starts, judging) in ``engine``; the norms' balls
+and steps in ``unmask.attacks.norms``.
 """
 
 from unmask.attacks.adaptive.detector import FabricateAttack, VanishAttack
-from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveResult, project, quantize
+from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveAttackInfo, AdaptiveResult, GradientAttack
 from unmask.attacks.adaptive.joint import JointAttack
 from unmask.attacks.adaptive.label_only import EvadesUnMask, HopSkipJump, PipelineDecision
 from unmask.attacks.adaptive.options import FULL_BUDGET, REDUCED_BUDGET, AdaptiveOptions
 from unmask.attacks.adaptive.orthogonal import OrthogonalAttack
 from unmask.attacks.adaptive.part_view import PartOutputs, PartView, soft_jaccard
 from unmask.attacks.adaptive.reclassify import ReclassifyAttack
-from unmask.attacks.adaptive.registry import (
-    ADAPTIVE_ATTACK_NAMES,
-    ADAPTIVE_ATTACK_NORMS,
-    LABEL_ONLY_ATTACKS,
-    MINIMIZATION_ATTACKS,
-    adaptive_attack,
-    build_adaptive_attack,
-)
+from unmask.attacks.adaptive.registry import ADAPTIVE_ATTACKS, adaptive_attack, build_adaptive_attack
 from unmask.attacks.adaptive.target import NO_PREDICTION, DefenseTarget, Judge, Verdict
 
 __all__ = [
-    "ADAPTIVE_ATTACK_NAMES", "ADAPTIVE_ATTACK_NORMS", "FULL_BUDGET", "LABEL_ONLY_ATTACKS", "MINIMIZATION_ATTACKS", "NO_PREDICTION",
-    "REDUCED_BUDGET", "AdaptiveAttack",
-    "AdaptiveOptions", "AdaptiveResult", "DefenseTarget", "EvadesUnMask", "FabricateAttack", "HopSkipJump",
-    "JointAttack", "Judge", "OrthogonalAttack", "PartOutputs", "PartView", "PipelineDecision", "ReclassifyAttack",
-    "Verdict", "VanishAttack", "adaptive_attack", "build_adaptive_attack", "project", "quantize", "soft_jaccard",
+    "ADAPTIVE_ATTACKS", "FULL_BUDGET", "NO_PREDICTION", "REDUCED_BUDGET", "AdaptiveAttack", "AdaptiveAttackInfo",
+    "AdaptiveOptions", "AdaptiveResult", "DefenseTarget", "EvadesUnMask", "FabricateAttack", "GradientAttack",
+    "HopSkipJump", "JointAttack", "Judge", "OrthogonalAttack", "PartOutputs", "PartView", "PipelineDecision",
+    "ReclassifyAttack", "Verdict", "VanishAttack", "adaptive_attack", "build_adaptive_attack", "soft_jaccard",
 ]

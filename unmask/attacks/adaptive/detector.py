@@ -6,69 +6,74 @@ check the surrogate, not UnMask.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from unmask.attacks.adaptive.engine import AdaptiveAttack, Evaluation
+from unmask.attacks.adaptive.engine import Batch, Evaluation, GradientAttack, Run
 from unmask.attacks.adaptive.part_view import soft_jaccard
 from unmask.attacks.adaptive.target import Verdict
+from unmask.attacks.norms import LINF
 
 
-class VanishAttack(AdaptiveAttack):
-    """Part vanishing on K: the vanishing attack of Chow et al. 2020, "Adversarial Objectness
-    Gradient Attacks in Real-time Object Detection Systems" (TOG), on K's box head like DAG
-    (Xie et al. 2017, "Adversarial Examples for Semantic Segmentation and Object Detection"):
-    PGD on K's "remove" hinge for every part and every proposal (of the current image, plus the
-    clean image's with ``options.clean_proposals``). Success: the judge sees no part at all; the
-    kept image has the fewest parts. Norm: L-inf (``k_vanish_linf``); ``options.restarts`` runs.
+class VanishAttack(GradientAttack):
+    """K loses every part: PGD on K's "remove" hinges (TOG vanishing, DAG-style; a sanity check).
+
+    The vanishing attack of Chow et al. 2020, "Adversarial Objectness Gradient Attacks in
+    Real-time Object Detection Systems" (TOG), on K's box head like DAG (Xie et al. 2017,
+    "Adversarial Examples for Semantic Segmentation and Object Detection"): PGD on K's "remove"
+    hinge for every part and every proposal (of the current image, plus the clean image's with
+    ``options.clean_proposals``). Success: the judge sees no part at all; the kept image has the
+    fewest parts. Norm: L-inf (``k_vanish_linf``); ``options.restarts`` runs.
     """
 
-    name = "k_vanish"
+    family = "k_vanish"
+    norms = (LINF,)
 
-    def run(self) -> None:
-        self.restart_runs({})
-
-    def evaluate(self, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor, context: dict) -> Evaluation:
-        extra = [self.clean_proposals[i] for i in rows.tolist()] if self.options.clean_proposals else None
-        outputs = self.view(x_q, extra)
+    def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
+        outputs = self.outputs(batch, x_q, rows)
         loss = self.view.hinge_loss(outputs, remove=torch.ones(len(rows), self.class_parts.shape[1],
                                                                device=self.device))
         count = self.view.hard_presence(outputs).sum(1).double()
         return Evaluation(count == 0, torch.zeros_like(count), count + 1e-6 * loss.detach().double(), loss=loss)
 
-    def judged(self, verdict: Verdict, rows: torch.Tensor, context: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def judged(self, batch: Batch, run: Run, verdict: Verdict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return verdict.parts.sum(1) == 0, torch.zeros(len(rows), dtype=torch.float64)
 
     def final_success(self, verdict: Verdict, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return verdict.parts.sum(1) == 0
 
 
-class FabricateAttack(AdaptiveAttack):
-    """Part fabrication on K (TOG's fabrication, Chow et al. 2020, targeted like DAG's
-    mislabelling): PGD on K's "add" hinge for every part of a target class, the class (other
-    than the true one) whose parts overlap least with K's clean detections (set Jaccard; ties:
-    the earlier class). Success: the judge sees every part of the target class; the kept image
-    has the most of them. Norm: L-inf (``k_fabricate_linf``); ``options.restarts`` runs.
+class FabricateAttack(GradientAttack):
+    """K sees every part of a chosen class: PGD on K's "add" hinges (TOG fabrication; a sanity check).
+
+    TOG's fabrication (Chow et al. 2020), targeted like DAG's mislabelling: PGD on K's "add"
+    hinge for every part of a target class, the class (other than the true one) whose parts
+    overlap least with K's clean detections (set Jaccard; ties: the earlier class). Success: the
+    judge sees every part of the target class; the kept image has the most of them. Norm: L-inf
+    (``k_fabricate_linf``); ``options.restarts`` runs.
     """
 
-    name = "k_fabricate"
+    family = "k_fabricate"
+    norms = (LINF,)
     targeted = True
 
-    def run(self) -> None:
-        clean_parts = (self.clean_presence >= self.view.effective_threshold).float()
+    def runs(self, batch: Batch) -> Iterator[Run]:
+        clean_parts = (batch.clean.presence >= self.view.effective_threshold).float()
         overlap = soft_jaccard(clean_parts, self.class_parts)
-        overlap = overlap.scatter(1, self.labels.view(-1, 1), float("inf"))
-        self.restart_runs({"targets": overlap.argmin(1).cpu()})
+        targets = overlap.scatter(1, batch.labels.view(-1, 1), float("inf")).argmin(1).cpu()
+        for restart in range(self.options.restarts):
+            yield Run((restart,), self.options.random_start or restart > 0, targets)
 
-    def evaluate(self, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor, context: dict) -> Evaluation:
-        expected = self.class_parts[context["targets"][rows].to(self.device)]
-        extra = [self.clean_proposals[i] for i in rows.tolist()] if self.options.clean_proposals else None
-        outputs = self.view(x_q, extra)
+    def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
+        expected = self.class_parts[run.targets[rows].to(self.device)]
+        outputs = self.outputs(batch, x_q, rows)
         loss = self.view.hinge_loss(outputs, add=expected)
         missing = (expected.bool() & ~self.view.hard_presence(outputs)).sum(1).double()
         return Evaluation(missing == 0, torch.zeros_like(missing), missing + 1e-6 * loss.detach().double(), loss=loss)
 
-    def judged(self, verdict: Verdict, rows: torch.Tensor, context: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        expected = self.target.class_parts[context["targets"][rows]].bool()
+    def judged(self, batch: Batch, run: Run, verdict: Verdict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        expected = self.target.class_parts[run.targets[rows]].bool()
         return (expected & ~verdict.parts).sum(1) == 0, torch.zeros(len(rows), dtype=torch.float64)
 
     def final_success(self, verdict: Verdict, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""The machinery every gradient-based adaptive attack shares: epsilon balls, 8-bit quantisation,
-reproducible per-image random starts, the PGD loop over a shrinking set of active images, and
-keeping each image's best iterate as judged by the hard pipeline.
+"""The machinery every adaptive attack shares: what an adaptive attack says about itself, 8-bit
+iterates, reproducible per-image random starts, the PGD loop over a shrinking set of active
+images, and keeping each image's best iterate as judged by the hard pipeline.
 
-An attack subclasses ``AdaptiveAttack`` and provides ``evaluate`` (loss or gradient and the
-surrogate's verdict of one iterate), ``judged`` (success and key from the hard judge's
-``Verdict``) and ``run`` (which PGD runs to make: targets, lambdas, restarts).
+``AdaptiveAttack`` is the base of every adaptive attack: class attributes say what it is
+(``family``, ``norms``, ``kind``, ``targeted``), and ``describe()`` turns them into the
+registry's entries. ``GradientAttack`` is the PGD engine the gradient attacks subclass: they
+provide ``evaluate`` (the loss or gradient and the surrogate's verdict of one iterate) and, when
+the default does not fit, ``judged`` (success and key from the hard judge's ``Verdict``) and
+``runs`` (which PGD runs to make). Everything one call computes lives in a typed ``Batch`` and
+each run's settings in a ``Run``; the attack object itself holds only its configuration.
 """
 
 from __future__ import annotations
@@ -13,132 +17,62 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
-from torch import nn
 
 from unmask.attacks.adaptive.options import AdaptiveOptions
 from unmask.attacks.adaptive.part_view import PartOutputs, PartView, soft_jaccard
-from unmask.attacks.adaptive.target import NO_PREDICTION, DefenseTarget, Verdict
+from unmask.attacks.adaptive.target import DefenseTarget, Verdict
+from unmask.attacks.base import AttackInfo, AttackKind, frozen_eval
+from unmask.attacks.norms import Norm
+from unmask.constants import NO_PREDICTION, to_unit_scale
 from unmask.parts import PARTS
 
-NORMS: tuple[str, ...] = ("linf", "l2")
-GREY_LEVELS = 255
+# --- 8-bit iterates, steps and random starts --------------------------------------------------
 
 
-# --- epsilon balls and 8-bit images -------------------------------------------------------------
+def quantize_ste(x: torch.Tensor, x0: torch.Tensor, epsilon: float, norm: Norm) -> torch.Tensor:
+    """``norm.quantize`` forward, identity backward (straight-through)."""
+    return x + (norm.quantize(x, x0, epsilon) - x).detach()
 
 
-def check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; expected one of: {', '.join(NORMS)}")
-    return norm
-
-
-def check_budget(attack: str, epsilon: float) -> float:
-    """``epsilon`` (0-255 scale) checked positive and finite, on the [0, 1] pixel scale."""
-    if not (math.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"{attack}: epsilon must be positive (0-255 scale), got {epsilon!r}")
-    return float(epsilon) / GREY_LEVELS
-
-
-def _flat_norm(delta: torch.Tensor) -> torch.Tensor:
-    return delta.flatten(1).norm(dim=1).view(-1, *([1] * (delta.ndim - 1)))
-
-
-def project(x: torch.Tensor, x0: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
-    """``x`` projected onto the epsilon ball (in [0, 1] pixels) around ``x0``, then onto [0, 1]."""
-    delta = x - x0
-    if norm == "linf":
-        delta = delta.clamp(-epsilon, epsilon)
-    else:
-        delta = delta * (epsilon / _flat_norm(delta).clamp(min=1e-12)).clamp(max=1.0)
-    return (x0 + delta).clamp(0.0, 1.0)
-
-
-def quantize(x: torch.Tensor, x0: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
-    """8-bit version of ``x`` (round(x * 255) / 255) that stays in [0, 1] and in the epsilon ball
-    around ``x0`` (an 8-bit image, as the data's PNG files are).
-
-    L-inf: rounded to the nearest grey level, then clamped to the grey levels inside the ball.
-    L2: rounded to the nearest grey level; where that leaves the ball, each pixel is instead
-    rounded towards ``x0`` (no pixel moves further from ``x0``, so the norm does not grow).
-    Where ``x0`` is not 8-bit and no 8-bit point is found inside the ball, ``x0`` is returned.
-    """
-    levels = float(GREY_LEVELS)
-    x = x.detach()
-    rounded = torch.round(x * levels) / levels
-    if norm == "linf":
-        low = torch.ceil(((x0 - epsilon) * levels).clamp(min=0.0) - 1e-4) / levels
-        high = torch.floor(((x0 + epsilon) * levels).clamp(max=levels) + 1e-4) / levels
-        out = torch.minimum(torch.maximum(rounded, low), high)
-        inside = ((out - x0).flatten(1).abs().amax(1) <= epsilon + 1e-6)
-    else:
-        step = (x - x0) * levels
-        towards = x0 + torch.trunc(step) / levels
-        towards = torch.round(towards * levels) / levels  # exact grid values when x0 is 8-bit
-        too_far = _flat_norm(rounded - x0) > epsilon
-        out = torch.where(too_far, towards, rounded)
-        inside = _flat_norm(out - x0).flatten() <= epsilon * (1 + 1e-6)
-    return torch.where(inside.view(-1, 1, 1, 1), out, x0)
-
-
-def quantize_ste(x: torch.Tensor, x0: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
-    """``quantize`` forward, identity backward (straight-through)."""
-    return x + (quantize(x, x0, epsilon, norm) - x).detach()
-
-
-def step_sizes(epsilon: float, norm: str, options: AdaptiveOptions) -> list[float]:
+def step_sizes(epsilon: float, norm: Norm, options: AdaptiveOptions) -> list[float]:
     """The PGD step of each iteration in [0, 1] pixels (``epsilon`` in [0, 1] pixels too).
 
     The base step is ``options.step_size`` (0-255 scale) or ``relative_step * epsilon / steps``;
     ``constant`` keeps it, ``cosine`` starts near twice it and decays to 0 along a half cosine
-    (sampled at mid-steps: the same mean step). L-inf steps are whole numbers of grey levels (at least 1), which keeps
-    iterates 8-bit.
+    (sampled at mid-steps: the same mean step). Each step is then what the norm's 8-bit
+    iterates need (L-inf: whole grey levels, at least 1).
     """
-    base = options.step_size / GREY_LEVELS if options.step_size is not None else \
+    base = to_unit_scale(options.step_size) if options.step_size is not None else \
         options.relative_step * epsilon / options.steps
     if options.step_schedule == "cosine":
         steps = [base * (1 + math.cos(math.pi * (k + 0.5) / options.steps)) for k in range(options.steps)]
     else:
         steps = [base] * options.steps
-    if norm == "linf":
-        steps = [max(1, round(step * GREY_LEVELS)) / GREY_LEVELS for step in steps]
-    return steps
+    return [norm.round_step(step) for step in steps]
 
 
-def direction(gradient: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-descent direction of unit norm: sign (L-inf) or gradient / ||gradient||_2 (L2)."""
-    if norm == "linf":
-        return gradient.sign()
-    return gradient / _flat_norm(gradient).clamp(min=1e-12)
-
-
-def image_seed(seed: int, index: int, stream: tuple[int, ...]) -> int:
+def image_seed(seed: int, index: int, stream: tuple[int | str, ...]) -> int:
     """A 63-bit seed from (seed, image index, run): an image's random start does not depend on
     which other images share its batch, so shards of an evaluation reproduce a single run."""
     text = ":".join(str(v) for v in (seed, index, *stream))
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def random_start(x0: torch.Tensor, indices: torch.Tensor, epsilon: float, norm: str, *, seed: int,
+def random_start(x0: torch.Tensor, indices: torch.Tensor, epsilon: float, norm: Norm, *, seed: int,
                  stream: tuple[int, ...]) -> torch.Tensor:
     """A random point of the epsilon ball around each image (uniform in the ball), in [0, 1]."""
     noise = torch.empty_like(x0, device="cpu")
     for row, index in enumerate(indices.tolist()):
         generator = torch.Generator().manual_seed(image_seed(seed, index, stream))
-        if norm == "linf":
-            noise[row].uniform_(-epsilon, epsilon, generator=generator)
-        else:
-            gaussian = torch.randn(x0[row].shape, generator=generator)
-            radius = epsilon * torch.rand((), generator=generator) ** (1.0 / gaussian.numel())
-            noise[row] = gaussian * (radius / gaussian.norm().clamp(min=1e-12))
-    return project(x0 + noise.to(x0.device), x0, epsilon, norm)
+        noise[row] = norm.random_offset(x0[row].shape, epsilon, generator)
+    return norm.project(x0 + noise.to(x0.device), x0, epsilon)
 
 
-# --- the hard rules, in torch, for the surrogate's exact verdict --------------------------------
+# --- losses and the hard rules, in torch ----------------------------------------------------------
 
 
 def hard_reclassify(similarities: torch.Tensor) -> torch.Tensor:
@@ -196,6 +130,52 @@ class AdaptiveResult:
     distances: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class AdaptiveAttackInfo(AttackInfo):
+    """An adaptive attack as its registry lists it: the description plus the class that runs it."""
+
+    attack_class: type[AdaptiveAttack] | None = field(default=None, compare=False)
+
+
+class AdaptiveAttack:
+    """One adaptive attack against a ``DefenseTarget`` at one epsilon (0-255 scale) and norm.
+
+    Class attributes say what it is: ``family`` (names are ``<family>_<norm>``), the ``norms`` it
+    comes in, its ``kind`` and whether it is ``targeted``; the first line of its docstring is
+    its summary. ``__call__(images, labels, indices)`` attacks and returns an ``AdaptiveResult``.
+    """
+
+    family: ClassVar[str] = ""
+    norms: ClassVar[tuple[Norm, ...]] = ()
+    kind: ClassVar[AttackKind] = AttackKind.FIXED_EPSILON
+    targeted: ClassVar[bool] = False
+
+    def __init__(self, target: DefenseTarget, *, epsilon: float, norm: Norm, options: AdaptiveOptions) -> None:
+        if norm not in self.norms:
+            raise ValueError(f"{self.family}: no {norm.title} version; it comes in "
+                             f"{', '.join(n.title for n in self.norms)}")
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            raise ValueError(f"{self.family}: epsilon must be positive (0-255 scale), got {epsilon!r}")
+        self.epsilon = to_unit_scale(epsilon)
+        self.target = target
+        self.norm = norm
+        self.options = options
+        self.device = next(target.classifier.parameters()).device
+
+    @classmethod
+    def describe(cls) -> tuple[AdaptiveAttackInfo, ...]:
+        """The registry's entries of this attack: one per norm."""
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        return tuple(AdaptiveAttackInfo(f"{cls.family}_{norm.name}", norm, cls.kind, cls.targeted, summary,
+                                        attack_class=cls) for norm in cls.norms)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> AdaptiveResult:
+        raise NotImplementedError
+
+
+# --- the PGD engine -----------------------------------------------------------------------------
+
+
 @dataclass
 class Evaluation:
     """The surrogate's view of one iterate of n images.
@@ -226,80 +206,115 @@ class Best:
         self.targets = torch.full((n,), -1, dtype=torch.int64)
 
 
-# --- the attack base class ----------------------------------------------------------------------
+@dataclass
+class CleanPass:
+    """What one pass over the clean images gives every run: M's logits, K's soft presence and
+    proposals, and each target class's joint loss (M's margin + the first lambda x K's hinges)."""
+
+    logits: torch.Tensor
+    presence: torch.Tensor
+    parts_soft: torch.Tensor
+    proposals: list[torch.Tensor]
+    target_loss: torch.Tensor
 
 
-@contextmanager
-def frozen_eval(*models: nn.Module) -> Iterator[None]:
-    """Models in eval mode with frozen parameters inside the block; restored afterwards."""
-    states = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in models]
-    for model in models:
-        model.eval()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for model, training, flags in states:
-            for parameter, flag in zip(model.parameters(), flags, strict=True):
-                parameter.requires_grad_(flag)
-            model.train(training)
+@dataclass
+class Batch:
+    """Everything one call of a gradient attack works on: the clean images ``x0`` and their
+    ``labels`` (on the attack's device), each image's ``indices`` in the whole evaluation (its
+    random starts derive from them), the best iterates so far, the clean pass and the counts."""
+
+    x0: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    best: Best
+    clean: CleanPass | None = None
+    stats: dict[str, float] = field(default_factory=lambda: {
+        "image_steps": 0, "judge_calls": 0, "judged_images": 0, "disagreements": 0})
+    labels_cpu: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels_cpu = self.labels.cpu()
+
+    def __len__(self) -> int:
+        return len(self.x0)
 
 
-class AdaptiveAttack:
-    """One adaptive attack against a ``DefenseTarget`` at one epsilon (0-255 scale) and norm.
+@dataclass(frozen=True)
+class Run:
+    """One PGD run over a batch: its random-start ``stream`` (and whether it starts at random),
+    the target class of each batch row (targeted attacks; CPU) and the weight of K's hinges."""
 
-    Subclasses implement ``evaluate``, ``judged`` and ``run``; ``__call__`` batches the images,
-    runs the attack and returns an ``AdaptiveResult``.
-    """
+    stream: tuple[int, ...]
+    random: bool
+    targets: torch.Tensor | None = None
+    weight: float = 1.0
 
-    name = "adaptive"
-    targeted = False
 
-    def __init__(self, target: DefenseTarget, *, epsilon: float, norm: str, options: AdaptiveOptions) -> None:
-        self.epsilon = check_budget(self.name, epsilon)
-        self.epsilon255 = float(epsilon)
-        self.target = target
-        self.norm = check_norm(norm)
-        self.options = options
+class GradientAttack(AdaptiveAttack):
+    """The PGD engine: ``runs`` PGD runs per image (early stop per image once the judge confirms
+    a success), on 8-bit iterates through a straight-through quantiser, every iterate scored by
+    the subclass's ``evaluate`` and the promising ones confirmed by the judge."""
+
+    def __init__(self, target: DefenseTarget, *, epsilon: float, norm: Norm, options: AdaptiveOptions) -> None:
+        super().__init__(target, epsilon=epsilon, norm=norm, options=options)
         self.view = PartView(target.part_model, score_threshold=target.k_score_threshold, tau=options.tau,
                              temperature=options.temperature, margin=options.part_margin, kappa=options.part_kappa)
         self.alphas = step_sizes(self.epsilon, norm, options)
-        self.device = next(target.classifier.parameters()).device
         self.class_parts = target.class_parts.to(self.device)
-        self.stats: dict[str, float] = {}
 
     # --- subclass hooks ---------------------------------------------------------------------
 
-    def evaluate(self, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor, context: dict) -> Evaluation:
+    def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
+        """The surrogate's view of iterates ``x_q`` (quantised from the leaf ``x``) of batch rows ``rows``."""
         raise NotImplementedError
 
-    def judged(self, verdict: Verdict, rows: torch.Tensor, context: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def judged(self, batch: Batch, run: Run, verdict: Verdict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(success (n,) bool, key (n,) float64, lower is better) of judged images ``rows``;
         by default M wrong and not flagged, keyed by the detection score."""
-        return verdict.evades(self.labels_cpu[rows]), verdict.detection_score.double()
+        return verdict.evades(batch.labels_cpu[rows]), verdict.detection_score.double()
 
     def final_success(self, verdict: Verdict, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(N,) bool success of the returned images from their verdict (labels, targets on the CPU)."""
         return verdict.evades(labels)
 
-    def run(self) -> None:
-        """Make the PGD runs (``self.pgd``) for the current batch."""
-        raise NotImplementedError
+    def runs(self, batch: Batch) -> Iterator[Run]:
+        """The PGD runs to make: targeted attacks run per target (best-ranked first), per lambda and
+        per restart; untargeted ones per restart. Restart r > 0 (or every run with
+        ``options.random_start``) starts at a random point."""
+        if not self.targeted:
+            for restart in range(self.options.restarts):
+                yield Run((restart,), self.options.random_start or restart > 0)
+            return
+        ranks = self.ranked_targets(batch).cpu()
+        for rank in range(min(self.options.targets or ranks.shape[1], ranks.shape[1])):
+            targets = ranks[:, rank].contiguous()
+            for lambda_index, weight in enumerate(self.lambdas()):
+                for restart in range(self.options.restarts):
+                    yield Run((rank, lambda_index, restart), self.options.random_start or restart > 0, targets, weight)
+
+    def lambdas(self) -> tuple[float, ...]:
+        """The weights of K's hinges tried per target, in order (``options.lambdas``)."""
+        return self.options.lambdas
 
     # --- shared pieces ----------------------------------------------------------------------
 
-    def forward(self, x_q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, PartOutputs]:
+    def outputs(self, batch: Batch, x_q: torch.Tensor, rows: torch.Tensor) -> PartOutputs:
+        """K's outputs on iterates ``x_q`` of batch rows ``rows`` (with the clean image's proposals
+        too under ``options.clean_proposals``)."""
+        extra = [batch.clean.proposals[i] for i in rows.tolist()] if self.options.clean_proposals else None
+        return self.view(x_q, extra)
+
+    def forward(self, batch: Batch, x_q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, PartOutputs]:
         """M's logits and K's outputs on iterates ``x_q`` of batch rows ``rows``."""
-        extra = [self.clean_proposals[i] for i in rows.tolist()] if self.options.clean_proposals else None
-        return self.target.classifier(x_q), self.view(x_q, extra)
+        return self.target.classifier(x_q), self.outputs(batch, x_q, rows)
 
     def hard_similarities(self, outputs: PartOutputs) -> tuple[torch.Tensor, torch.Tensor]:
         """K's hard parts (n, 44) bool and their set Jaccard with every class (n, C)."""
         parts = self.view.hard_presence(outputs)
         return parts, soft_jaccard(parts.float(), self.class_parts)
 
-    def fooling(self, logits: torch.Tensor, outputs: PartOutputs, rows: torch.Tensor,
+    def fooling(self, batch: Batch, logits: torch.Tensor, outputs: PartOutputs, rows: torch.Tensor,
                 loss: torch.Tensor | None = None, gradient: torch.Tensor | None = None) -> Evaluation:
         """The surrogate's exact verdict for the M-fooling attacks: success = M wrong and not
         flagged; key = detection score; failures: M fooled first, then the lowest detection score."""
@@ -307,19 +322,19 @@ class AdaptiveAttack:
             predicted = logits.argmax(1)
             _, similarities = self.hard_similarities(outputs)
             score = 1.0 - similarities.gather(1, predicted.view(-1, 1)).squeeze(1)
-            fooled = predicted != self.labels[rows]
+            fooled = predicted != batch.labels[rows]
             success = fooled & (score < self.target.detection_threshold)
             failure_key = 2.0 * (~fooled).float() + score
         return Evaluation(success, score, failure_key, loss=loss, gradient=gradient)
 
     @torch.no_grad()
-    def clean_pass(self) -> None:
+    def clean_pass(self, x0: torch.Tensor) -> CleanPass:
         """On the clean batch: M's logits, K's soft presence and proposals, and each target's
         joint loss (M's margin + first lambda x K's hinges), for ranking targets."""
         logits, presences, proposals, losses = [], [], [], []
         weight = self.options.lambdas[0]
-        for start in range(0, len(self.x0), self.options.batch_size):
-            chunk = self.x0[start:start + self.options.batch_size]
+        for start in range(0, len(x0), self.options.batch_size):
+            chunk = x0[start:start + self.options.batch_size]
             outputs = self.view(chunk)
             chunk_logits = self.target.classifier(chunk)
             logits.append(chunk_logits)
@@ -334,53 +349,33 @@ class AdaptiveAttack:
                     loss = loss + weight * self.view.hinge_loss(outputs, add=expected, remove=1 - expected)
                 per_class.append(loss)
             losses.append(torch.stack(per_class, 1))
-        self.clean_logits = torch.cat(logits)
-        self.clean_presence = torch.cat(presences)
-        self.clean_parts_soft = self.view.indicator(self.clean_presence)
-        self.clean_proposals = proposals
-        self.clean_target_loss = torch.cat(losses)
+        presence = torch.cat(presences)
+        return CleanPass(torch.cat(logits), presence, self.view.indicator(presence), proposals, torch.cat(losses))
 
-    def ranked_targets(self) -> torch.Tensor:
+    def ranked_targets(self, batch: Batch) -> torch.Tensor:
         """(N, C - 1): every class but the true one, the most promising first (``target_ranking``)."""
-        ranking = self.options.target_ranking
+        ranking, clean = self.options.target_ranking, batch.clean
         if ranking == "loss":
-            score = -self.clean_target_loss
+            score = -clean.target_loss
         elif ranking == "jaccard":
-            score = soft_jaccard(self.clean_parts_soft, self.class_parts) + 1e-3 * self.clean_logits.softmax(1)
+            score = soft_jaccard(clean.parts_soft, self.class_parts) + 1e-3 * clean.logits.softmax(1)
         else:
-            score = self.clean_logits
-        score = score.scatter(1, self.labels.view(-1, 1), float("-inf"))
+            score = clean.logits
+        score = score.scatter(1, batch.labels.view(-1, 1), float("-inf"))
         return score.argsort(dim=1, descending=True, stable=True)[:, :-1]
 
-    def targeted_runs(self, lambdas: tuple[float, ...]) -> None:
-        """PGD runs towards the best-ranked targets: per target, per lambda, per restart."""
-        ranks = self.ranked_targets().cpu()
-        count = min(self.options.targets or ranks.shape[1], ranks.shape[1])
-        rows = torch.arange(len(self.x0))
-        for rank in range(count):
-            context = {"targets": ranks[:, rank].contiguous()}
-            for lambda_index, weight in enumerate(lambdas):
-                context["lambda"] = weight
-                for restart in range(self.options.restarts):
-                    self.pgd(rows, (rank, lambda_index, restart), context,
-                             random=self.options.random_start or restart > 0)
-
-    def restart_runs(self, context: dict) -> None:
-        """``options.restarts`` PGD runs on every image (untargeted attacks)."""
-        rows = torch.arange(len(self.x0))
-        for restart in range(self.options.restarts):
-            self.pgd(rows, (restart,), context, random=self.options.random_start or restart > 0)
-
-    def pgd(self, rows: torch.Tensor, stream: tuple[int, ...], context: dict, *, random: bool) -> None:
-        """One PGD run on batch rows ``rows`` (skipping confirmed successes with early stop)."""
-        options = self.options
+    def pgd(self, batch: Batch, run: Run) -> None:
+        """One PGD run on the batch (skipping confirmed successes with early stop)."""
+        options, best = self.options, batch.best
+        rows = torch.arange(len(batch))
         if options.early_stop:
-            rows = rows[~self.best.success[rows]]
+            rows = rows[~best.success[rows]]
         if len(rows) == 0:
             return
-        x0_all = self.x0[rows]
-        if random:
-            x = random_start(x0_all, self.indices[rows], self.epsilon, self.norm, seed=options.seed, stream=stream)
+        x0_all = batch.x0[rows]
+        if run.random:
+            x = random_start(x0_all, batch.indices[rows], self.epsilon, self.norm, seed=options.seed,
+                             stream=run.stream)
         else:
             x = x0_all.clone()
         alive = torch.ones(len(rows), dtype=torch.bool)
@@ -395,23 +390,25 @@ class AdaptiveAttack:
                 leaf = x[chunk].detach().requires_grad_(need_grad)
                 with torch.set_grad_enabled(need_grad):
                     x_q = quantize_ste(leaf, x0, self.epsilon, self.norm)
-                    evaluation = self.evaluate(leaf, x_q, chunk_rows, context)
+                    evaluation = self.evaluate(batch, run, leaf, x_q, chunk_rows)
                 judge_all = options.judge_every > 0 and k % options.judge_every == 0
-                self.offer(chunk_rows, x_q.detach(), evaluation, context, judge_all=judge_all)
+                self.offer(batch, run, chunk_rows, x_q.detach(), evaluation, judge_all=judge_all)
                 if need_grad:
                     gradient = evaluation.gradient
                     if gradient is None:
                         gradient = torch.autograd.grad(evaluation.loss.sum(), leaf)[0]
-                    x[chunk] = project(leaf.detach() - self.alphas[k] * direction(gradient, self.norm), x0,
-                                       self.epsilon, self.norm)
-                    self.stats["image_steps"] += len(chunk)
+                    x[chunk] = self.norm.project(leaf.detach() - self.alphas[k] * self.norm.direction(gradient), x0,
+                                                 self.epsilon)
+                    batch.stats["image_steps"] += len(chunk)
             if options.early_stop:
-                alive &= ~self.best.success[rows]
+                alive &= ~best.success[rows]
 
-    def offer(self, rows: torch.Tensor, x_q: torch.Tensor, evaluation: Evaluation, context: dict, *,
+    def offer(self, batch: Batch, run: Run, rows: torch.Tensor, x_q: torch.Tensor, evaluation: Evaluation, *,
               judge_all: bool) -> None:
         """Keep iterates ``x_q`` of ``rows`` that beat each image's best (judge confirms successes)."""
-        best = self.best
+        best, stats = batch.best, batch.stats
+        no_targets = torch.full((len(batch),), -1, dtype=torch.int64)
+        targets = run.targets if run.targets is not None else no_targets
         success = evaluation.success.cpu()
         key = evaluation.key.detach().double().cpu()
         failure_key = evaluation.failure_key.detach().double().cpu()
@@ -422,10 +419,10 @@ class AdaptiveAttack:
         if candidates.any():
             picked = candidates.nonzero().flatten()
             verdict = self.target.judge(x_q[picked])
-            self.stats["judge_calls"] += 1
-            self.stats["judged_images"] += len(picked)
-            judged_success, judged_key = self.judged(verdict, rows[picked], context)
-            self.stats["disagreements"] += int((judged_success != success[picked]).sum())
+            stats["judge_calls"] += 1
+            stats["judged_images"] += len(picked)
+            judged_success, judged_key = self.judged(batch, run, verdict, rows[picked])
+            stats["disagreements"] += int((judged_success != success[picked]).sum())
             better = judged_success & (~best.success[rows[picked]] | (judged_key < best.key[rows[picked]]))
             confirmed[picked[judged_success]] = True
             if better.any():
@@ -433,14 +430,14 @@ class AdaptiveAttack:
                 best.images[winners] = x_q[picked[better]].to(best.images)
                 best.success[winners] = True
                 best.key[winners] = judged_key[better]
-                best.targets[winners] = context.get("targets", self._no_targets)[winners]
+                best.targets[winners] = targets[winners]
         # failures (including surrogate successes the judge did not confirm)
         better = ~confirmed & ~best.success[rows] & (failure_key < best.failure_key[rows])
         if better.any():
             winners = rows[better]
             best.images[winners] = x_q[better].to(best.images)
             best.failure_key[winners] = failure_key[better]
-            best.targets[winners] = context.get("targets", self._no_targets)[winners]
+            best.targets[winners] = targets[winners]
 
     # --- entry point ------------------------------------------------------------------------
 
@@ -449,19 +446,15 @@ class AdaptiveAttack:
         still being attacked at a time (with early stop, finished images leave the passes, so
         the remaining ones fill full batches)."""
         started = time.perf_counter()
-        self.stats = {"image_steps": 0, "judge_calls": 0, "judged_images": 0, "disagreements": 0}
         with frozen_eval(self.target.classifier, self.target.part_model):
-            self.x0 = images.detach().to(self.device, torch.float32)
-            self.labels = labels.to(self.device, torch.int64)
-            self.labels_cpu = self.labels.cpu()
-            self.indices = indices.cpu()
-            self.best = Best(self.x0.cpu())
-            self._no_targets = torch.full((len(self.x0),), -1, dtype=torch.int64)
-            if len(self.x0):
-                self.clean_pass()
-                self.run()
-        adversarial, chosen = self.best.images, self.best.targets
+            x0 = images.detach().to(self.device, torch.float32)
+            batch = Batch(x0, labels.to(self.device, torch.int64), indices.cpu(), Best(x0.cpu()))
+            if len(batch):
+                batch.clean = self.clean_pass(x0)
+                for run in self.runs(batch):
+                    self.pgd(batch, run)
+        adversarial, chosen = batch.best.images, batch.best.targets
         verdict = self.target.judge(adversarial.to(self.device)) if len(adversarial) else empty_verdict()
-        self.stats["seconds"] = time.perf_counter() - started
+        stats = {**batch.stats, "seconds": time.perf_counter() - started}
         success = self.final_success(verdict, labels.cpu(), chosen)
-        return AdaptiveResult(adversarial.to(images.device), chosen, success, verdict, dict(self.stats))
+        return AdaptiveResult(adversarial.to(images.device), chosen, success, verdict, stats)

@@ -4,46 +4,46 @@ from __future__ import annotations
 
 import torch
 
-from unmask.attacks.adaptive.engine import AdaptiveAttack, Evaluation, cw_margin
+from unmask.attacks.adaptive.engine import Batch, Evaluation, GradientAttack, Run, cw_margin
+from unmask.attacks.norms import L2, LINF
 
 
-class JointAttack(AdaptiveAttack):
-    """Joint targeted PGD on M and K: Carlini & Wagner 2017, "Adversarial Examples Are Not Easily
-    Detected: Bypassing Ten Detection Methods" (attack the classifier and the detector at once),
-    with K's hinges of ``part_view`` (Tramer et al. 2020) and BPDA judging (Athalye et al. 2018).
+class JointAttack(GradientAttack):
+    """Joint targeted PGD on M's C&W margin + lambda x K's hinges (Carlini & Wagner 2017).
+
+    Carlini & Wagner 2017, "Adversarial Examples Are Not Easily Detected: Bypassing Ten Detection
+    Methods" (attack the classifier and the detector at once), with K's hinges of ``part_view``
+    (Tramer et al. 2020) and BPDA judging (Athalye et al. 2018).
 
     For each target class t != y (``options.targets`` of them, best-ranked first), each lambda of
     ``options.lambdas`` and each restart, PGD minimises
 
         relu(max_{c != t} z_c - z_t + kappa) + lambda * g * (add V[t] + remove every part not in V[t])
 
-where the gate g is 1 while K's hard parts would get the image flagged were M to say t
-(1 - J(V[t], parts) >= the detection threshold) and 0 once they would not: K's hinges stop
-pushing once the parts are good enough, not only once every part of V[t] is there, so that M's
-margin is not drowned by hinges that no longer matter
-    (sign steps for L-inf, L2-normalised steps for L2, on 8-bit iterates through a
-    straight-through quantiser). Every iterate is scored by the surrogate's exact hard rule; those
-    it says succeed (M wrong and not flagged) go to the judge, and per image the kept image is the
-    judged success with the lowest detection score, else the failure where M is fooled with the
-    lowest detection score. Norm: L-inf or L2 (``joint_linf``, ``joint_l2``). Defaults: see
-    ``AdaptiveOptions``.
+    where the gate g is 1 while K's hard parts would get the image flagged were M to say t
+    (1 - J(V[t], parts) >= the detection threshold) and 0 once they would not: K's hinges stop
+    pushing once the parts are good enough, not only once every part of V[t] is there, so that
+    M's margin is not drowned by hinges that no longer matter (sign steps for L-inf,
+    L2-normalised steps for L2, on 8-bit iterates through a straight-through quantiser). Every
+    iterate is scored by the surrogate's exact hard rule; those it says succeed (M wrong and not
+    flagged) go to the judge, and per image the kept image is the judged success with the lowest
+    detection score, else the failure where M is fooled with the lowest detection score. Norm:
+    L-inf or L2 (``joint_linf``, ``joint_l2``). Defaults: see ``AdaptiveOptions``.
     """
 
-    name = "joint"
+    family = "joint"
+    norms = (LINF, L2)
     targeted = True
 
-    def run(self) -> None:
-        self.targeted_runs(self.options.lambdas)
-
-    def evaluate(self, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor, context: dict) -> Evaluation:
-        targets = context["targets"][rows].to(self.device)
-        logits, outputs = self.forward(x_q, rows)
+    def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
+        targets = run.targets[rows].to(self.device)
+        logits, outputs = self.forward(batch, x_q, rows)
         expected = self.class_parts[targets]
         loss = cw_margin(logits, targets, self.options.kappa)
-        if context["lambda"] > 0:
+        if run.weight > 0:
             with torch.no_grad():
                 _, similarities = self.hard_similarities(outputs)
                 fits = 1.0 - similarities.gather(1, targets.view(-1, 1)).squeeze(1) < self.target.detection_threshold
-            weight = context["lambda"] * (~fits).to(loss)
+            weight = run.weight * (~fits).to(loss)
             loss = loss + weight * self.view.hinge_loss(outputs, add=expected, remove=1 - expected)
-        return self.fooling(logits, outputs, rows, loss=loss)
+        return self.fooling(batch, logits, outputs, rows, loss=loss)

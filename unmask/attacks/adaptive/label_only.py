@@ -11,18 +11,11 @@ import foolbox as fb
 import torch
 from torch import nn
 
-from unmask.attacks.adaptive.engine import (
-    GREY_LEVELS,
-    AdaptiveResult,
-    check_budget,
-    check_norm,
-    empty_verdict,
-    image_seed,
-    project,
-    quantize,
-)
-from unmask.attacks.adaptive.options import AdaptiveOptions
+from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveResult, empty_verdict, image_seed
 from unmask.attacks.adaptive.target import DefenseTarget, Verdict
+from unmask.attacks.base import AttackKind
+from unmask.attacks.norms import L2, LINF, Norm, to_8bit
+from unmask.constants import GREY_LEVELS
 
 
 class PipelineDecision(nn.Module):
@@ -37,7 +30,7 @@ class PipelineDecision(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.queries += len(images)
-        verdict = self.target.judge(torch.round(images.detach().clamp(0, 1) * GREY_LEVELS) / GREY_LEVELS)
+        verdict = self.target.judge(to_8bit(images.detach()))
         return torch.stack([verdict.m_prediction.double(), verdict.flagged.double()], 1).to(images)
 
 
@@ -58,13 +51,15 @@ class EvadesUnMask(fb.criteria.Criterion):
         return restore_type(is_adv)
 
 
-def _distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
-    delta = (a - b).flatten(1) * GREY_LEVELS
-    return delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+def _distance(a: torch.Tensor, b: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per image, the distance on the 0-255 scale."""
+    return norm.size((a - b) * GREY_LEVELS)
 
 
-class HopSkipJump:
-    """HopSkipJump (Chen, Jordan and Wainwright 2020, "HopSkipJumpAttack: A Query-Efficient
+class HopSkipJump(AdaptiveAttack):
+    """HopSkipJump on the hard pipeline's decisions (Chen et al. 2020): the gradient-masking check.
+
+    HopSkipJump (Chen, Jordan and Wainwright 2020, "HopSkipJumpAttack: A Query-Efficient
     Decision-Based Attack"; foolbox's implementation) on the full hard pipeline: a label-only
     check against gradient masking (Tramer et al. 2020; Sitawarin et al. 2023). It must not beat
     the gradient attacks.
@@ -80,14 +75,9 @@ class HopSkipJump:
     <= epsilon). Norm: L2 (``hsj_l2``) or L-inf (``hsj_linf``).
     """
 
-    name = "hsj"
-    targeted = False
-
-    def __init__(self, target: DefenseTarget, *, epsilon: float, norm: str, options: AdaptiveOptions) -> None:
-        self.epsilon = check_budget(self.name, epsilon)
-        self.target = target
-        self.norm = check_norm(norm)
-        self.options = options
+    family = "hsj"
+    norms = (L2, LINF)
+    kind = AttackKind.LABEL_ONLY
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> AdaptiveResult:
         started = time.perf_counter()
@@ -95,14 +85,14 @@ class HopSkipJump:
             return AdaptiveResult(images.detach().float().clone(), torch.zeros(0, dtype=torch.int64),
                                   torch.zeros(0, dtype=torch.bool), empty_verdict(), {"queries": 0.0},
                                   distances=torch.zeros(0, dtype=torch.float64))
-        device = next(self.target.classifier.parameters()).device
+        device = self.device
         clean = images.detach().to(device, torch.float32)
         labels_cpu = labels.cpu().to(torch.int64)
         model = PipelineDecision(self.target).to(device).eval()
         foolbox_model = fb.PyTorchModel(model, bounds=(0, 1), device=device)
         attack = fb.attacks.HopSkipJumpAttack(
             steps=self.options.hsj_steps, initial_gradient_eval_steps=self.options.hsj_initial_evals,
-            max_gradient_eval_steps=self.options.hsj_max_evals, constraint=self.norm)
+            max_gradient_eval_steps=self.options.hsj_max_evals, constraint=self.norm.name)
         pool = self.target.judge(clean)
         found = clean.clone()
         distances = torch.full((len(clean),), math.inf, dtype=torch.float64)
@@ -117,10 +107,10 @@ class HopSkipJump:
                 torch.manual_seed(image_seed(self.options.seed, int(indices[row]), ("hsj",)))
                 adversarial = attack.run(foolbox_model, clean[row:row + 1], EvadesUnMask(labels_cpu[row:row + 1].to(device)),
                                          starting_points=start)
-            adversarial = torch.round(adversarial.detach().clamp(0, 1) * GREY_LEVELS) / GREY_LEVELS
+            adversarial = to_8bit(adversarial.detach())
             found[row] = adversarial[0]
             distances[row] = float(_distance(adversarial, clean[row:row + 1], self.norm)[0])
-        final = quantize(project(found, clean, self.epsilon, self.norm), clean, self.epsilon, self.norm)
+        final = self.norm.quantize(self.norm.project(found, clean, self.epsilon), clean, self.epsilon)
         verdict: Verdict = self.target.judge(final)
         stats = {"queries": float(model.queries), "seconds": time.perf_counter() - started}
         return AdaptiveResult(final.to(images.device), torch.full((len(clean),), -1, dtype=torch.int64),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from unmask.constants import FULL_ADAPTIVE_BUDGET as FULL
+from unmask.constants import REDUCED_ADAPTIVE_BUDGET as REDUCED
+
 TARGET_RANKINGS: tuple[str, ...] = ("loss", "jaccard", "logits")
 STEP_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
@@ -19,7 +22,7 @@ class AdaptiveOptions:
           ``random_start``) starts at a random point of the epsilon ball drawn from
           (``seed``, image index, run), so it does not depend on which images share a batch.
         - ``targets``: target classes tried per image by the targeted attacks (``joint_*``,
-          ``orthogonal_*``), best-ranked first; None: every class but the true one.
+          ``orthogonal_*``), best-ranked first; 0: every class but the true one.
         - ``target_ranking``: ``loss`` (the targeted attack's own loss on the clean image:
           M's margin plus the first lambda times K's hinges; lowest first), ``jaccard`` (soft
           Jaccard of the clean image's soft parts with each class's parts) or ``logits`` (M's).
@@ -52,15 +55,15 @@ class AdaptiveOptions:
           gradient-estimation queries (Chen et al. 2020; foolbox's defaults 64, 100, 10000).
     """
 
-    steps: int = 20
-    restarts: int = 2
-    targets: int | None = 2
+    steps: int = REDUCED.steps
+    restarts: int = REDUCED.restarts
+    targets: int = REDUCED.targets
     target_ranking: str = "loss"
     lambdas: tuple[float, ...] = (1.0,)
     early_stop: bool = True
     batch_size: int = 32
     step_size: float | None = None
-    relative_step: float = 8.0
+    relative_step: float = REDUCED.relative_step
     step_schedule: str = "cosine"
     random_start: bool = False
     kappa: float = 1.0
@@ -84,8 +87,8 @@ class AdaptiveOptions:
 
         for name in ("steps", "restarts", "batch_size", "hsj_steps", "hsj_initial_evals", "hsj_max_evals"):
             positive_int(name)
-        if self.targets is not None:
-            positive_int("targets")
+        if isinstance(self.targets, bool) or not isinstance(self.targets, int) or self.targets < 0:
+            raise ValueError(f"AdaptiveOptions.targets must be an integer >= 0 (0: every class), got {self.targets!r}")
         if self.target_ranking not in TARGET_RANKINGS:
             raise ValueError(f"AdaptiveOptions.target_ranking must be one of {TARGET_RANKINGS}, "
                              f"got {self.target_ranking!r}")
@@ -114,9 +117,8 @@ class AdaptiveOptions:
 
 
 REDUCED_BUDGET = AdaptiveOptions()
-"""The default run's budget (the defaults): 20 steps, the 2 best-ranked targets, 2 runs each (from
-the clean image, then from a random point), lambda 1, cosine steps from 0.8 epsilon (L-inf),
-early stop."""
+"""The default run's budget (``unmask.constants.REDUCED_ADAPTIVE_BUDGET``), lambda 1, cosine steps from
+0.8 epsilon (L-inf), early stop."""
 
-FULL_BUDGET = AdaptiveOptions(steps=100, restarts=2, targets=None, relative_step=20.0)
-"""A convergence check: 100 steps, every target, 2 runs each (the clean start and a random one)."""
+FULL_BUDGET = AdaptiveOptions(**FULL.as_dict())
+"""The full evaluation's budget and the convergence check's (``unmask.constants.FULL_ADAPTIVE_BUDGET``)."""

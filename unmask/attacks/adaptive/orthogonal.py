@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from unmask.attacks.adaptive.engine import AdaptiveAttack, Evaluation, cw_margin, orthogonal
+from unmask.attacks.adaptive.engine import Batch, Evaluation, GradientAttack, Run, cw_margin, orthogonal
+from unmask.attacks.norms import L2, LINF
 
 
-class OrthogonalAttack(AdaptiveAttack):
-    """Orthogonal PGD: Bryniarski et al. 2022, "Evading Adversarial Example Detection Defenses
-    with Orthogonal Projected Gradient Descent" (ICLR; repo v-wangg/OrthogonalPGD).
+class OrthogonalAttack(GradientAttack):
+    """Orthogonal PGD on M's margin and K's hinges (Bryniarski et al. 2022).
+
+    Bryniarski et al. 2022, "Evading Adversarial Example Detection Defenses with Orthogonal
+    Projected Gradient Descent" (ICLR; repo v-wangg/OrthogonalPGD).
 
     Targeted like the joint attack (``options.targets`` best-ranked targets, ``options.restarts``
     each), with M's loss the C&W margin towards t (``kappa``) and the detector's loss K's hinges
@@ -22,15 +25,16 @@ class OrthogonalAttack(AdaptiveAttack):
     Norm: L-inf or L2 (``orthogonal_linf``, ``orthogonal_l2``). Defaults: ``AdaptiveOptions``.
     """
 
-    name = "orthogonal"
+    family = "orthogonal"
+    norms = (LINF, L2)
     targeted = True
 
-    def run(self) -> None:
-        self.targeted_runs((1.0,))
+    def lambdas(self) -> tuple[float, ...]:
+        return (1.0,)
 
-    def evaluate(self, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor, context: dict) -> Evaluation:
-        targets = context["targets"][rows].to(self.device)
-        logits, outputs = self.forward(x_q, rows)
+    def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
+        targets = run.targets[rows].to(self.device)
+        logits, outputs = self.forward(batch, x_q, rows)
         expected = self.class_parts[targets]
         gradient = None
         if torch.is_grad_enabled():
@@ -40,4 +44,4 @@ class OrthogonalAttack(AdaptiveAttack):
             k_gradient = torch.autograd.grad(k_loss.sum(), x)[0]
             fooled = (logits.argmax(1) == targets).view(-1, 1, 1, 1)
             gradient = torch.where(fooled, orthogonal(k_gradient, m_gradient), orthogonal(m_gradient, k_gradient))
-        return self.fooling(logits.detach(), outputs, rows, gradient=gradient)
+        return self.fooling(batch, logits.detach(), outputs, rows, gradient=gradient)

@@ -1,93 +1,84 @@
-"""The adaptive attacks by name, and ``adaptive_attack``, the one entry point."""
+"""The adaptive attacks by name, built from what each attack class says about itself, and
+``adaptive_attack``, the one entry point.
+
+Adding an attack is one class (a ``GradientAttack`` subclass with ``family``, ``norms`` and, if
+so, ``targeted``) and one line here: its names, the command line's choices and help, and the
+``name:epsilon`` parser follow from the registry.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from unmask.attacks.adaptive.detector import FabricateAttack, VanishAttack
-from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveResult
+from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveAttackInfo, AdaptiveResult
 from unmask.attacks.adaptive.joint import JointAttack
 from unmask.attacks.adaptive.label_only import HopSkipJump
 from unmask.attacks.adaptive.options import AdaptiveOptions
 from unmask.attacks.adaptive.orthogonal import OrthogonalAttack
 from unmask.attacks.adaptive.reclassify import ReclassifyAttack
 from unmask.attacks.adaptive.target import DefenseTarget
-from unmask.parts import UnknownNameError
+from unmask.attacks.base import AttackRegistry, AttackVector
 
-_FAMILIES: dict[str, type[AdaptiveAttack] | type[HopSkipJump]] = {
-    "joint": JointAttack,
-    "orthogonal": OrthogonalAttack,
-    "reclassify": ReclassifyAttack,
-    "k_vanish": VanishAttack,
-    "k_fabricate": FabricateAttack,
-    "hsj": HopSkipJump,
-}
+FULL_ADAPTIVE: tuple[str, ...] = (
+    "joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64",
+    "joint_l2:300", "joint_l2:600", "joint_l2:1200", "joint_l2:2400",
+    "orthogonal_linf:8", "orthogonal_linf:16", "orthogonal_l2:300", "orthogonal_l2:600",
+    "reclassify_linf:8", "reclassify_linf:16", "reclassify_l2:300", "reclassify_l2:600",
+    "k_vanish_linf:64", "k_fabricate_linf:64", "hsj_linf:8", "hsj_linf:16", "hsj_l2:300", "hsj_l2:600",
+)
+"""``full``: every adaptive attack at the paper's budgets (L-inf 8 and 16, L2 300 and 600), the
+joint attack further out (L-inf 32 and 64, L2 1200 and 2400: where it should reach 100%), and
+K-only sanity attacks at 64."""
 
-ADAPTIVE_ATTACK_NORMS: dict[str, str] = {
-    "joint_linf": "linf",
-    "joint_l2": "l2",
-    "orthogonal_linf": "linf",
-    "orthogonal_l2": "l2",
-    "reclassify_linf": "linf",
-    "reclassify_l2": "l2",
-    "k_vanish_linf": "linf",
-    "k_fabricate_linf": "linf",
-    "hsj_l2": "l2",
-    "hsj_linf": "linf",
-}
-"""Every adaptive attack's name and norm; the family is the name without its norm suffix."""
-
-ADAPTIVE_ATTACK_NAMES: tuple[str, ...] = tuple(ADAPTIVE_ATTACK_NORMS)
-
-MINIMIZATION_ATTACKS = frozenset({"hsj_l2", "hsj_linf"})
-"""Attacks that minimise the distance: ``AdaptiveResult.distances`` answers every epsilon."""
-
-LABEL_ONLY_ATTACKS = frozenset({"hsj_l2", "hsj_linf"})
-"""Decision-based attacks: they query the hard pipeline's verdicts only, never a gradient (the
-check against gradient masking), at about a minute per image on a CPU."""
+ADAPTIVE_ATTACKS = AttackRegistry("adaptive attack", (
+    *JointAttack.describe(),
+    *OrthogonalAttack.describe(),
+    *ReclassifyAttack.describe(),
+    *VanishAttack.describe(),
+    *FabricateAttack.describe(),
+    *HopSkipJump.describe(),
+), named_lists={"full": FULL_ADAPTIVE, "none": ()})
+"""Every adaptive attack; ``full`` names the full evaluation's list, ``none`` no attack."""
 
 
-def _family(name: str) -> str:
-    return name.rsplit("_", 1)[0]
-
-
-def build_adaptive_attack(name: str, target: DefenseTarget, epsilon: float,
-                          options: AdaptiveOptions | None = None) -> AdaptiveAttack | HopSkipJump:
-    """The attack registered as ``name`` against ``target`` at ``epsilon`` (0-255 scale)."""
-    if name not in ADAPTIVE_ATTACK_NORMS:
-        raise UnknownNameError(f"unknown adaptive attack {name!r}; expected one of: {', '.join(ADAPTIVE_ATTACK_NAMES)}")
-    return _FAMILIES[_family(name)](target, epsilon=epsilon, norm=ADAPTIVE_ATTACK_NORMS[name],
-                                    options=options or AdaptiveOptions())
+def build_adaptive_attack(vector: AttackVector, target: DefenseTarget,
+                          options: AdaptiveOptions | None = None) -> AdaptiveAttack:
+    """The attack of ``vector`` (an adaptive attack at its budget) against ``target``."""
+    info = vector.attack
+    if not isinstance(info, AdaptiveAttackInfo):
+        raise ValueError(f"{vector.label} is not an adaptive attack; expected one of: {', '.join(ADAPTIVE_ATTACKS)}")
+    return info.attack_class(target, epsilon=vector.epsilon, norm=vector.norm, options=options or AdaptiveOptions())
 
 
 def adaptive_attack(
     target: DefenseTarget,
     images: torch.Tensor,
     labels: torch.Tensor,
-    name: str,
-    epsilon: float,
+    vector: AttackVector | str,
     options: AdaptiveOptions | None = None,
     *,
     indices: torch.Tensor | None = None,
-    index_offset: int = 0,
 ) -> AdaptiveResult:
-    """Run the adaptive attack ``name`` on ``images``.
+    """Run an adaptive attack on ``images``.
 
     Args:
         target: what the attacker knows (M, its K, the part table, thresholds) and the judge.
         images: (N, 3, H, W) float 8-bit images in [0, 1] (as the data's PNG files), any device.
         labels: (N,) true class indices (class-set order).
-        name: one of ``ADAPTIVE_ATTACK_NAMES``.
-        epsilon: budget on the 0-255 scale in the attack's norm (``ADAPTIVE_ATTACK_NORMS``).
+        vector: the attack and its budget on the 0-255 scale in the attack's norm: an
+            ``AttackVector`` of ``ADAPTIVE_ATTACKS`` or its spec, e.g. ``"joint_linf:8"``.
         options: ``AdaptiveOptions`` (None: defaults).
         indices: (N,) each image's index in the whole evaluation; random starts derive from
             (``options.seed``, index), so a shard reproduces the unsharded run. Default:
-            ``index_offset + arange(N)``.
+            ``arange(N)``.
 
     Returns:
         ``AdaptiveResult``: 8-bit images inside the ball, the target per image (targeted
         attacks), success and the judge's verdict of the returned images.
     """
+    if isinstance(vector, str):
+        (vector,) = ADAPTIVE_ATTACKS.parse((vector,))
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"adaptive_attack: expected float images (N, 3, H, W), got {images.dtype} "
                          f"{tuple(images.shape)}")
@@ -97,8 +88,8 @@ def adaptive_attack(
     if len(images) and (images.min() < 0 or images.max() > 1):
         raise ValueError("adaptive_attack: images must lie in [0, 1]")
     if indices is None:
-        indices = torch.arange(index_offset, index_offset + len(images))
+        indices = torch.arange(len(images))
     elif indices.shape != (len(images),):
         raise ValueError(f"adaptive_attack: expected indices of shape ({len(images)},), got {tuple(indices.shape)}")
-    attack = build_adaptive_attack(name, target, epsilon, options)
+    attack = build_adaptive_attack(vector, target, options)
     return attack(images, labels, indices.cpu().to(torch.int64))

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 
+from unmask.constants import NO_PREDICTION
 from unmask.parts import PARTS
 
-NO_PREDICTION = -1
-"""``Verdict.unmask_prediction`` of an image for which no class shares a part with K's parts."""
+__all__ = ["NO_PREDICTION", "DefenseTarget", "Judge", "Verdict"]
 
 
 def _as_tensor(value: object, dtype: torch.dtype) -> torch.Tensor:
@@ -68,10 +68,6 @@ class Verdict:
         """(N,) bool: M is wrong (``m_prediction != labels``) and the image is not flagged."""
         return (self.m_prediction != labels.cpu()) & ~self.flagged
 
-    def hits(self, targets: torch.Tensor) -> torch.Tensor:
-        """(N,) bool: M says ``targets`` and the image is not flagged (targeted success)."""
-        return (self.m_prediction == targets.cpu()) & ~self.flagged
-
 
 Judge = Callable[[torch.Tensor], Verdict]
 """Images (N, 3, H, W) in [0, 1] (8-bit quantised by the attacks) -> the hard pipeline's Verdict."""
@@ -109,7 +105,3 @@ class DefenseTarget:
         if not callable(self.judge):
             raise TypeError(f"judge must be callable (images -> Verdict), got {type(self.judge).__name__}")
         object.__setattr__(self, "class_parts", class_parts)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_parts)
