@@ -19,154 +19,255 @@ on images in [0, 1] and divides by 255 itself.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from unmask.constants import FULL_ADAPTIVE_BUDGET, GREY_LEVELS, MIN_IMAGE_SIZE, REDUCED_ADAPTIVE_BUDGET
 from unmask.io import UnmaskError
 
 
-def option(default, help: str, **metadata):  # noqa: A002 - "help" reads best at the call sites
-    """A configuration field with its ``--help`` text (and optional CLI metadata)."""
+@dataclass(frozen=True)
+class Choices:
+    """The values an option may take, named where they are defined (``"module:attribute"``, a
+    tuple of names or a registry with ``choices``), so the list has one owner and this schema
+    imports nothing from the layers after it. ``what`` names a value in messages; ``exact``
+    False also accepts any capitalisation (the paper's class-set names)."""
+
+    source: str
+    what: str = "value"
+    exact: bool = True
+
+    def values(self) -> tuple[str, ...]:
+        module, _, attribute = self.source.partition(":")
+        found: Any = importlib.import_module(module)
+        for name in attribute.split("."):
+            found = getattr(found, name)
+        return tuple(getattr(found, "choices", found))
+
+    def allows(self, value: str) -> bool:
+        """Whether ``value`` (or, for ``name:epsilon`` specs, its name) is one of the values."""
+        name = value.partition(":")[0]
+        values = self.values()
+        return name in values or (not self.exact and name.lower() in {v.lower() for v in values})
+
+
+def option(default: Any, help: str, *, group: str | None = None, aliases: tuple[str, ...] = (),  # noqa: A002
+           choices: Choices | None = None, at_least: float | None = None, above: float | None = None,
+           at_most: float | None = None, below: float | None = None, reason: str = "", results: bool = True,
+           to: str | None = None) -> Any:
+    """A configuration field and everything it means, declared in one place:
+
+    - ``help`` (``--help``), ``group`` (starts a new group of options there), ``aliases`` (more flags);
+    - ``choices``: the valid values (``Choices``), checked when the plan is built and listed in ``--help``;
+    - ``at_least`` / ``above`` / ``at_most`` / ``below``: the range of a number (of each item of a
+      tuple), checked on resolution (``reason`` says why, in the error);
+    - ``results``: False for options that never change a run's numbers (left out of the run's
+      name and of its saved configuration);
+    - ``to``: ``"<component>.<field>"``, the field of a component's options object it sets
+      (``Config.options_for``), so that a new option of a component is this one line.
+    """
+    metadata = {"help": help, "group": group, "aliases": aliases, "choices": choices, "at_least": at_least,
+                "above": above, "at_most": at_most, "below": below, "reason": reason, "results": results, "to": to}
+    metadata = {key: value for key, value in metadata.items() if value is not None}
     if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
+        return field(default_factory=lambda: tuple(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_CLASSIFIERS = Choices("unmask.models.classifier:CLASSIFIER_NAMES", "model")
+_CLASS_SETS = Choices("unmask.parts:CLASS_SET_NAMES", "class set", exact=False)
+_REDUCED = REDUCED_ADAPTIVE_BUDGET
 
 
 @dataclass
 class Config:
     # --- general ---------------------------------------------------------------------------
     seed: int = option(0, "Seed for data generation, training, attacks and sampling.", group="general")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps; auto takes this process's GPU when there is one.")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps; auto takes this process's GPU when there is one.",
+                         results=False)
     workers: int = option(0, "DataLoader worker processes (0: load in the main process); also decode M's images "
-                          "in parallel when they are read into memory.")
+                          "in parallel when they are read into memory.", at_least=0, results=False)
     inference_precision: str = option("auto", "Precision of M's predictions and K's part extraction (attacks and "
                                       "training are unaffected): auto (on a GPU mixed precision, bfloat16 where it "
                                       "supports it, else float16; float32 on the CPU), float32, or bfloat16 / float16 "
-                                      "autocast on any device (bfloat16 is faster on CPUs with AVX512-BF16 or AMX).")
+                                      "autocast on any device (bfloat16 is faster on CPUs with AVX512-BF16 or AMX).",
+                                      choices=Choices("unmask.models.classifier:PRECISIONS", "precision"),
+                                      to="inference.precision")
     channels_last: bool = option(False, "Run M in channels-last memory format: about 1.25x faster attacks on "
-                                 "ResNet50 on a CPU, slower for compact (K always runs channels-last).")
+                                 "ResNet50 on a CPU, slower for compact (K always runs channels-last).",
+                                 to="inference.channels_last")
     compile: bool = option(False, "torch.compile M's forward for the evaluation (compiles for tens of seconds "
-                           "first; little gain for ResNet50 on a CPU, worth trying on a GPU).")
-    verbosity: int = option(1, "0: quiet, 1: progress bars and stage messages, 2: debug detail.")
-    output_dir: str = option("results", "Where runs write results/<run name>/ and cached models results/models/.")
-    run_name: str = option("", "Name of the results folder; empty: <class set>-<model>-<hash of the config>.")
+                           "first; little gain for ResNet50 on a CPU, worth trying on a GPU).", to="inference.compile")
+    verbosity: int = option(1, "0: quiet, 1: progress bars and stage messages, 2: debug detail.", results=False)
+    output_dir: str = option("results", "Where runs write results/<run name>/ and cached models results/models/.",
+                             results=False)
+    run_name: str = option("", "Name of the results folder; empty: <class set>-<model>-<hash of the config>.",
+                           results=False)
 
     # --- data ------------------------------------------------------------------------------
     dataset: str = option("synthetic", "synthetic: the embedded part world, generated on first use; "
-                          "unmask: the real UnMask dataset (data.zip) in its original layout.", group="data")
+                          "unmask: the real UnMask dataset (data.zip) in its original layout.", group="data",
+                          choices=Choices("unmask.data:DATASETS", "dataset"))
     data_dir: str = option("data/synthetic", aliases=("--out",), help="Dataset root: <root>/<class set>/{train,val,test}/<class>/ for M "
                            "and <root>/VOC2010/{train,val,test}.json with Images/ for K.")
-    class_set: str = option("cs5-2", "cs3-1, cs3-2, cs5-1, cs5-2 (or the paper's CS3a, CS3b, CS5a, CS5b).")
-    image_size: int = option(128, "Side of the square images M and K see (the original: 150).")
-    synthetic_images_per_class: int = option(300, aliases=("--images-per-class",), help="Synthetic world: M images per class, over train/val/test.")
-    synthetic_k_images: int = option(1600, "Synthetic world: K images (all 16 classes), over train/val/test.")
+    class_set: str = option("cs5-2", "The class set (the paper's names CS3a, CS3b, CS5a, CS5b too).", choices=_CLASS_SETS)
+    image_size: int = option(128, "Side of the square images M and K see (the original: 150).", at_least=MIN_IMAGE_SIZE,
+                             reason="too small: parts stop being recognisable below it; the original uses 150")
+    synthetic_images_per_class: int = option(300, aliases=("--images-per-class",), help="Synthetic world: M images per class, over train/val/test.",
+                                             at_least=1)
+    synthetic_k_images: int = option(1600, "Synthetic world: K images (all 16 classes), over train/val/test.",
+                                     at_least=1)
     synthetic_distractor_prob: float = option(0.0, "Synthetic world: chance that an object carries one "
-                                              "part of another class (marked in the annotations).")
+                                              "part of another class (marked in the annotations).", at_least=0,
+                                              at_most=1)
     synthetic_k_image_size: str = option("", "Synthetic world: K's images about WIDTHxHEIGHT pixels, PASCAL VOC-like "
                                          "(e.g. 500x375: the shorter side varies by up to 12 percent, a quarter are "
                                          "portrait); empty: square at --image-size, as M's.")
     pascal_root: str = option("", "prepare --dataset pascal-part: folder with Annotations_Part/ and JPEGImages/.")
     pascal_merge: str = option("explicit", "PASCAL-Part name merge: explicit (the corrected table) or "
-                               "original (the original's substring merge, with handlebar->hand and chainwheel->wheel).")
+                               "original (the original's substring merge, with handlebar->hand and chainwheel->wheel).",
+                               choices=Choices("unmask.parts:MERGE_MODES", "merge mode"))
     synthetic_workers: int = option(0, "Synthetic world: processes drawing images (0: one per CPU core, at most 8); "
-                                    "the images do not depend on it.")
+                                    "the images do not depend on it.", at_least=0, results=False)
 
     # --- model M, the protected classifier -----------------------------------------------------
-    model: str = option("compact", "M's architecture: compact, resnet18 (CPU demo) or the paper's "
-                        "resnet50, densenet121, vgg16, resnet101.", group="model M")
+    model: str = option("compact", "M's architecture: compact and resnet18 (CPU demo) or the paper's.",
+                        group="model M", choices=_CLASSIFIERS)
     pretrained: bool = option(False, "Start M from ImageNet weights (torchvision cache or --weights-path).")
     weights_path: str = option("", "File with ImageNet weights for M's backbone (instead of torchvision's cache).")
     allow_random_init: bool = option(True, "When pretrained weights are missing offline, start from random "
                                      "weights instead of stopping with an error.")
     m_checkpoint: str = option("", "Use this trained M instead of training or the cache.")
-    batch_size: int = option(32, "M's training batch size (the original: 32).")
-    epochs: int = option(15, "M's training epochs; the best validation epoch is kept (the original: 30).")
-    optimizer: str = option("sgd", "sgd or adam.")
-    lr: float = option(0.05, "M's learning rate (the original: 0.001).")
-    momentum: float = option(0.9, "SGD momentum (the original: 0.9).")
-    weight_decay: float = option(0.0002, "Weight decay (the original: 0.0002).")
-    nesterov: bool = option(False, "Nesterov momentum for SGD.")
-    augment: bool = option(False, "Augment M's training images (flip, crop, colour jitter).")
+    batch_size: int = option(32, "M's training batch size (the original: 32).", at_least=1, to="m_training.batch_size")
+    epochs: int = option(15, "M's training epochs; the best validation epoch is kept (the original: 30).", at_least=1,
+                         to="m_training.epochs")
+    optimizer: str = option("sgd", "M's optimiser.", choices=Choices("unmask.train.classifier:OPTIMIZERS", "optimizer"),
+                            to="m_training.optimizer")
+    lr: float = option(0.05, "M's learning rate (the original: 0.001).", at_least=0, to="m_training.lr")
+    momentum: float = option(0.9, "SGD momentum (the original: 0.9).", at_least=0, to="m_training.momentum")
+    weight_decay: float = option(0.0002, "Weight decay (the original: 0.0002).", at_least=0,
+                                 to="m_training.weight_decay")
+    nesterov: bool = option(False, "Nesterov momentum for SGD.", to="m_training.nesterov")
+    augment: bool = option(False, "Augment M's training images (flip, crop, colour jitter).", to="m_training.augment")
     lr_schedule: str = option("cosine", "M's learning-rate schedule: constant (the original) or cosine "
-                              "(decays towards 0 over the epochs).")
+                              "(decays towards 0 over the epochs).",
+                              choices=Choices("unmask.train.classifier:LR_SCHEDULES", "schedule"),
+                              to="m_training.lr_schedule")
 
     # --- the adversarial-training baseline ---------------------------------------------------
     adv_training: bool = option(True, "Train and evaluate the adversarial-training baseline "
                                 "(Madry PGD-Linf training).", group="adversarial training")
-    adv_epsilon: float = option(4.0, "Training epsilon, 0-255 scale (the original searched 1, 2, 4, 6, 8, 16).")
-    adv_steps: int = option(7, "PGD steps per training batch.")
-    adv_step_size: float = option(2.0, "PGD step size per training step, 0-255 scale.")
-    adv_random_start: bool = option(True, "Start training PGD at a random point of the epsilon ball.")
-    adv_epochs: int = option(0, "Epochs of adversarial training (0: the same as --epochs).")
+    adv_epsilon: float = option(4.0, "Training epsilon, 0-255 scale (the original searched 1, 2, 4, 6, 8, 16).",
+                                at_least=0, at_most=GREY_LEVELS, reason="255 is the whole 0-255 pixel range",
+                                to="adversarial.epsilon")
+    adv_steps: int = option(7, "PGD steps per training batch.", at_least=1, to="adversarial.steps")
+    adv_step_size: float = option(2.0, "PGD step size per training step, 0-255 scale.", at_least=0,
+                                  to="adversarial.step_size")
+    adv_random_start: bool = option(True, "Start training PGD at a random point of the epsilon ball.",
+                                    to="adversarial.random_start")
+    adv_epochs: int = option(0, "Epochs of adversarial training (0: the same as --epochs).", at_least=0)
     m_adv_trained: bool = option(False, "UnMask protects the adversarially trained M instead of the standard one "
                                  "(the original's grid runs both).")
 
     # --- model K, the part extractor -------------------------------------------------------------
     k_model: str = option("lean", "K's architecture: lean (ResNet-18 FPN, trainable BatchNorm, for the CPU) "
-                          "or resnet50-fpn (torchvision's Mask R-CNN v2, for real data).", group="model K")
+                          "or resnet50-fpn (torchvision's Mask R-CNN v2, for real data).", group="model K",
+                          choices=Choices("unmask.models.part_extractor:PART_EXTRACTOR_NAMES", "part extractor"))
     k_pretrained: bool = option(False, "Start K from COCO weights (torchvision cache or --k-weights-path).")
     k_weights_path: str = option("", "File with COCO Mask R-CNN weights for K.")
     k_checkpoint: str = option("", "Use this trained K instead of training or the cache.")
-    k_epochs: int = option(5, "K's training epochs (the original: 40).")
-    k_batch_size: int = option(8, "K's training batch size.")
-    k_lr: float = option(0.04, "K's peak SGD learning rate (warm-up, then cosine decay to 0).")
-    k_momentum: float = option(0.9, "K's SGD momentum.")
-    k_weight_decay: float = option(0.0001, "K's weight decay.")
-    k_warmup_steps: int = option(100, "Linear learning-rate warm-up steps for K.")
-    k_score_threshold: float = option(0.5, "Keep K's detections scoring at least this (the original: 0.0, every detection).")
-    k_nms_threshold: float = option(0.3, "K's non-maximum suppression IoU threshold (the original: 0.3).")
-    k_max_detections: int = option(100, "K's detections per image at most (the original: 100).")
+    k_epochs: int = option(5, "K's training epochs (the original: 40).", at_least=1, to="k_training.epochs")
+    k_batch_size: int = option(8, "K's training batch size.", at_least=1, to="k_training.batch_size")
+    k_lr: float = option(0.04, "K's peak SGD learning rate (warm-up, then cosine decay to 0).", at_least=0,
+                         to="k_training.lr")
+    k_momentum: float = option(0.9, "K's SGD momentum.", at_least=0, to="k_training.momentum")
+    k_weight_decay: float = option(0.0001, "K's weight decay.", at_least=0, to="k_training.weight_decay")
+    k_warmup_steps: int = option(100, "Linear learning-rate warm-up steps for K.", at_least=0,
+                                 to="k_training.warmup_steps")
+    k_score_threshold: float = option(0.5, "Keep K's detections scoring at least this (the original: 0.0, every detection).",
+                                      at_least=0, at_most=1, to="k_rule.score_threshold")
+    k_nms_threshold: float = option(0.3, "K's non-maximum suppression IoU threshold (the original: 0.3).", at_least=0,
+                                    at_most=1, to="k_rule.nms_threshold")
+    k_max_detections: int = option(100, "K's detections per image at most (the original: 100).", at_least=1,
+                                   to="k_rule.max_detections")
     amp: bool = option(True, "Mixed precision when training on a GPU (ignored on the CPU).")
 
     # --- attacks ---------------------------------------------------------------------------
-    attacks: tuple[str, ...] = option(("paper",), "Attack vectors name:epsilon (0-255 scale), comma-separated; "
-                                      "'paper' is the paper's eight.", group="attacks")
-    attack_steps: int = option(20, "Iterations of the iterative attacks (the original: 20).")
+    attacks: tuple[str, ...] = option(("paper",), "Gray-box attack vectors on M, name:epsilon (0-255 scale), "
+                                      "comma-separated; 'paper' is the paper's eight.", group="attacks",
+                                      choices=Choices("unmask.attacks:GRAY_BOX_ATTACKS", "attack"))
+    attack_steps: int = option(20, "Iterations of the iterative attacks (the original: 20).", at_least=1,
+                               to="attack.steps")
     attack_original_step: bool = option(False, "Reproduce the original's step size of 2.0 in [0,1] pixels "
-                                        "(it overshoots every step) instead of the corrected step.")
-    mim_decay: float = option(1.0, "Momentum decay of the MIM attacks (the original: 1.0).")
-    attack_batch_size: int = option(64, "Images per attack batch.")
+                                        "(it overshoots every step) instead of the corrected step.",
+                                        to="attack.original_step")
+    mim_decay: float = option(1.0, "Momentum decay of the MIM attacks (the original: 1.0).", at_least=0,
+                              to="attack.decay")
+    attack_batch_size: int = option(64, "Images per attack batch.", at_least=1, to="attack.batch_size")
 
     # --- adaptive evaluation ------------------------------------------------------------------
     adaptive_attacks: tuple[str, ...] = option(
         ("joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64"),
-        "Adaptive attacks on M and K together, name:epsilon (0-255 scale), comma-separated: joint_linf, joint_l2, "
-        "orthogonal_linf, orthogonal_l2, reclassify_linf, reclassify_l2, k_vanish_linf, k_fabricate_linf, hsj_l2, "
-        "hsj_linf; 'full' is the full evaluation's list, 'none' turns the adaptive evaluation off.",
-        group="adaptive evaluation")
+        "Adaptive attacks on M and K together, name:epsilon (0-255 scale), comma-separated; 'full' is the full "
+        "evaluation's list, 'none' turns the adaptive evaluation off.", group="adaptive evaluation",
+        choices=Choices("unmask.attacks.adaptive:ADAPTIVE_ATTACKS", "adaptive attack"))
     adaptive_threat_models: tuple[str, ...] = option(
         ("white-box",), "Threat models of the adaptive attacks: white-box (the attacker knows M, K, the part table "
         "and the thresholds) and transfer (crafted on M and a surrogate K' trained with another seed on half of K's "
-        "training split, judged on the real K). Gray-box rows (the paper's M-only PGD) are always shown beside them.")
+        "training split, judged on the real K). Gray-box rows (the paper's M-only PGD) are always shown beside them.",
+        choices=Choices("unmask.experiment.plan:ADAPTIVE_THREAT_MODELS", "threat model"))
     adaptive_fprs: tuple[float, ...] = option((0.10,), "False-positive rates (on clean validation images) at which "
-                                              "the detection threshold is fixed for the adaptive evaluation.")
+                                              "the detection threshold is fixed for the adaptive evaluation.",
+                                              above=0, below=1)
     adaptive_max_images: int = option(100, "Adaptive evaluation on a seeded, class-stratified sample of this many "
-                                      "test images that M classifies correctly (0: all of them).")
-    adaptive_steps: int = option(20, "PGD steps per run of the adaptive attacks.")
-    adaptive_restarts: int = option(2, "Runs per target class (the first from the clean image, the others from "
-                                    "random points of the epsilon ball).")
-    adaptive_targets: int = option(2, "Target classes the targeted adaptive attacks try per image, best-ranked "
-                                   "first (0: every class but the true one).")
+                                      "test images that M classifies correctly (0: all of them).", at_least=0)
+    adaptive_steps: int = option(_REDUCED.steps, "PGD steps per run of the adaptive attacks.", at_least=1,
+                                 to="adaptive.steps")
+    adaptive_restarts: int = option(_REDUCED.restarts, "Runs per target class (the first from the clean image, the "
+                                    "others from random points of the epsilon ball).", at_least=1,
+                                    to="adaptive.restarts")
+    adaptive_targets: int = option(_REDUCED.targets, "Target classes the targeted adaptive attacks try per image, "
+                                   "best-ranked first (0: every class but the true one).", at_least=0,
+                                   to="adaptive.targets")
     adaptive_label_only_images: int = option(20, "The label-only attack (HopSkipJump, a check against gradient "
                                              "masking) runs on a seeded, class-stratified sub-sample of this many of "
                                              "the adaptive sample's images (0: all): about a minute per image on a "
-                                             "CPU.")
-    adaptive_relative_step: float = option(8.0, "Base step of the adaptive attacks: this x epsilon / steps (cosine "
-                                           "schedule from twice that down to 0; 8 at 20 steps: a first step of "
-                                           "0.8 epsilon).")
-    adaptive_batch_size: int = option(32, "Images per adaptive-attack batch (the unit of sharding and resume).")
+                                             "CPU.", at_least=0)
+    adaptive_relative_step: float = option(_REDUCED.relative_step, "Base step of the adaptive attacks: this x "
+                                           "epsilon / steps (cosine schedule from twice that down to 0; 8 at 20 "
+                                           "steps: a first step of 0.8 epsilon).", above=0,
+                                           to="adaptive.relative_step")
+    adaptive_batch_size: int = option(32, "Images per adaptive-attack batch (the unit of sharding and resume).",
+                                      at_least=1, to="adaptive.batch_size")
 
     # --- evaluation ----------------------------------------------------------------------------
     detection_fpr: float = option(0.10, "Target false-positive rate for the detection threshold, fixed on "
-                                  "the clean validation split.", group="evaluation")
-    eval_max_images: int = option(0, "Evaluate at most this many test images (0: all).")
-    grid_class_sets: tuple[str, ...] = option(("cs3-1", "cs3-2", "cs5-1", "cs5-2"), "Class sets of --grid.")
-    grid_models: tuple[str, ...] = option(("compact", "resnet18"), "Models M of --grid.")
+                                  "the clean validation split.", group="evaluation", at_least=0, at_most=1)
+    eval_max_images: int = option(0, "Evaluate at most this many test images (0: all).", at_least=0)
+    grid_class_sets: tuple[str, ...] = option(("cs3-1", "cs3-2", "cs5-1", "cs5-2"), "Class sets of --grid.",
+                                              choices=_CLASS_SETS, results=False)
+    grid_models: tuple[str, ...] = option(("compact", "resnet18"), "Models M of --grid.", choices=_CLASSIFIERS,
+                                          results=False)
     grid_shard: str = option("", "Run only a share of --grid, as one job of several (a SLURM job array): I/N runs "
                              "configurations I, I+N, ... (from 0); N alone takes I from SLURM_ARRAY_TASK_ID. "
-                             "python main.py grid-report then combines the finished ones. Empty: the whole grid.")
+                             "python main.py grid-report then combines the finished ones. Empty: the whole grid.",
+                             results=False)
+
+    def options_for(self, component: str) -> dict[str, Any]:
+        """The values of every option declared ``to="<component>.<field>"``, by field name: the
+        keyword arguments of that component's options object."""
+        prefix = f"{component}."
+        return {config_field.metadata["to"].removeprefix(prefix): getattr(self, config_field.name)
+                for config_field in dataclasses.fields(self)
+                if config_field.metadata.get("to", "").startswith(prefix)}
+
+    def results(self) -> dict[str, Any]:
+        """The options that determine a run's numbers (``results`` not declared False), by name."""
+        return {config_field.name: getattr(self, config_field.name) for config_field in dataclasses.fields(self)
+                if config_field.metadata.get("results", True)}
 
 
 PROFILES: dict[str, dict[str, object]] = {
@@ -202,10 +303,7 @@ PROFILES: dict[str, dict[str, object]] = {
         "adaptive_attacks": ("full",),
         "adaptive_threat_models": ("white-box", "transfer"),
         "adaptive_fprs": (0.05, 0.10),
-        "adaptive_steps": 100,
-        "adaptive_restarts": 2,
-        "adaptive_targets": 0,
-        "adaptive_relative_step": 20.0,
+        **{f"adaptive_{name}": value for name, value in FULL_ADAPTIVE_BUDGET.as_dict().items()},
     },
 }
 """Named sets of overrides, applied on top of the defaults by ``--profile``."""
@@ -241,48 +339,46 @@ def resolve_config(
                 raise ConfigError(f"{source}: unknown option {key!r}; expected one of: {', '.join(sorted(names))}")
             values[key] = value
     config = Config(**values)
-    check_numbers(config)
+    check_values(config)
     return config
 
 
-_POSITIVE = ("batch_size", "epochs", "k_epochs", "k_batch_size", "attack_steps", "attack_batch_size", "adv_steps",
-             "adaptive_steps", "adaptive_restarts", "adaptive_batch_size", "adaptive_relative_step",
-             "synthetic_images_per_class", "synthetic_k_images", "k_max_detections")
-_NON_NEGATIVE = ("lr", "k_lr", "weight_decay", "k_weight_decay", "momentum", "k_momentum", "adv_epochs",
-                 "k_warmup_steps", "eval_max_images", "workers", "adv_epsilon", "adv_step_size", "synthetic_workers",
-                 "mim_decay", "adaptive_max_images", "adaptive_targets",
-                 "adaptive_label_only_images")
-_UNIT_INTERVAL = ("detection_fpr", "k_score_threshold", "k_nms_threshold", "synthetic_distractor_prob")
-MIN_IMAGE_SIZE = 32
-"""Below this side parts stop being recognisable (the original uses 150)."""
-
-
-def check_numbers(config: Config) -> None:
-    """Every numeric option finite and in its range; raises ``ConfigError`` naming the option."""
+def check_values(config: Config) -> None:
+    """Every numeric option finite and in its declared range (``option``'s ``at_least``,
+    ``above``, ``at_most``, ``below``; each item of a tuple); raises ``ConfigError`` naming the
+    option."""
     for config_field in dataclasses.fields(config):
+        value, metadata = getattr(config, config_field.name), config_field.metadata
+        name = option_name(config_field.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                continue
+            # argparse's float() takes "inf" and "nan"; NaN passes every comparison below unnoticed
+            if not math.isfinite(item):
+                raise ConfigError(f"{name}: expected a finite number, got {item}")
+            why = f" ({metadata['reason']})" if "reason" in metadata else ""
+            for bound, holds, words in (("at_least", item >= metadata.get("at_least", -math.inf), ">="),
+                                        ("above", item > metadata.get("above", -math.inf), ">"),
+                                        ("at_most", item <= metadata.get("at_most", math.inf), "<="),
+                                        ("below", item < metadata.get("below", math.inf), "<")):
+                if not holds:
+                    raise ConfigError(f"{name}: expected a number {words} {metadata[bound]:g}, got {item:g}{why}")
+
+
+def check_choices(config: Config) -> None:
+    """Every option with declared ``choices`` holds one of them (each item of a tuple; the name
+    of a ``name:epsilon`` spec); raises ``ConfigError`` naming the option and listing the choices.
+    Imports each owner of a list of choices (so it runs where the plan is built, not on load)."""
+    for config_field in dataclasses.fields(config):
+        choices: Choices | None = config_field.metadata.get("choices")
+        if choices is None:
+            continue
         value = getattr(config, config_field.name)
-        # argparse's float() takes "inf" and "nan"; NaN passes every comparison below unnoticed
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{option_name(config_field.name)}: expected a finite number, got {value}")
-    if config.image_size < MIN_IMAGE_SIZE:
-        raise ConfigError(f"--image-size: {config.image_size} is too small; parts stop being recognisable "
-                          f"below {MIN_IMAGE_SIZE} pixels (the original uses 150)")
-    for name in _POSITIVE:
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{option_name(name)}: expected a positive number, got {getattr(config, name)}")
-    for name in _NON_NEGATIVE:
-        value = getattr(config, name)
-        if not (value >= 0 and math.isfinite(value)):
-            raise ConfigError(f"{option_name(name)}: expected a finite number >= 0, got {value}")
-    if config.adv_epsilon > 255:
-        raise ConfigError(f"--adv-epsilon: {config.adv_epsilon:g} exceeds 255, the whole 0-255 pixel range")
-    for name in _UNIT_INTERVAL:
-        value = getattr(config, name)
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{option_name(name)}: expected a value in [0, 1], got {value}")
-    for value in config.adaptive_fprs:
-        if not (isinstance(value, int | float) and 0.0 < value < 1.0):
-            raise ConfigError(f"--adaptive-fprs: expected false-positive rates in (0, 1), got {value!r}")
+        for item in value if isinstance(value, tuple) else (value,):
+            if not choices.allows(str(item)):
+                raise ConfigError(f"{option_name(config_field.name)}: unknown {choices.what} {str(item).partition(':')[0]!r}"
+                                  f"{f' in {item!r}' if ':' in str(item) else ''}; expected one of: "
+                                  f"{', '.join(choices.values())}")
 
 
 def format_config(config: Config) -> str:

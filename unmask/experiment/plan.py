@@ -1,42 +1,42 @@
 """The one place where the configuration becomes the components' options.
 
-``build_plan(config)`` checks every name against its registry (class sets, datasets, models,
-attacks, devices) and builds one options object per component: the data, M and the
-adversarially trained M (``ClassifierSpec``), K (``PartExtractorSpec``), the attacks
-(``AttackVector``s and one ``AttackOptions``) and the evaluation. Everything downstream takes
-these objects; nothing below this module reads the configuration's fields.
+``build_plan(config)`` checks every option's declared choices (``unmask.config.Choices``) and
+every name against its registry, and builds one options object per component: the data, M and
+the adversarially trained M (``ClassifierSpec``), K (``PartExtractorSpec``), the attacks
+(``AttackVector``s and one ``AttackOptions``), the evaluation and the adaptive evaluation.
+Options declared ``to="<component>.<field>"`` reach their component through
+``Config.options_for``. Everything downstream takes these objects; the plan does not carry the
+configuration, only what its results depend on (``results``, for the run's name and records).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from unmask.attacks import AttackOptions, AttackVector, parse_attack_vectors
-from unmask.attacks.adaptive import ADAPTIVE_ATTACK_NORMS, AdaptiveOptions
-from unmask.attacks.vectors import max_epsilon
-from unmask.config import Config, ConfigError, option_name
-from unmask.data import DATASETS
+from unmask.attacks import GRAY_BOX_ATTACKS, AttackOptions, AttackVector
+from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, AdaptiveOptions
+from unmask.config import Config, ConfigError, check_choices, option_name
 from unmask.data.synthetic import SyntheticSpec, parse_image_size
-from unmask.models.classifier import CLASSIFIER_NAMES, PRECISIONS, InferenceOptions
-from unmask.models.part_extractor import PART_EXTRACTOR_NAMES, DetectionRule
-from unmask.parts import MERGE_MODES, ClassSet, UnknownNameError
-from unmask.runtime import resolve_device
-from unmask.train.classifier import (
-    LR_SCHEDULES,
-    OPTIMIZERS,
-    AdversarialTraining,
-    ClassifierSpec,
-    ClassifierTraining,
-)
+from unmask.io import stable_hash
+from unmask.models.classifier import InferenceOptions
+from unmask.models.part_extractor import DetectionRule
+from unmask.parts import ClassSet, UnknownNameError
+from unmask.runtime import Runtime, resolve_device
+from unmask.train.classifier import AdversarialTraining, ClassifierSpec, ClassifierTraining
 from unmask.train.part_extractor import PartExtractorSpec, PartExtractorTraining
 
 T = TypeVar("T")
+
+THREAT_MODELS: tuple[str, ...] = ("gray-box", "transfer", "white-box")
+"""What the attacker knows: M only (the paper's), M and a surrogate K', or M, K and the thresholds."""
+
+ADAPTIVE_THREAT_MODELS: tuple[str, ...] = THREAT_MODELS[1:]
+"""The threat models of the adaptive attacks (gray-box rows are always shown beside them)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,16 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class PascalPartSpec:
+    """``prepare --dataset pascal-part``: the raw PASCAL-Part folder, the name merge and the
+    split's seed."""
+
+    root: Path | None
+    merge_mode: str
+    seed: int
+
+
+@dataclass(frozen=True)
 class EvaluationSpec:
     """How the attacked predictions are made and judged: detection thresholds fixed on clean
     validation images at ``detection_fpr``; at most ``max_images`` test images (0: all), drawn
@@ -64,72 +74,16 @@ class EvaluationSpec:
     batch_size: int
 
 
-THREAT_MODELS: tuple[str, ...] = ("gray-box", "transfer", "white-box")
-"""What the attacker knows: M only (the paper's), M and a surrogate K', or M, K and the thresholds."""
-
-FULL_ADAPTIVE: tuple[str, ...] = (
-    "joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64",
-    "joint_l2:300", "joint_l2:600", "joint_l2:1200", "joint_l2:2400",
-    "orthogonal_linf:8", "orthogonal_linf:16", "orthogonal_l2:300", "orthogonal_l2:600",
-    "reclassify_linf:8", "reclassify_linf:16", "reclassify_l2:300", "reclassify_l2:600",
-    "k_vanish_linf:64", "k_fabricate_linf:64", "hsj_linf:8", "hsj_linf:16", "hsj_l2:300", "hsj_l2:600",
-)
-"""``--adaptive-attacks full``: every adaptive attack at the paper's budgets (L-inf 8 and 16, L2 300
-and 600), the joint attack further out (L-inf 32 and 64, L2 1200 and 2400: where it should reach
-100%), and K-only sanity attacks at 64."""
-
-
-@dataclass(frozen=True)
-class AdaptiveVector:
-    """One adaptive attack at one budget (0-255 scale)."""
-
-    name: str
-    epsilon: float
-
-    @property
-    def norm(self) -> str:
-        return ADAPTIVE_ATTACK_NORMS[self.name]
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}:{self.epsilon:g}"
-
-
-def parse_adaptive_vectors(specs: tuple[str, ...], *, image_size: int) -> tuple[AdaptiveVector, ...]:
-    """``name:epsilon`` strings, ``full`` (``FULL_ADAPTIVE``) or ``none`` (no adaptive evaluation)."""
-    if tuple(specs) in ((), ("none",)):
-        return ()
-    vectors = []
-    for spec in specs:
-        if spec == "full":
-            vectors.extend(parse_adaptive_vectors(FULL_ADAPTIVE, image_size=image_size))
-            continue
-        name, _, epsilon = spec.partition(":")
-        if name not in ADAPTIVE_ATTACK_NORMS:
-            raise UnknownNameError(f"unknown adaptive attack {name!r} in {spec!r}; expected one of: full, none, "
-                                   f"{', '.join(ADAPTIVE_ATTACK_NORMS)}")
-        try:
-            value = float(epsilon)
-        except ValueError:
-            raise ValueError(f"{spec!r}: expected name:epsilon with epsilon on the 0-255 scale, e.g. {name}:8") \
-                from None
-        limit = max_epsilon(ADAPTIVE_ATTACK_NORMS[name], image_size)
-        if not (math.isfinite(value) and 0 < value <= limit):
-            raise ValueError(f"{spec!r}: epsilon must be a finite number in (0, {limit:g}] on the 0-255 scale")
-        vectors.append(AdaptiveVector(name, value))
-    return tuple(dict.fromkeys(vectors))
-
-
 @dataclass(frozen=True)
 class AdaptiveSpec:
-    """The security evaluation beyond the paper: ``vectors`` under each of ``threat_models`` (and
-    the gray-box M-only PGD of the same norms and budgets beside them), on a seeded,
-    class-stratified sample of at most ``max_images`` test images M gets right when clean, with
-    detection thresholds fixed on clean validation images at each of ``fprs``; the attacks'
-    hyper-parameters are ``options``; images go in batches of ``batch_size``. The label-only
-    attacks (``LABEL_ONLY_ATTACKS``) run on a sub-sample of at most ``label_only_images`` of them."""
+    """The security evaluation beyond the paper: ``vectors`` (adaptive attacks at their budgets)
+    under each of ``threat_models`` (and the gray-box M-only PGD of the same norms and budgets
+    beside them), on a seeded, class-stratified sample of at most ``max_images`` test images M
+    gets right when clean, with detection thresholds fixed on clean validation images at each
+    of ``fprs``; the attacks' hyper-parameters are ``options``; images go in batches of
+    ``batch_size``. The label-only attacks run on a sub-sample of at most ``label_only_images``."""
 
-    vectors: tuple[AdaptiveVector, ...]
+    vectors: tuple[AttackVector, ...]
     threat_models: tuple[str, ...]
     fprs: tuple[float, ...]
     max_images: int
@@ -181,15 +135,28 @@ class GridShard:
 
 
 @dataclass(frozen=True)
+class RuntimeSpec:
+    """Where and how loudly a run executes (``Runtime.start`` resolves it)."""
+
+    device: str
+    workers: int
+    verbosity: int
+
+    def start(self) -> Runtime:
+        return Runtime.start(self.device, workers=self.workers, verbosity=self.verbosity)
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything one experiment run needs, resolved and checked once from a ``Config``.
 
     ``m`` is the classifier UnMask protects (the adversarially trained one with
     ``--m-adv-trained``); ``adv_trained`` the adversarial-training baseline (None without it).
-    ``m_checkpoint`` / ``k_checkpoint`` replace training by a user's weights file.
+    ``m_checkpoint`` / ``k_checkpoint`` replace training by a user's weights file. ``results``
+    is the configuration that determines the run's numbers (saved with them, hashed into
+    ``run_name``); ``grid`` the plans of ``--grid``, in order.
     """
 
-    config: Config
     data: DataSpec
     m: ClassifierSpec
     adv_trained: ClassifierSpec | None
@@ -202,22 +169,37 @@ class Plan:
     k_checkpoint: Path | None
     allow_random_init: bool
     output_dir: Path
-    device: str
-    workers: int
-    verbosity: int
+    runtime: RuntimeSpec
+    run_name: str
+    results: Mapping[str, Any]
+    pascal: PascalPartSpec
     grid_shard: GridShard = GridShard()
     inference: InferenceOptions = InferenceOptions()
-    """How the evaluation runs M (``inference.prepare(model)``, ``predict(..., precision=...)``) and
-    K (``PartExtractor(..., precision=...)``)."""
+    """How the evaluation runs M (``ClassifierInference``) and K (``PartExtractor``'s precision)."""
+    grid: tuple[Plan, ...] = ()
 
     @property
     def class_set(self) -> ClassSet:
         return self.data.class_set
 
     @property
+    def verbosity(self) -> int:
+        return self.runtime.verbosity
+
+    @property
     def models_dir(self) -> Path:
         """Where trained models are cached, shared by every run of this output folder."""
         return self.output_dir / "models"
+
+    @property
+    def k_splits(self) -> tuple[str, ...]:
+        """K's splits a run reads: the test split, and train and val when K is to be trained."""
+        return ("test",) if self.k_checkpoint is not None else ("train", "val", "test")
+
+    @property
+    def title(self) -> str:
+        """The run as the grid names it: class set, M, and whether M is adversarially trained."""
+        return f"{self.class_set.name}/{self.m.architecture}{'/advM' if self.m.adversarial else ''}"
 
 
 def _checked(option: str | None, build: Callable[[], T]) -> T:
@@ -231,32 +213,26 @@ def _checked(option: str | None, build: Callable[[], T]) -> T:
         raise ConfigError(f"{option_name(option)}: {error}" if option else str(error)) from None
 
 
-def _choose(option: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ConfigError(f"{option_name(option)}: unknown value {value!r}; expected one of: {', '.join(valid)}")
+def _run_name(config: Config, class_set: ClassSet, results: Mapping[str, Any]) -> str:
+    """``<class set>-<model>[-advM]-<hash of the result-determining configuration>``, or ``--run-name``."""
+    if config.run_name:
+        return config.run_name
+    adversarial = "-advM" if config.m_adv_trained else ""
+    return f"{class_set.name}-{config.model}{adversarial}-{stable_hash(dict(results))}"
 
 
-def build_plan(config: Config) -> Plan:
-    """The run ``config`` describes; raises ``ConfigError`` naming the first bad option."""
+def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
+    """The run ``config`` describes; raises ``ConfigError`` naming the first bad option. With
+    ``with_grid``, also the plans of its ``--grid`` (``Plan.grid``)."""
+    check_choices(config)
     class_set = _checked("class_set", lambda: ClassSet.named(config.class_set))
-    for name in config.grid_class_sets:
-        _checked("grid_class_sets", lambda name=name: ClassSet.named(name))
-    _choose("dataset", config.dataset, DATASETS)
-    _choose("model", config.model, CLASSIFIER_NAMES)
-    for name in config.grid_models:
-        _choose("grid_models", name, CLASSIFIER_NAMES)
     grid_shard = _checked("grid_shard", lambda: GridShard.parse(config.grid_shard, os.environ))
-    _choose("k_model", config.k_model, PART_EXTRACTOR_NAMES)
-    _choose("pascal_merge", config.pascal_merge, MERGE_MODES)
-    _choose("optimizer", config.optimizer, OPTIMIZERS)
-    _choose("lr_schedule", config.lr_schedule, LR_SCHEDULES)
-    _choose("inference_precision", config.inference_precision, PRECISIONS)
     device = _checked("device", lambda: resolve_device(config.device))
     on_gpu = device.type == "cuda"  # mixed precision only takes effect there, so only there is it part of a model
-    vectors = _checked("attacks", lambda: parse_attack_vectors(config.attacks, image_size=config.image_size))
-    attack = _checked("mim_decay", lambda: AttackOptions(
-        steps=config.attack_steps, original_step=config.attack_original_step, decay=config.mim_decay,
-        batch_size=config.attack_batch_size))
+    vectors = _checked("attacks", lambda: GRAY_BOX_ATTACKS.parse(config.attacks, image_size=config.image_size))
+    if not vectors:
+        raise ConfigError("--attacks: no attack vectors given; expected e.g. 'paper' or 'pgd_linf:8,pgd_l2:300'")
+    attack = _checked("mim_decay", lambda: AttackOptions(**config.options_for("attack")))
 
     synthetic = None
     if config.dataset == "synthetic":
@@ -268,47 +244,41 @@ def build_plan(config: Config) -> Plan:
     data = DataSpec(config.dataset, Path(config.data_dir), class_set, config.image_size, synthetic,
                     config.synthetic_workers or None)
 
-    training = ClassifierTraining(
-        epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
-        momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov,
-        lr_schedule=config.lr_schedule, augment=config.augment, seed=config.seed, amp=config.amp and on_gpu)
+    training = ClassifierTraining(**config.options_for("m_training"), seed=config.seed, amp=config.amp and on_gpu)
     standard = ClassifierSpec(config.model, class_set.classes, config.image_size, training,
                               pretrained=config.pretrained, weights_path=config.weights_path)
     adversarial = None
     if config.adv_training or config.m_adv_trained:
-        recipe = _checked("adv_epsilon", lambda: AdversarialTraining(
-            epsilon=config.adv_epsilon, steps=config.adv_steps, step_size=config.adv_step_size,
-            random_start=config.adv_random_start))
+        recipe = _checked("adv_epsilon", lambda: AdversarialTraining(**config.options_for("adversarial")))
         adversarial = dataclasses.replace(standard, training=dataclasses.replace(
             training, epochs=config.adv_epochs or config.epochs, adversarial=recipe))
 
-    k = PartExtractorSpec(
+    k = _checked("k_pretrained", lambda: PartExtractorSpec(
         config.k_model, config.image_size,
         training=_checked("k_epochs", lambda: PartExtractorTraining(
-            epochs=config.k_epochs, batch_size=config.k_batch_size, lr=config.k_lr, momentum=config.k_momentum,
-            weight_decay=config.k_weight_decay, warmup_steps=config.k_warmup_steps, seed=config.seed,
-            amp=config.amp and on_gpu)),
-        rule=_checked("k_score_threshold", lambda: DetectionRule(
-            config.k_score_threshold, config.k_nms_threshold, config.k_max_detections)),
-        pretrained=config.k_pretrained, weights_path=config.k_weights_path)
-    if k.pretrained and k.architecture == "lean":
-        raise ConfigError("--k-pretrained: the lean part extractor has no pretrained weights; it trains from "
-                          "scratch (use --no-k-pretrained, or --k-model resnet50-fpn for COCO weights)")
+            **config.options_for("k_training"), seed=config.seed, amp=config.amp and on_gpu)),
+        rule=_checked("k_score_threshold", lambda: DetectionRule(**config.options_for("k_rule"))),
+        pretrained=config.k_pretrained, weights_path=config.k_weights_path))
 
-    adaptive_vectors = _checked("adaptive_attacks", lambda: parse_adaptive_vectors(config.adaptive_attacks,
-                                                                                   image_size=config.image_size))
-    for model in config.adaptive_threat_models:
-        _choose("adaptive_threat_models", model, tuple(m for m in THREAT_MODELS if m != "gray-box"))
+    adaptive_options = _checked("adaptive_steps", lambda: AdaptiveOptions(**config.options_for("adaptive"),
+                                                                          seed=config.seed))
     adaptive = AdaptiveSpec(
-        vectors=adaptive_vectors, threat_models=tuple(dict.fromkeys(config.adaptive_threat_models)),
+        vectors=_checked("adaptive_attacks", lambda: ADAPTIVE_ATTACKS.parse(config.adaptive_attacks,
+                                                                            image_size=config.image_size)),
+        threat_models=tuple(dict.fromkeys(config.adaptive_threat_models)),
         fprs=tuple(sorted(set(float(fpr) for fpr in config.adaptive_fprs))), max_images=config.adaptive_max_images,
-        options=_checked("adaptive_steps", lambda: AdaptiveOptions(
-            steps=config.adaptive_steps, restarts=config.adaptive_restarts, targets=config.adaptive_targets or None,
-            relative_step=config.adaptive_relative_step, batch_size=config.adaptive_batch_size, seed=config.seed)),
-        batch_size=config.adaptive_batch_size, label_only_images=config.adaptive_label_only_images)
+        options=adaptive_options, batch_size=adaptive_options.batch_size,
+        label_only_images=config.adaptive_label_only_images)
 
+    results = config.results()
+    grid = ()
+    if with_grid:
+        grid = tuple(build_plan(dataclasses.replace(config, class_set=name, model=model, m_adv_trained=adversarial,
+                                                    run_name=""), with_grid=False)
+                     for name in config.grid_class_sets for model in config.grid_models
+                     for adversarial in (False, True))
     return Plan(
-        config=config, data=data,
+        data=data,
         m=adversarial if config.m_adv_trained else standard,
         adv_trained=adversarial if config.adv_training else None,
         k=k, vectors=vectors, attack=attack,
@@ -316,7 +286,10 @@ def build_plan(config: Config) -> Plan:
         adaptive=adaptive,
         m_checkpoint=Path(config.m_checkpoint) if config.m_checkpoint else None,
         k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,
-        allow_random_init=config.allow_random_init, output_dir=Path(config.output_dir), device=config.device,
-        workers=config.workers, verbosity=config.verbosity, grid_shard=grid_shard,
-        inference=InferenceOptions(config.inference_precision, config.channels_last, config.compile),
+        allow_random_init=config.allow_random_init, output_dir=Path(config.output_dir),
+        runtime=RuntimeSpec(config.device, config.workers, config.verbosity),
+        run_name=_run_name(config, class_set, results), results=results,
+        pascal=PascalPartSpec(Path(config.pascal_root) if config.pascal_root else None, config.pascal_merge,
+                              config.seed),
+        grid_shard=grid_shard, inference=InferenceOptions(**config.options_for("inference")), grid=grid,
     )

@@ -1,0 +1,132 @@
+"""From the configuration to the plan: every option reaches the component it is declared for,
+choices and ranges are checked where declared, and the run's name depends on exactly the
+options that change its numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from unmask.attacks.adaptive import ADAPTIVE_ATTACKS
+from unmask.cli import parse
+from unmask.config import Config, ConfigError, resolve_config
+from unmask.constants import FULL_ADAPTIVE_BUDGET
+from unmask.experiment import build_plan
+from unmask.models.classifier import InferenceOptions
+
+# a valid value, other than the default, for every option declared to feed a component
+CHANGED = {
+    "inference_precision": "bfloat16", "channels_last": True, "compile": True, "batch_size": 7, "epochs": 3,
+    "optimizer": "adam", "lr": 0.3, "momentum": 0.5, "weight_decay": 0.01, "nesterov": True, "augment": True,
+    "lr_schedule": "constant", "adv_epsilon": 6.0, "adv_steps": 3, "adv_step_size": 1.5, "adv_random_start": False,
+    "k_epochs": 2, "k_batch_size": 3, "k_lr": 0.01, "k_momentum": 0.8, "k_weight_decay": 0.001, "k_warmup_steps": 5,
+    "k_score_threshold": 0.25, "k_nms_threshold": 0.4, "k_max_detections": 50, "attack_steps": 9,
+    "attack_original_step": True, "mim_decay": 0.5, "attack_batch_size": 16, "adaptive_steps": 11,
+    "adaptive_restarts": 3, "adaptive_targets": 0, "adaptive_relative_step": 4.0, "adaptive_batch_size": 8,
+}
+COMPONENTS = {
+    "inference": lambda plan: plan.inference, "m_training": lambda plan: plan.m.training,
+    "adversarial": lambda plan: plan.adv_trained.training.adversarial, "k_training": lambda plan: plan.k.training,
+    "k_rule": lambda plan: plan.k.rule, "attack": lambda plan: plan.attack, "adaptive": lambda plan: plan.adaptive.options,
+}
+
+
+def test_every_option_declared_for_a_component_reaches_it():
+    declared = {f.name: f.metadata["to"] for f in dataclasses.fields(Config) if "to" in f.metadata}
+    assert set(declared) == set(CHANGED), "give each new option a changed value here"
+    plan = build_plan(resolve_config(overrides=CHANGED))
+    for name, target in declared.items():
+        component, field = target.split(".")
+        assert getattr(COMPONENTS[component](plan), field) == CHANGED[name], name
+    # the defaults reach them just the same
+    default = build_plan(resolve_config())
+    for name, target in declared.items():
+        component, field = target.split(".")
+        assert getattr(COMPONENTS[component](default), field) == getattr(Config(), name), name
+
+
+def test_the_full_profile_is_the_full_budget_on_every_attack_both_threat_models_and_fprs():
+    adaptive = build_plan(resolve_config(profile="adaptive-full")).adaptive
+    assert adaptive.vectors == ADAPTIVE_ATTACKS.parse(["full"])
+    assert {vector.attack.attack_class for vector in adaptive.vectors} == {
+        info.attack_class for info in ADAPTIVE_ATTACKS.values()}
+    options = adaptive.options
+    assert (options.steps, options.restarts, options.targets, options.relative_step) == (
+        FULL_ADAPTIVE_BUDGET.steps, FULL_ADAPTIVE_BUDGET.restarts, FULL_ADAPTIVE_BUDGET.targets,
+        FULL_ADAPTIVE_BUDGET.relative_step)
+    assert adaptive.threat_models == ("white-box", "transfer") and adaptive.fprs == (0.05, 0.1)
+
+
+def test_none_turns_the_adaptive_evaluation_off_and_budgets_are_checked():
+    _, plan, _ = parse(["run", "--adaptive-attacks", "none"])
+    assert not plan.adaptive.enabled
+    with pytest.raises(ConfigError, match="--adaptive-attacks: .*joint_linf.*epsilon must be a finite number > 0"):
+        build_plan(resolve_config(overrides={"adaptive_attacks": ("joint_linf:0",)}))
+    with pytest.raises(ConfigError, match="--adaptive-relative-step: expected a number > 0, got 0"):
+        resolve_config(overrides={"adaptive_relative_step": 0.0})
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"model": "nope"}, "--model: unknown model 'nope'; expected one of: compact, resnet18, resnet50"),
+    ({"class_set": "nope"}, "--class-set: unknown class set 'nope'; expected one of: cs3-1, .*CS5b"),
+    ({"grid_models": ("compact", "nope")}, "--grid-models: unknown model 'nope'"),
+    ({"attacks": ("pgd_linf:8", "joint_linf:8")}, "--attacks: unknown attack 'joint_linf' in 'joint_linf:8'; "
+                                                  "expected one of: paper, pgd_linf"),
+    ({"adaptive_attacks": ("pgd_linf:8",)}, "--adaptive-attacks: unknown adaptive attack 'pgd_linf'.*full, none, "
+                                            "joint_linf"),
+    ({"adaptive_threat_models": ("gray-box",)}, "--adaptive-threat-models: unknown threat model 'gray-box'; "
+                                                "expected one of: transfer, white-box"),
+    ({"inference_precision": "half"}, "--inference-precision: .*auto, float32, bfloat16, float16"),
+    ({"synthetic_k_image_size": "500"}, "--synthetic-k-image-size: .*WIDTHxHEIGHT"),
+    ({"synthetic_k_image_size": "500x20"}, "too small"),
+    ({"k_model": "lean", "k_pretrained": True}, "--k-pretrained: the lean part extractor has no pretrained weights"),
+])
+def test_bad_values_name_the_option_and_what_was_expected(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_plan(resolve_config(overrides=overrides))
+
+
+def test_the_paper_names_of_class_sets_in_any_case():
+    assert build_plan(resolve_config(overrides={"class_set": "cs5b"})).class_set.name == "cs5-2"
+
+
+def test_the_paper_profile_draws_pascal_sized_k_images_and_runs_m_channels_last():
+    plan = build_plan(resolve_config(profile="paper", overrides={"allow_random_init": True}))
+    assert plan.data.synthetic.k_image_size == (500, 375) and plan.data.synthetic.image_size == 150
+    assert plan.k.architecture == "resnet50-fpn" and plan.inference.channels_last
+    assert plan.inference.effective_precision("cpu") == "float32"
+
+
+def test_command_line_options_reach_the_plan():
+    _, plan, _ = parse(["run", "--synthetic-k-image-size", "320x240", "--inference-precision", "bfloat16",
+                        "--channels-last", "--compile"])
+    assert plan.data.synthetic.k_image_size == (320, 240)
+    assert plan.inference == InferenceOptions(precision="bfloat16", channels_last=True, compile=True)
+
+
+def test_the_run_name_changes_with_every_result_option_and_with_no_other():
+    base = build_plan(resolve_config()).run_name
+    for config_field in dataclasses.fields(Config):
+        if config_field.name in ("run_name", "grid_shard"):
+            continue
+        value = CHANGED.get(config_field.name, getattr(Config(), config_field.name))
+        if config_field.name not in CHANGED:
+            value = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v / 2, str: lambda v: v,
+                     tuple: lambda v: v}[type(value)](value)
+            if value == getattr(Config(), config_field.name):
+                continue  # no valid other value to try without knowing the option
+        try:
+            plan = build_plan(resolve_config(overrides={config_field.name: value}))
+        except ConfigError:
+            continue
+        changes = plan.run_name != base
+        assert changes == config_field.metadata.get("results", True), config_field.name
+    assert build_plan(resolve_config(overrides={"run_name": "mine"})).run_name == "mine"
+
+
+def test_the_grid_is_every_class_set_and_model_with_and_without_adversarial_training():
+    plan = build_plan(resolve_config(overrides={"grid_class_sets": ("cs3-1", "cs5-2"), "grid_models": ("compact",)}))
+    assert [single.title for single in plan.grid] == ["cs3-1/compact", "cs3-1/compact/advM", "cs5-2/compact",
+                                                      "cs5-2/compact/advM"]
+    assert len({single.run_name for single in plan.grid}) == 4 and not plan.grid[0].grid
