@@ -26,11 +26,11 @@ import argparse
 import platform
 import resource
 import time
-from dataclasses import replace
 
 import torch
 
-from unmask.attacks.adaptive.engine import direction, project, quantize_ste
+from unmask.attacks import LINF
+from unmask.attacks.adaptive.engine import quantize_ste
 from unmask.attacks.adaptive.part_view import PartView
 from unmask.models.classifier import build_classifier
 from unmask.models.part_extractor import PartExtractor, build_part_extractor
@@ -54,13 +54,14 @@ def load_models(output_dir: str | None, *, device: torch.device) -> tuple[torch.
         trained_part_extractor,
     )
     from unmask.runtime import Runtime
+    from unmask.train.loop import ModelCache
 
-    plan = replace(build_plan(resolve_config({}, "demo", {"output_dir": output_dir, "device": "cpu"})),
-                   adv_trained=None)
+    plan = build_plan(resolve_config({}, "demo", {"output_dir": output_dir, "device": "cpu"}))
     runtime = Runtime.start("cpu", verbosity=1)
-    prepare_data(plan.data, runtime)
-    m, _ = trained_classifiers(plan, load_classifier_data(plan.data), runtime)
-    k = trained_part_extractor(plan, runtime)
+    cache = ModelCache(plan.models_dir, runtime, plan.allow_random_init)
+    prepare_data(plan.data, runtime, k_splits=plan.k_splits)
+    m, _ = trained_classifiers(plan.m, None, load_classifier_data(plan.data), cache)
+    k = trained_part_extractor(plan.k, plan.data, cache)
     return (m.model.to(device).eval(), k.extractor.model.to(device).eval(),
             f"M: {m.description}; K: models/{k.directory.name}")
 
@@ -120,14 +121,14 @@ def main(argv: list[str] | None = None) -> None:
 
     def joint_step(x: torch.Tensor) -> None:
         leaf = x.detach().requires_grad_(True)
-        x_q = quantize_ste(leaf, x, epsilon, "linf")
+        x_q = quantize_ste(leaf, x, epsilon, LINF)
         outputs = view(x_q)
         expected = torch.zeros(len(x), 44, device=device)
         expected[:, :10] = 1
         loss = classifier(x_q).logsumexp(1) + view.hinge_loss(outputs, add=expected, remove=1 - expected)
         view.hard_presence(outputs)
         gradient = torch.autograd.grad(loss.sum(), leaf)[0]
-        project(leaf.detach() - 2 / 255 * direction(gradient, "linf"), x, epsilon, "linf")
+        LINF.project(leaf.detach() - 2 / 255 * LINF.direction(gradient), x, epsilon)
 
     def judge_step(x: torch.Tensor) -> None:
         with torch.no_grad():

@@ -28,25 +28,23 @@ from unmask.attacks import attack
 from unmask.cli import parse
 from unmask.defense import detection_scores, reclassify_batch
 from unmask.experiment.stages import load_classifier_data, prepare_data, trained_classifiers, trained_part_extractor
-from unmask.models.classifier import predict
-from unmask.runtime import Runtime
+from unmask.train.loop import ModelCache
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300, help="test images to push through (at most the split)")
     args, rest = parser.parse_known_args()
-    plan, _ = parse(["run", "--verbosity", "0", *rest])
-    runtime = Runtime.start(plan.device, workers=plan.workers, verbosity=plan.verbosity)
-    prepare_data(plan.data, runtime)
+    _, plan, _ = parse(["run", "--verbosity", "0", *rest])
+    runtime = plan.runtime.start()
+    cache = ModelCache(plan.models_dir, runtime, plan.allow_random_init)
+    prepare_data(plan.data, runtime, k_splits=plan.k_splits)
     data = load_classifier_data(plan.data)
-    m, adv_trained = trained_classifiers(plan, data, runtime)
-    k = trained_part_extractor(plan, runtime)
     inference = plan.inference
-    for model in (m.model, None if adv_trained is None else adv_trained.model):
-        if model is not None:
-            inference.prepare(model)
-    k.extractor.precision = inference.precision
+    m, adv_trained = trained_classifiers(plan.m, plan.adv_trained, data, cache, m_checkpoint=plan.m_checkpoint,
+                                         inference=inference)
+    k = trained_part_extractor(plan.k, plan.data, cache, checkpoint=plan.k_checkpoint,
+                               precision=inference.effective_precision(runtime.device))
     images, labels = data["test"].tensors(pin_memory=runtime.device.type == "cuda")
     images, labels = images[:args.images], labels[:args.images]
 
@@ -65,10 +63,10 @@ def main() -> None:
     for vector in plan.vectors:
         torch.manual_seed(0)
         adversarial = timed("attack M", attack, m.model, images, labels, vector, plan.attack)
-        predicted = timed("predict M", predict, m.model, adversarial, precision=inference.precision).numpy()
+        predicted = timed("predict M", m.inference.predict, adversarial).numpy()
         if adv_trained is not None:
             attacked = timed("attack baseline", attack, adv_trained.model, images, labels, vector, plan.attack)
-            timed("predict baseline", predict, adv_trained.model, attacked, precision=inference.precision)
+            timed("predict baseline", adv_trained.inference.predict, attacked)
         extraction = timed("K", k.extractor.extract, adversarial)
         started = time.perf_counter()
         for matrix in (extraction.parts, extraction.part_scores):

@@ -83,4 +83,7 @@ def test_files_digest_notices_a_file_rewritten_in_place(tmp_path):
 
 
 def test_changes_name_what_differs():
-    assert changes({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == ["b.c: 2 -> 3", "d is new"]
+    assert changes({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == ["d is new", "b.c: 2 -> 3"]
+    assert changes({"m": "0123456789abcdef", "old": {"x": 1, "y": 2}, "b": {"c": 2, "e": 1}},
+                   {"m": {"weights": "0123456789abcdef"}, "b": {"c": 2}}) == [
+        "m is recorded in another form (an earlier version of unmask made it)", "old is gone", "b.e is gone"]

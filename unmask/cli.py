@@ -60,8 +60,9 @@ def build_parser(profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> argpar
         flags = [option_name(config_field.name), *metadata.get("aliases", ())]
         kind = types[config_field.name]
         default = getattr(defaults, config_field.name)
+        choices = f" One of: {', '.join(metadata['choices'].values())}." if "choices" in metadata else ""
         common: dict[str, Any] = {"dest": config_field.name, "default": argparse.SUPPRESS,
-                                  "help": f"{metadata.get('help', '')} (default: {show_value(default)})"}
+                                  "help": f"{metadata.get('help', '')}{choices} (default: {show_value(default)})"}
         if kind is bool:
             group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         elif typing.get_origin(kind) is tuple:
@@ -89,7 +90,7 @@ def _run(plan: Plan, args: argparse.Namespace) -> int:
 def _grid_report(plan: Plan, args: argparse.Namespace) -> int:
     from unmask.experiment import grid_report
 
-    directory = grid_report(plan.config)
+    directory = grid_report(plan)
     if plan.verbosity > 0:
         print(f"grid-report: {directory / 'grid.md'} and grid.json")
     return 0
@@ -130,14 +131,14 @@ def _prepare_synthetic(plan: Plan) -> int:
 def _prepare_pascal_part(plan: Plan, args: argparse.Namespace) -> int:
     from unmask.data.pascal_part import convert_pascal_part
 
-    config = plan.config
-    if not config.pascal_root:
+    pascal = plan.pascal
+    if pascal.root is None:
         raise ConfigError("prepare --dataset pascal-part needs --pascal-root DIR: the folder holding "
                           "Annotations_Part/ and VOC2010's JPEGImages/")
     if not hasattr(args, "data_dir"):
         # the default data folder holds the synthetic world; K's converted data must not land there by accident
         raise ConfigError("prepare --dataset pascal-part needs --out DIR: K's data is written to DIR/VOC2010/")
-    convert_pascal_part(config.pascal_root, plan.data.root, merge_mode=config.pascal_merge, seed=config.seed,
+    convert_pascal_part(pascal.root, plan.data.root, merge_mode=pascal.merge_mode, seed=pascal.seed,
                         progress=plan.verbosity > 0)
     return 0
 
@@ -147,21 +148,23 @@ TRAIN_M_VECTORS = ("pgd_linf:8", "pgd_linf:16")
 
 
 def _train_m(plan: Plan, args: argparse.Namespace) -> int:
-    from unmask.attacks import parse_attack_vectors
+    from unmask.attacks import GRAY_BOX_ATTACKS
     from unmask.experiment.stages import classifier_summary, load_classifier_data, prepare_data, trained_classifiers
-    from unmask.runtime import Runtime
+    from unmask.train.loop import ModelCache
 
-    runtime = Runtime.start(plan.device, workers=plan.workers, verbosity=plan.verbosity)
+    runtime = plan.runtime.start()
     prepare_data(plan.data, runtime)
     data = load_classifier_data(plan.data)
-    m, adv_trained = trained_classifiers(plan, data, runtime)
+    m, adv_trained = trained_classifiers(plan.m, plan.adv_trained, data,
+                                         ModelCache(plan.models_dir, runtime, plan.allow_random_init),
+                                         m_checkpoint=plan.m_checkpoint, inference=plan.inference)
     if not runtime.distributed.is_main:
         return 0
     test_images, test_labels = data["test"].tensors()
     for title, trained in (("M", m), ("adversarially trained M", adv_trained)):
         if trained is None:
             continue
-        figures = classifier_summary(trained, test_images, test_labels, parse_attack_vectors(TRAIN_M_VECTORS),
+        figures = classifier_summary(trained, test_images, test_labels, GRAY_BOX_ATTACKS.parse(TRAIN_M_VECTORS),
                                      plan.attack, seed=plan.evaluation.seed)
         print(f"{title} ({trained.description}, {trained.seconds:.1f} s of training): test accuracy "
               f"{', '.join(f'{label} {value:.3f}' for label, value in figures.items())} ({len(test_labels)} images)")
@@ -171,15 +174,17 @@ def _train_m(plan: Plan, args: argparse.Namespace) -> int:
 def _train_k(plan: Plan, args: argparse.Namespace) -> int:
     import json
 
-    from unmask.experiment.stages import k_splits_needed, part_extractor_metrics, prepare_data, trained_part_extractor
-    from unmask.runtime import Runtime
+    from unmask.experiment.stages import part_extractor_metrics, prepare_data, trained_part_extractor
+    from unmask.train.loop import ModelCache
 
-    runtime = Runtime.start(plan.device, workers=plan.workers, verbosity=plan.verbosity)
-    prepare_data(plan.data, runtime, m_splits=(), k_splits=k_splits_needed(plan))
-    k = trained_part_extractor(plan, runtime)
+    runtime = plan.runtime.start()
+    cache = ModelCache(plan.models_dir, runtime, plan.allow_random_init)
+    prepare_data(plan.data, runtime, m_splits=(), k_splits=plan.k_splits)
+    k = trained_part_extractor(plan.k, plan.data, cache, checkpoint=plan.k_checkpoint,
+                               precision=plan.inference.effective_precision(runtime.device))
     if not runtime.distributed.is_main:
         return 0
-    metrics, metrics_file = part_extractor_metrics(plan, k, runtime)
+    metrics, metrics_file = part_extractor_metrics(k, plan.data, cache)
     if plan.verbosity > 0:
         print(json.dumps(metrics, indent=2))
         print(f"train-k: K's weights are in {k.directory}, its test metrics in {metrics_file}")
@@ -234,9 +239,10 @@ COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
 
 
 def parse(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None,
-          profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> tuple[Plan, argparse.Namespace]:
-    """The plan and parsed arguments of a command line (``ConfigError`` on a bad value): what
-    ``main`` runs, and what the benchmarks reuse to take the same options."""
+          profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> tuple[Config, Plan, argparse.Namespace]:
+    """The resolved configuration, its plan and the parsed arguments of a command line
+    (``ConfigError`` on a bad value): what ``main`` runs, and what the benchmarks reuse to take
+    the same options."""
     from unmask.experiment import build_plan
 
     parser = build_parser(profiles)
@@ -246,7 +252,7 @@ def parse(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | No
         # pascal-part is a source for `prepare`, not a dataset an experiment runs on
         args.prepare_source = overrides.pop("dataset")
     config = resolve_config(settings, args.profile, overrides, profiles=profiles)
-    return build_plan(config), args
+    return config, build_plan(config), args
 
 
 USER_CHECKPOINTS = {
@@ -274,12 +280,12 @@ def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | Non
          profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> int:
     """``python main.py``: ``settings`` and ``profiles`` come from the repository's config.py."""
     try:
-        plan, args = parse(argv, settings=settings, profiles=profiles)
+        config, plan, args = parse(argv, settings=settings, profiles=profiles)
     except ConfigError as error:
         print(f"python main.py: error: {error}\n(python main.py --help lists every option)", file=sys.stderr)
         return 2
     if plan.verbosity > 0:
-        print(f"configuration (profile {args.profile!r}):\n{format_config(plan.config)}\n", file=sys.stderr)
+        print(f"configuration (profile {args.profile!r}):\n{format_config(config)}\n", file=sys.stderr)
     try:
         check_user_checkpoints(plan)
         return COMMANDS[args.command][1](plan, args)

@@ -99,8 +99,15 @@ def _is_digest(value: Any) -> bool:
 def changes(old: Fingerprint, new: Fingerprint) -> list[str]:
     """What differs between two fingerprints, one readable line per input (``attack.steps: 2 ->
     5``; a digest that differs reads ``data changed``)."""
-    before, after = _flatten(_plain(old)), _flatten(_plain(new))
-    lines = []
+    old, new = _plain(old), _plain(new)
+    # a whole input new, gone, or recorded in another form (a digest then, a mapping now): one line each
+    whole = {key: f"{key} is new" for key in set(new) - set(old)}
+    whole.update({key: f"{key} is gone" for key in set(old) - set(new)})
+    whole.update({key: f"{key} is recorded in another form (an earlier version of unmask made it)"
+                  for key in set(old) & set(new) if isinstance(old[key], Mapping) != isinstance(new[key], Mapping)})
+    before = _flatten({key: value for key, value in old.items() if key not in whole})
+    after = _flatten({key: value for key, value in new.items() if key not in whole})
+    lines = [whole[key] for key in sorted(whole)]
     for key in sorted(set(before) | set(after)):
         if key not in before:
             lines.append(f"{key} is new")

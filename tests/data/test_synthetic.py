@@ -16,8 +16,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.mask import decode
 
+from unmask.constants import SPLITS
 from unmask.data import synthetic
-from unmask.data.coco import SPLITS, load_coco_parts, split_paths
+from unmask.data.coco import load_coco_parts, split_paths
 from unmask.data.synthetic import (
     LAYOUTS,
     MANIFEST,
@@ -294,7 +295,7 @@ def test_prepare_command_writes_then_reuses(tmp_path: Path, capsys: pytest.Captu
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--image-size", "16", "too small"),
-    ("--images-per-class", "0", "positive"),
+    ("--images-per-class", "0", "expected a number >= 1, got 0"),
     ("--images-per-class", "2", "at least 3"),
     ("--class-set", "cs7", "cs5-2"),
 ])

@@ -15,7 +15,6 @@ import unmask.experiment.stages as stages
 from unmask import cli
 from unmask.config import resolve_config
 from unmask.experiment import build_plan, grid_report, run_experiment, run_grid
-from unmask.experiment.outputs import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -48,7 +47,7 @@ def _numbers(metrics):
 
 def test_outputs_of_a_run(finished_run):
     plan, directory = finished_run
-    assert directory.name == run_name(plan) and directory.name.startswith("cs3-1-compact-")
+    assert directory.name == plan.run_name and directory.name.startswith("cs3-1-compact-")
     metrics = json.loads((directory / "metrics.json").read_text())
     assert set(metrics["clean"]) >= {"accuracy_m", "accuracy_adv_trained", "accuracy_unmask", "n_images"}
     assert set(metrics["k"]) >= {"map_mask", "map_box", "part_precision", "part_recall"}
@@ -108,12 +107,15 @@ def test_rerun_recomputes_nothing_and_gives_the_same_numbers(finished_run, monke
 def test_an_interrupted_run_resumes_with_identical_results(finished_run, tmp_path):
     plan, directory = finished_run
     before = json.loads((directory / "metrics.json").read_text())
-    done = sorted((directory / "vectors").glob("*.npz"))
+    copy = tmp_path / "results"
+    shutil.copytree(plan.output_dir, copy)  # the module's run stays as it is for the other tests
+    resumed = _shared(plan, output_dir=str(copy), verbosity=0)
+    done = sorted((copy / directory.name / "vectors").glob("*.npz"))
     done[-1].unlink()  # as if killed during the last vector
-    (directory / "metrics.json").unlink()
-    run_experiment(plan)
+    (copy / directory.name / "metrics.json").unlink()
+    run_experiment(resumed)
     assert done[-1].is_file()
-    assert _numbers(json.loads((directory / "metrics.json").read_text())) == _numbers(before)
+    assert _numbers(json.loads((copy / directory.name / "metrics.json").read_text())) == _numbers(before)
 
 
 def test_two_fresh_runs_with_one_seed_agree(finished_run, tmp_path):
@@ -145,10 +147,10 @@ def test_grid_jobs_and_the_combine_command_give_the_whole_grid_table(finished_ru
     # the same grid as two independent jobs (from nothing: their own models), then combined
     jobs = tmp_path / "jobs"
     assert run_grid(tiny_plan(jobs, grid_shard="1/2", **grid)) is None
-    partial = grid_report(tiny_config(jobs, **grid))
+    partial = grid_report(tiny_plan(jobs, **grid))
     assert [r["m_adv_trained"] for r in json.loads((partial / "grid.json").read_text())] == [True]
     assert run_grid(tiny_plan(jobs, grid_shard="0/2", **grid)) is None
-    combined = grid_report(tiny_config(jobs, **grid))
+    combined = grid_report(tiny_plan(jobs, **grid))
     assert json.loads((combined / "grid.json").read_text()) == rows
     assert (combined / "grid.md").read_text() == (whole / "grid.md").read_text()
 
@@ -270,7 +272,7 @@ def test_a_changed_m_checkpoint_is_noticed_and_k_metrics_stay_out_of_user_folder
     capsys.readouterr()
     run_experiment(_shared(plan, **checkpoints))
     output = capsys.readouterr().out
-    assert "clean test predictions: recomputing the saved result clean.npz (m changed)" in output
+    assert "clean test predictions: recomputing the saved result clean.npz (m.weights changed)" in output
     assert sorted(path.name for path in mine.iterdir()) == ["k.pt", "m.pt"]  # nothing written beside them
 
 
@@ -313,7 +315,7 @@ def test_saved_predictions_are_recomputed_when_m_runs_another_way(finished_run, 
     capsys.readouterr()
     run_experiment(_shared(plan, run_name="inference", adaptive_attacks=("none",), channels_last=True))
     output = capsys.readouterr().out
-    assert "m_inference.channels_last: False -> True" in output
+    assert "m.channels_last: False -> True" in output
     assert "recomputing the saved result clean.npz" in output
 
 
@@ -335,6 +337,7 @@ def test_the_judge_is_the_real_pipeline():
 
     from unmask.defense import detection_scores, reclassify_batch
     from unmask.experiment.stages import hard_judge
+    from unmask.models.classifier import ClassifierInference
     from unmask.models.part_extractor import PartExtraction
     from unmask.parts import CLASS_PARTS, PARTS, ClassSet
 
@@ -355,7 +358,7 @@ def test_the_judge_is_the_real_pipeline():
         def forward(self, images):
             return torch.eye(3)[[0, 0, 2]] + 0 * self.anchor
 
-    verdict = hard_judge(Says(), Extractor(), class_set, 0.5)(torch.zeros(3, 3, 8, 8))
+    verdict = hard_judge(ClassifierInference(Says()), Extractor(), class_set, 0.5)(torch.zeros(3, 3, 8, 8))
     assert verdict.m_prediction.tolist() == [0, 0, 2]
     scores = detection_scores(parts, np.array([0, 0, 2]), class_set)
     assert verdict.detection_score.tolist() == scores.tolist() and verdict.flagged.tolist() == [False, True, False]

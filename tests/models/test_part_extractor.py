@@ -205,9 +205,14 @@ def test_bfloat16_extraction_finds_the_float32_part_sets() -> None:
         exact = PartExtractor(model, score_threshold=threshold).extract(images)
         mixed = PartExtractor(model, score_threshold=threshold, precision="bfloat16").extract(images)
         assert exact.parts.sum() >= 12
-        np.testing.assert_array_equal(mixed.parts, exact.parts)
+        # a proposal whose two best classes are within bfloat16's rounding may report the other
+        # one (how often depends on the CPU's bfloat16 kernels): rare, and only weak detections
+        differing = np.argwhere(mixed.parts != exact.parts)
+        assert len(differing) <= 0.02 * exact.parts.size, differing
+        assert all(max(exact.part_scores[i, j], mixed.part_scores[i, j]) < 0.3 for i, j in differing)
         # bfloat16 keeps ~3 digits of the logits; a part's best score may then come from another proposal
-        np.testing.assert_allclose(mixed.part_scores, exact.part_scores, atol=0.1)
+        same = mixed.parts == exact.parts
+        np.testing.assert_allclose(mixed.part_scores[same], exact.part_scores[same], atol=0.1)
         assert mixed.part_scores.dtype == np.float32
     # a threshold right at a detection's score: only parts scoring within rounding of it may differ
     threshold = float(np.sort(exact.part_scores[exact.parts])[len(exact.part_scores[exact.parts]) // 2])

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from unmask import cli
-from unmask.attacks import AttackOptions, AttackVector, attack
+from unmask.attacks import GRAY_BOX_ATTACKS, AttackOptions, attack
 from unmask.io import CheckpointError, load_checkpoint
 from unmask.models.classifier import Classifier, CompactCNN, predict
 from unmask.parts import CLASS_SETS
@@ -132,7 +132,7 @@ def test_adversarial_training_makes_the_model_more_robust_to_pgd():
                                  progress=False).model
         assert (predict(model, images) == labels).float().mean() > 0.8
         torch.manual_seed(0)
-        adversarials = attack(model, images, labels, AttackVector("pgd_linf", 8), AttackOptions(steps=10))
+        adversarials = attack(model, images, labels, GRAY_BOX_ATTACKS.vector("pgd_linf", 8), AttackOptions(steps=10))
         robust_accuracy.append((predict(model, adversarials) == labels).float().mean().item())
     standard, adversarially_trained = robust_accuracy
     assert adversarially_trained > standard + 0.25, robust_accuracy

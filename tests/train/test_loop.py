@@ -13,7 +13,7 @@ from torch import nn
 from unmask.io import CheckpointError, load_checkpoint
 from unmask.runtime import Distributed
 from unmask.train import loop
-from unmask.train.loop import HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, fit, load_weights
+from unmask.train.loop import HISTORY_FILE, STATE_FILE, WEIGHTS_FILE, fit, load_model_weights, load_weights
 
 INPUTS = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
 TARGETS = INPUTS @ torch.tensor([[1.0], [-2.0], [0.5]])
@@ -132,3 +132,10 @@ def test_no_lock_under_torchrun_where_every_rank_trains_into_one_folder(tmp_path
         thread.start()
         assert done.wait(10), "a rank blocked on the checkpoint folder's lock"
         thread.join()
+
+
+def test_weights_for_another_architecture_are_explained(tmp_path):
+    with pytest.raises(CheckpointError, match=r"m\.pt does not fit.*shape mismatch bias: file \(5,\), model \(2,\)"):
+        load_model_weights(nn.Linear(3, 2), nn.Linear(3, 5).state_dict(), source=tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_model_weights(nn.Sequential(nn.Linear(3, 2)), nn.Linear(3, 2).state_dict(), source="m.pt")

@@ -13,6 +13,7 @@ from unmask.data.coco import PartSegmentationDataset, load_coco_parts, split_pat
 from unmask.io import load_checkpoint
 from unmask.models.part_extractor import PartDetections, PartExtraction, PartExtractor, build_part_extractor
 from unmask.parts import PARTS
+from unmask.runtime import Runtime
 from unmask.train import loop
 from unmask.train.loop import HISTORY_FILE, STATE_FILE, WEIGHTS_FILE
 from unmask.train.part_extractor import (
@@ -193,8 +194,8 @@ def test_a_random_start_is_never_cached_as_a_pretrained_k(tmp_path: Path, monkey
                                                                           kwargs["metadata"]))
     spec = PartExtractorSpec("resnet50-fpn", 64, training(1), pretrained=True)
     _, folder = module.train_or_load_part_extractor(
-        spec, train_set=lambda: None, val_set=lambda: None, data_fingerprint="data", models_dir=tmp_path,
-        device="cpu", allow_random_init=True, log=lambda message: None)
+        spec, train_set=lambda: None, val_set=lambda: None, data_fingerprint="data",
+        cache=loop.ModelCache(tmp_path, Runtime.start("cpu", verbosity=0), allow_random_init=True))
     from dataclasses import replace
 
     assert folder.name == part_extractor_cache_key(replace(spec, pretrained=False), "data")

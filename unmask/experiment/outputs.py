@@ -1,17 +1,11 @@
-"""What a run leaves behind: its folder and name, ``metrics.json``, ``per_image.csv``,
-``tables.md`` and the figures, all written atomically from scored predictions.
-
-Layout of ``<output dir>/<run name>/``: ``config.json`` (the result-determining configuration),
-``clean.npz`` and ``validation.npz`` (clean predictions of the test and validation images),
-``vectors/<attack>-eps<epsilon>.npz`` (one per attack vector, written as it finishes, with the
-example images of the figure beside it), then the reports.
+"""What a run leaves behind: ``metrics.json``, ``per_image.csv``, ``tables.md`` and the figures,
+all written atomically from scored predictions (the folder's layout: ``experiment.folder``).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +13,30 @@ import numpy as np
 import torch
 
 from unmask.attacks import AttackVector
-from unmask.config import Config
-from unmask.defense import NO_PREDICTION
-from unmask.evaluation import DetectionCurves, Scored, Thresholds, clean_metrics, summary_metrics, vector_metrics
-from unmask.experiment.plan import Plan
-from unmask.io import atomic_path, load_checkpoint, stable_hash
+from unmask.constants import NO_PREDICTION
+from unmask.evaluation import (
+    DetectionCurves,
+    Scored,
+    Thresholds,
+    clean_metrics,
+    detection_curves,
+    summary_metrics,
+    vector_metrics,
+)
+from unmask.experiment.evaluator import Evaluator
+from unmask.experiment.folder import RunFolder
+from unmask.io import atomic_path, atomic_write_text, load_checkpoint
 from unmask.models.part_extractor import PartExtractor
 from unmask.parts import PARTS, ClassSet
-from unmask.report import ExamplePanel, RocSeries, plot_accuracy, plot_examples, plot_roc, plot_threat_models
-
-NOT_RESULTS = frozenset({"verbosity", "workers", "device", "output_dir", "run_name", "grid_class_sets", "grid_models",
-                         "grid_shard", "synthetic_workers"})
-"""Configuration fields that do not change a run's numbers (left out of its name's hash)."""
+from unmask.report import (
+    ExamplePanel,
+    RocSeries,
+    format_tables,
+    plot_accuracy,
+    plot_examples,
+    plot_roc,
+    plot_threat_models,
+)
 
 RESULT_FORMAT = 2
 """2: the adaptive evaluation's sections (``adaptive``, ``adaptive_summary``), strict JSON (null
@@ -38,80 +44,38 @@ for undefined numbers)."""
 K_METRICS = ("map_mask", "map_box", "map_mask_50", "map_box_50", "part_precision", "part_recall")
 
 
-def result_config(config: Config) -> dict[str, Any]:
-    """The fields that determine a run's numbers, as JSON-ready values."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in NOT_RESULTS}
-
-
-def run_name(plan: Plan) -> str:
-    """``<class set>-<model>[-advM]-<hash of the result-determining configuration>``, or ``--run-name``."""
-    config = plan.config
-    if config.run_name:
-        return config.run_name
-    adversarial = "-advM" if config.m_adv_trained else ""
-    return f"{plan.class_set.name}-{plan.m.architecture}{adversarial}-{stable_hash(result_config(config))}"
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """The files of one run."""
-
-    path: Path
-
-    @property
-    def clean(self) -> Path:
-        return self.path / "clean.npz"
-
-    @property
-    def validation(self) -> Path:
-        return self.path / "validation.npz"
-
-    def vector(self, vector: AttackVector) -> Path:
-        return self.path / "vectors" / f"{vector.name}-eps{vector.epsilon:g}.npz"
-
-    def example(self, vector: AttackVector) -> Path:
-        return self.path / "vectors" / f"{vector.name}-eps{vector.epsilon:g}-example.pt"
-
-
-def save_example(path: Path, index: int, clean: torch.Tensor, adversarial: torch.Tensor) -> None:
-    """The example figure's image pair (the clean test image ``index`` and its attacked version)."""
-    with atomic_path(path) as temporary:
-        torch.save({"index": index, "clean": clean.clone(), "adversarial": adversarial.clone()}, temporary)
-
-
-def example_candidates(labels: np.ndarray, clean: Scored, attacked: Scored) -> np.ndarray:
-    """Positions in one batch of the example figure's candidates, best first (-1: none): the
-    first image M gets right clean and wrong attacked and UnMask re-classifies correctly, the
-    first such image whatever UnMask says, and the batch's first image."""
-    fooled = (clean.m == labels) & (attacked.m != labels)
-    firsts = [np.flatnonzero(tier)[:1] for tier in (fooled & (attacked.unmask == labels), fooled)]
-    return np.array([int(first[0]) if first.size else -1 for first in firsts] + [0], dtype=np.int64)
-
-
-def choose_example(batch_candidates: list[np.ndarray]) -> tuple[int, int]:
-    """(batch, candidate) of the example among every batch's ``example_candidates``, in batch
-    order: the earliest image of the best tier any batch found, else the first image."""
-    for tier in range(2):
-        for batch, candidates in enumerate(batch_candidates):
-            if candidates[tier] >= 0:
-                return batch, tier
-    return 0, 2
+def write_report(evaluator: Evaluator, results: Mapping[str, Any], attacked: dict[AttackVector, Scored],
+                 thresholds: Thresholds, k_metrics: dict[str, Any], adaptive: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The run's ``per_image.csv``, ``tables.md`` and figures; returns (every figure of
+    ``metrics.json`` less its timing, the tables)."""
+    labels, clean, class_set, folder = evaluator.labels, evaluator.clean(), evaluator.class_set, evaluator.folder
+    curves = {vector: detection_curves(labels, clean, scored) for vector, scored in attacked.items()}
+    models = {"m": evaluator.m.description,
+              "adv_trained": evaluator.adv_trained.description if evaluator.adv_trained is not None else None}
+    metrics = {**build_metrics(results, class_set, labels, clean, attacked, curves, thresholds, k_metrics, models),
+               **adaptive}
+    write_per_image(folder.path / "per_image.csv", list(evaluator.test.names), labels, class_set, clean, attacked)
+    tables = format_tables(metrics)
+    atomic_write_text(folder.path / "tables.md", tables)
+    write_figures(folder, metrics, labels, class_set, clean, attacked, curves, evaluator.k.extractor)
+    return metrics, tables
 
 
 # --- metrics.json -------------------------------------------------------------------------------
 
 
-def build_metrics(plan: Plan, labels: np.ndarray, clean: Scored, attacked: dict[AttackVector, Scored],
-                  curves: dict[AttackVector, DetectionCurves], thresholds: Thresholds, k_metrics: dict[str, Any],
-                  models: dict[str, str | None]) -> dict[str, Any]:
-    """Every figure of the run (``metrics.json`` less its timing)."""
-    entries = [{"name": vector.name, "norm": vector.norm, "epsilon": vector.epsilon,
+def build_metrics(results: Mapping[str, Any], class_set: ClassSet, labels: np.ndarray, clean: Scored,
+                  attacked: dict[AttackVector, Scored], curves: dict[AttackVector, DetectionCurves],
+                  thresholds: Thresholds, k_metrics: dict[str, Any], models: dict[str, str | None]) -> dict[str, Any]:
+    """Every figure of the run (``metrics.json`` less its timing); ``results`` is the
+    configuration that determined them."""
+    entries = [{"name": vector.name, "norm": vector.norm.name, "epsilon": vector.epsilon,
                 **vector_metrics(labels, clean, scored, thresholds, curves[vector])}
                for vector, scored in attacked.items()]
     return {
         "format": RESULT_FORMAT,
-        "config": result_config(plan.config),
-        "classes": list(plan.class_set.classes),
+        "config": dict(results),
+        "classes": list(class_set.classes),
         "models": models,
         "clean": clean_metrics(labels, clean),
         "k": {key: k_metrics.get(key) for key in K_METRICS},

@@ -23,6 +23,7 @@ from torchvision import models as tv
 from torchvision.models import WeightsEnum
 
 from unmask.io import CheckpointError, UnmaskError, read_weights
+from unmask.provenance import tensors_digest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -357,3 +358,30 @@ def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128,
     finally:
         model.train(was_training)
     return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.int64, device=images.device)
+
+
+class ClassifierInference:
+    """M as the evaluation runs it: the model made ready as ``options`` say (channels-last and
+    compiled in place, ``InferenceOptions.prepare``), on its device, predicting in the effective
+    precision there. ``fingerprint`` is what every saved prediction of this M is stamped with:
+    its weights and each inference setting that changes its float rounding (and so its attacks).
+
+    ``model`` is what attacks differentiate through; ``predict`` is its argmax without gradients.
+    """
+
+    def __init__(self, model: nn.Module, options: InferenceOptions | None = None) -> None:
+        options = options or InferenceOptions()
+        self.weights = tensors_digest(model.state_dict())  # before compiling: the keys stay as saved
+        self.model = options.prepare(model)
+        self.options = options
+        self.device = next(model.parameters()).device
+        self.precision = options.effective_precision(self.device)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """M's classes (int64, on ``images``' device) of [0, 1] images, in ``precision``."""
+        return predict(self.model, images, precision=self.precision)
+
+    @property
+    def fingerprint(self) -> dict[str, object]:
+        return {"weights": self.weights, "precision": self.precision, "channels_last": self.options.channels_last,
+                "compile": self.options.compile}

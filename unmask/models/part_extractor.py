@@ -166,14 +166,10 @@ def build_part_extractor(
     - ``rule``: its NMS threshold and detection count; the model itself keeps detections of
       every score (COCO mAP ranks them all), ``PartExtractor`` applies the rule's score threshold.
     """
-    if name not in PART_EXTRACTOR_NAMES:
-        raise ValueError(f"unknown part extractor {name!r}; expected one of: {', '.join(PART_EXTRACTOR_NAMES)}")
+    check_pretrained(name, pretrained)
     detection = {"box_score_thresh": 0.0, "box_nms_thresh": rule.nms_threshold,
                  "box_detections_per_img": rule.max_detections}
     if name == "lean":
-        if pretrained:
-            raise ValueError("the lean part extractor has no pretrained weights; it trains from scratch "
-                             "(use --no-k-pretrained, or --k-model resnet50-fpn for COCO weights)")
         model = _lean(image_size=image_size, fpn_channels=fpn_channels, **detection)
     else:
         model = _resnet50_fpn(pretrained=pretrained, weights_path=weights_path,
@@ -182,6 +178,16 @@ def build_part_extractor(
     # from the start, so training under autocast sees the same heads whether or not a validation
     # (which wraps the model in a PartExtractor) has run yet, and a resumed run the same as a whole one
     return float32_outputs(model)
+
+
+def check_pretrained(name: str, pretrained: bool) -> None:
+    """``ValueError`` for an unknown architecture, or for pretrained weights asked of one that
+    has none (the lean K trains from scratch)."""
+    if name not in PART_EXTRACTOR_NAMES:
+        raise ValueError(f"unknown part extractor {name!r}; expected one of: {', '.join(PART_EXTRACTOR_NAMES)}")
+    if pretrained and name == "lean":
+        raise ValueError("the lean part extractor has no pretrained weights; it trains from scratch "
+                         "(use --no-k-pretrained, or --k-model resnet50-fpn for COCO weights)")
 
 
 class ChannelsLastBackbone(BackboneWithFPN):

@@ -24,12 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from unmask.attacks import AttackOptions, AttackVector, attack
+from unmask.attacks import GRAY_BOX_ATTACKS, AttackOptions, attack
 from unmask.io import stable_hash
 from unmask.models.classifier import build_classifier, imagenet_weights_file, pretrained_weights_available
 from unmask.provenance import file_digest
 from unmask.runtime import Distributed, init_distributed, seed_everything
-from unmask.train.loop import check_metadata, describe_cache, fit, load_model_weights, load_weights, unwrap
+from unmask.train.loop import ModelCache, check_metadata, describe_cache, fit, load_model_weights, load_weights, unwrap
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
@@ -54,7 +54,7 @@ class AdversarialTraining:
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         options = AttackOptions(steps=self.steps, step_size=self.step_size, random_start=self.random_start)
-        return attack(unwrap(model), images, labels, AttackVector("pgd_linf", self.epsilon), options)
+        return attack(unwrap(model), images, labels, GRAY_BOX_ATTACKS.vector("pgd_linf", self.epsilon), options)
 
 
 @dataclass(frozen=True)
@@ -307,26 +307,23 @@ def train_or_load_classifier(
     train_set: Dataset,
     val_set: Dataset,
     data_fingerprint: str,
-    models_dir: str | Path,
-    device: str | torch.device,
-    allow_random_init: bool = True,
-    workers: int = 0,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
+    cache: ModelCache,
 ) -> TrainResult:
-    """Build and train the M that ``spec`` describes on data with ``data_fingerprint`` in
-    ``models_dir/<classifier_cache_key>``: resumes an interrupted run, and returns a finished one
-    without training. ``log`` says which of the three it does, and why."""
+    """Build and train the M that ``spec`` describes on data with ``data_fingerprint`` in the
+    cache's folder ``<classifier_cache_key>``: resumes an interrupted run, and returns a finished
+    one without training. The cache's log says which of the three it does, and why."""
     torch.manual_seed(spec.training.seed)  # the initial weights
     model = build_classifier(spec.architecture, len(spec.classes), pretrained=spec.pretrained,
-                             weights_path=spec.weights_path or None, allow_random_init=allow_random_init)
+                             weights_path=spec.weights_path or None, allow_random_init=cache.allow_random_init)
     if spec.pretrained and not pretrained_weights_available(spec.architecture, spec.weights_path or None):
         spec = dataclasses.replace(spec, pretrained=False)  # random weights after all: cache it as such
-    folder = Path(models_dir) / classifier_cache_key(spec, data_fingerprint)
+    folder = cache.folder(classifier_cache_key(spec, data_fingerprint))
+    runtime = cache.runtime
     describe_cache(folder, _cache_identity(spec, data_fingerprint), epochs=spec.training.epochs,
-                   what=f"M ({spec.architecture}{', adversarially trained' if spec.adversarial else ''})", log=log)
-    return train_classifier(model, train_set, val_set, spec.training, device=device, checkpoint_dir=folder,
-                            workers=workers, progress=progress, metadata=spec.metadata)
+                   what=f"M ({spec.architecture}{', adversarially trained' if spec.adversarial else ''})",
+                   log=runtime.log)
+    return train_classifier(model, train_set, val_set, spec.training, device=runtime.device, checkpoint_dir=folder,
+                            workers=runtime.workers, progress=runtime.verbosity > 0, metadata=spec.metadata)
 
 
 def load_trained_classifier(path: str | Path, spec: ClassifierSpec, *, device: str | torch.device = "cpu",

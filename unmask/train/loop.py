@@ -42,7 +42,7 @@ from unmask.io import (
     lock_path,
     read_weights,
 )
-from unmask.runtime import Distributed, rng_state, set_rng_state
+from unmask.runtime import Distributed, Runtime, rng_state, set_rng_state
 
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "weights.pt"
@@ -187,6 +187,20 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 IDENTITY_FILE = "identity.json"
+
+
+@dataclass(frozen=True)
+class ModelCache:
+    """Where trained models live (``directory``: one folder per model, named by a hash of what
+    determines it) and how training runs there: the ``runtime`` (device, workers, progress,
+    log) and whether a model may start from random weights when its pretrained ones are missing."""
+
+    directory: Path
+    runtime: Runtime
+    allow_random_init: bool = True
+
+    def folder(self, name: str) -> Path:
+        return Path(self.directory) / name
 
 
 def describe_cache(folder: Path, identity: Mapping[str, Any], *, epochs: int, what: str,

@@ -35,19 +35,17 @@ from tqdm import tqdm
 
 from unmask.data.coco import PartSegmentationDataset, collate_detection
 from unmask.io import atomic_write_json, stable_hash
-from unmask.models.part_extractor import DetectionRule, PartExtractor, build_part_extractor, coco_weights_path
+from unmask.models.part_extractor import (
+    DetectionRule,
+    PartExtractor,
+    build_part_extractor,
+    check_pretrained,
+    coco_weights_path,
+)
 from unmask.parts import PART_INDEX, PARTS
 from unmask.provenance import file_digest
 from unmask.runtime import init_distributed
-from unmask.train.loop import (
-    WEIGHTS_FILE,
-    check_metadata,
-    describe_cache,
-    fit,
-    load_model_weights,
-    load_weights,
-    unwrap,
-)
+from unmask.train import loop
 
 
 @dataclass(frozen=True)
@@ -86,6 +84,9 @@ class PartExtractorSpec:
     pretrained: bool = False
     weights_path: str = ""
 
+    def __post_init__(self) -> None:
+        check_pretrained(self.architecture, self.pretrained)
+
     def build(self, *, allow_random_init: bool = False) -> MaskRCNN:
         """The untrained model (COCO weights when ``pretrained``)."""
         return build_part_extractor(self.architecture, image_size=self.image_size, pretrained=self.pretrained,
@@ -120,27 +121,25 @@ def train_or_load_part_extractor(
     train_set: Callable[[], Dataset],
     val_set: Callable[[], PartSegmentationDataset | None],
     data_fingerprint: str,
-    models_dir: str | Path,
-    device: str | torch.device,
-    allow_random_init: bool = False,
-    workers: int = 0,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
+    cache: loop.ModelCache,
 ) -> tuple[MaskRCNN, Path]:
     """The K that ``spec`` describes, trained on ``train_set()`` (data with ``data_fingerprint``)
-    in ``models_dir/<part_extractor_cache_key>``, or loaded from there when finished; returns the
-    model with its weights and the folder. The datasets are built only when training is needed."""
-    model = spec.build(allow_random_init=allow_random_init)
+    in the cache's folder ``<part_extractor_cache_key>``, or loaded from there when finished;
+    returns the model with its weights and the folder. The datasets are built only when
+    training is needed."""
+    model = spec.build(allow_random_init=cache.allow_random_init)
     if spec.pretrained and not coco_weights_path(spec.weights_path or None).is_file():
         spec = dataclasses.replace(spec, pretrained=False)  # random weights after all: cache it as such
-    folder = Path(models_dir) / part_extractor_cache_key(spec, data_fingerprint)
-    finished = describe_cache(folder, _cache_identity(spec, data_fingerprint), epochs=spec.training.epochs,
-                              what=f"K ({spec.architecture})", log=log)
+    folder = cache.folder(part_extractor_cache_key(spec, data_fingerprint))
+    runtime = cache.runtime
+    finished = loop.describe_cache(folder, _cache_identity(spec, data_fingerprint), epochs=spec.training.epochs,
+                              what=f"K ({spec.architecture})", log=runtime.log)
     if finished < spec.training.epochs:
-        train_part_extractor(model, train_set(), val_set(), spec.training, device=device, checkpoint_dir=folder,
-                             workers=workers, score_threshold=spec.rule.score_threshold, progress=progress,
+        train_part_extractor(model, train_set(), val_set(), spec.training, device=runtime.device,
+                             checkpoint_dir=folder, workers=runtime.workers,
+                             score_threshold=spec.rule.score_threshold, progress=runtime.verbosity > 0,
                              metadata=spec.metadata)
-    load_part_extractor_weights(model, folder / WEIGHTS_FILE, spec, log=log)
+    load_part_extractor_weights(model, folder / loop.WEIGHTS_FILE, spec, log=runtime.log)
     return model, folder
 
 
@@ -256,7 +255,7 @@ def train_part_extractor(
         bar.close()
         record = {**{key: value / len(loader) for key, value in sums.items()}, "lr": optimizer.param_groups[0]["lr"]}
         if val_set is not None and distributed.is_main:
-            record.update(_val_part_metrics(unwrap(network), val_set, device=device, score_threshold=score_threshold))
+            record.update(_val_part_metrics(loop.unwrap(network), val_set, device=device, score_threshold=score_threshold))
             network.train()
         return record
 
@@ -264,7 +263,7 @@ def train_part_extractor(
         return f"K epoch {record['epoch']}/{training.epochs}: " + ", ".join(
             f"{key} {value:.4g}" for key, value in record.items() if key != "epoch")
 
-    result = fit(model, epochs=training.epochs, run_epoch=run_epoch, optimizer=optimizer, scheduler=scheduler,
+    result = loop.fit(model, epochs=training.epochs, run_epoch=run_epoch, optimizer=optimizer, scheduler=scheduler,
                  scaler=scaler, checkpoint_dir=checkpoint_dir, distributed=distributed,
                  settings={**dataclasses.asdict(training), "world_size": distributed.world_size},
                  describe=describe if show else None, metadata=metadata)
@@ -283,12 +282,12 @@ def load_part_extractor_weights(model: nn.Module, path: str | Path, spec: PartEx
     """Load trained weights (``weights.pt`` of ``train_part_extractor``, or a plain state dict)
     into ``model``; with ``spec``, weights recorded for another architecture or image size are
     refused, and ``log`` says when a plain state dict leaves that unchecked."""
-    weights, metadata = load_weights(path)
+    weights, metadata = loop.load_weights(path)
     if spec is not None:
-        unchecked = check_metadata(path, metadata, {k: v for k, v in spec.metadata.items() if k != "model"})
+        unchecked = loop.check_metadata(path, metadata, {k: v for k, v in spec.metadata.items() if k != "model"})
         if unchecked:
             log(f"warning: {path} does not record its model's {', '.join(unchecked)}; they cannot be checked")
-    load_model_weights(model, weights, source=path)
+    loop.load_model_weights(model, weights, source=path)
     return model
 
 

@@ -1,0 +1,188 @@
+"""The evaluation of one run as an object: it owns the run's folder, the runtime, the fixed
+batches, M, the baseline and K as they run, the evaluated images, and the key of every result
+it saves.
+
+``Evaluator.start(...)`` draws the evaluated test sample; then ``clean()`` and ``validation()``
+are the clean predictions of the test and validation images, ``thresholds(fpr)`` the detection
+thresholds fixed on the latter, and ``gray_box(vectors, options)`` the paper's attacks on M (and
+on the baseline), K on every attacked image. Each is computed once in batches (sharded over
+``torchrun``'s processes, resumable), saved in the run's folder and stamped with its ``key``:
+what made it (the images' contents, M's, the baseline's and K's fingerprints, the batch size,
+and the computation's own options). The adaptive evaluation (``experiment.adaptive``) saves
+its results through the same ``key`` and ``result``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from unmask.attacks import AttackOptions, AttackVector
+from unmask.data.folders import ClassFolderDataset
+from unmask.data.sampling import stratified_sample
+from unmask.evaluation import Predictions, Scored, Thresholds, fix_thresholds
+from unmask.experiment.batches import Arrays, BatchComputation, resumable_result
+from unmask.experiment.folder import RunFolder, choose_example, example_candidates, save_example
+from unmask.experiment.plan import EvaluationSpec
+from unmask.experiment.stages import TrainedClassifier, TrainedPartExtractor, attacked_predictions, clean_predictions
+from unmask.models.classifier import ClassifierInference
+from unmask.parts import ClassSet
+from unmask.provenance import Fingerprint, digest
+from unmask.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Evaluated images (N, 3, H, W) in [0, 1] with their labels, and what identifies them: the
+    fingerprint of the split's contents and, for a sample of it, of which images were drawn."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    fingerprint: dict[str, str]
+    names: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, dataset: ClassFolderDataset, chosen: np.ndarray | None = None) -> ImageSet:
+        images, labels = dataset.tensors()
+        fingerprint = {"data": dataset.fingerprint()}
+        names = tuple(path.name for path, _ in dataset.samples)
+        if chosen is not None:
+            images, labels = images[chosen], labels[chosen]
+            fingerprint["images"] = digest(chosen.tolist())
+            names = tuple(names[index] for index in chosen)
+        return cls(images, labels, fingerprint, names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Evaluator:
+    """One run's evaluation (see the module's docstring)."""
+
+    folder: RunFolder
+    runtime: Runtime
+    spec: EvaluationSpec
+    class_set: ClassSet
+    m: TrainedClassifier
+    adv_trained: TrainedClassifier | None
+    k: TrainedPartExtractor
+    test: ImageSet
+    validation_images: ImageSet
+    _scored: dict[Path, Scored] = field(default_factory=dict, repr=False)
+    _thresholds: dict[float, Thresholds] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def start(cls, folder: RunFolder, runtime: Runtime, spec: EvaluationSpec, class_set: ClassSet,
+              data: dict[str, ClassFolderDataset], m: TrainedClassifier, adv_trained: TrainedClassifier | None,
+              k: TrainedPartExtractor) -> Evaluator:
+        """The evaluation of M (and the baseline) and K on ``data``'s test split (a seeded,
+        class-stratified sample of ``spec.max_images`` of it) and validation split."""
+        labels = data["test"].tensors()[1].numpy()
+        chosen = stratified_sample(labels, spec.max_images, seed=spec.seed)
+        return cls(folder, runtime, spec, class_set, m, adv_trained, k, ImageSet.of(data["test"], chosen),
+                   ImageSet.of(data["val"]))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The evaluated test images' labels."""
+        return self.test.labels.numpy()
+
+    # --- keys and results ---------------------------------------------------------------------
+
+    def key(self, images: ImageSet | None = None, *, baseline: bool = True, k: TrainedPartExtractor | None = None,
+            **computation: Any) -> Fingerprint:
+        """What a result computed on ``images`` (default: the test sample) depends on: their
+        contents, M's fingerprint (weights and inference settings), the baseline's when it took
+        part, K's (or the given K's), the batch size, and ``computation`` (its own options)."""
+        images = self.test if images is None else images
+        return {**images.fingerprint, "m": self.m.fingerprint,
+                "adv_trained": self.adv_trained.fingerprint if baseline and self.adv_trained is not None else None,
+                "k": (k or self.k).fingerprint, "batch_size": self.spec.batch_size, **computation}
+
+    def result(self, path: Path, key: Fingerprint, count: int, compute: BatchComputation, *, what: str,
+               batch_size: int | None = None, finish: Callable[[list[Arrays]], None] | None = None) -> Arrays:
+        """The per-image arrays of ``compute`` over ``count`` images in fixed batches: read from
+        ``path`` when it was made from ``key``, else computed (sharded, resumable) and saved."""
+        return resumable_result(path, key, count=count, batch_size=batch_size or self.spec.batch_size,
+                                compute=compute, runtime=self.runtime, what=what, finish=finish)
+
+    def baseline(self) -> ClassifierInference | None:
+        """The adversarially trained M as it runs (None without the baseline)."""
+        return self.adv_trained.inference if self.adv_trained is not None else None
+
+    # --- the stages ---------------------------------------------------------------------------
+
+    def clean(self) -> Scored:
+        """M's, the baseline's and K's predictions on the clean test images, scored."""
+        return self.clean_predictions(self.test, self.folder.clean, what="clean test predictions")
+
+    def validation(self) -> Scored:
+        """M's and K's predictions on the clean validation images, scored (they fix the thresholds)."""
+        return self.clean_predictions(self.validation_images, self.folder.validation, baseline=False,
+                                      what="clean validation predictions")
+
+    def clean_predictions(self, images: ImageSet, path: Path, *, baseline: bool = True,
+                          k: TrainedPartExtractor | None = None, what: str) -> Scored:
+        """Clean predictions of ``images`` by M (and the baseline), and by K (or the given K)."""
+        if path in self._scored:
+            return self._scored[path]
+        extractor = (k or self.k).extractor
+        adv_trained = self.baseline() if baseline else None
+        arrays = self.result(path, self.key(images, baseline=baseline, k=k), len(images),
+                             lambda number, indices: (clean_predictions(images.images[indices], self.m.inference,
+                                                                        adv_trained, extractor).arrays(), {}),
+                             what=what)
+        self._scored[path] = Scored.of(Predictions.from_arrays(arrays), self.class_set)
+        return self._scored[path]
+
+    def thresholds(self, fpr: float) -> Thresholds:
+        """Detection thresholds fixed on the clean validation images at false-positive rate ``fpr``."""
+        if fpr not in self._thresholds:
+            self._thresholds[fpr] = fix_thresholds(self.validation(), fpr)
+        return self._thresholds[fpr]
+
+    def gray_box(self, vectors: tuple[AttackVector, ...], options: AttackOptions) -> dict[AttackVector, Scored]:
+        """Every vector's attack on M (and on the baseline, through its own gradients), K on every
+        attacked image (the paper's gray-box evaluation); each vector's example image pair is
+        saved beside its result, for the figure."""
+        return {vector: self.attacked(vector, options) for vector in
+                tqdm(vectors, desc="attack vectors", disable=not self.runtime.progress, dynamic_ncols=True)}
+
+    def attacked(self, vector: AttackVector, options: AttackOptions, *, sample: np.ndarray | None = None,
+                 path: Path | None = None, what: str | None = None) -> Scored:
+        """One gray-box vector on the test images (or on positions ``sample`` of them, saved at ``path``)."""
+        clean = self.clean()
+        images, labels = self.test.images, self.test.labels
+        key = self.key(attack={"vector": vector.label, **asdict(options)}, seed=self.spec.seed)
+        if sample is not None:
+            images, labels = images[sample], labels[sample]
+            key = {**key, "sample": digest(sample.tolist())}
+        classes = labels.numpy()
+
+        def attack_batch(number: int, indices: np.ndarray) -> tuple[Arrays, Arrays]:
+            predictions, adversarial = attacked_predictions(
+                vector, images[indices], labels[indices], self.m.inference, self.baseline(), self.k.extractor,
+                options=options, seed=self.spec.seed, batch=number)
+            if sample is not None:
+                return predictions.arrays(), {}
+            positions = example_candidates(classes[indices], clean.subset(indices), Scored.of(predictions,
+                                                                                               self.class_set))
+            return predictions.arrays(), {"candidates": np.where(positions >= 0, indices[positions.clip(0)], -1),
+                                          "adversarial": adversarial[positions.clip(0)].numpy()}
+
+        def save_the_example(extras: list[Arrays]) -> None:
+            batch, position = choose_example([batch["candidates"] for batch in extras])
+            index = int(extras[batch]["candidates"][position])
+            save_example(self.folder.example(vector), index, images[index],
+                         torch.from_numpy(extras[batch]["adversarial"][position]))
+
+        arrays = self.result(path or self.folder.vector(vector), key, len(labels), attack_batch,
+                             what=what or f"attack {vector.label}", finish=None if sample is not None else save_the_example)
+        return Scored.of(Predictions.from_arrays(arrays), self.class_set)
