@@ -25,11 +25,23 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from unmask.attacks import AttackOptions, AttackVector, attack
-from unmask.io import stable_hash
-from unmask.models.classifier import build_classifier, imagenet_weights_file, pretrained_weights_available
+from unmask.io import CheckpointError, stable_hash
+from unmask.models.classifier import (
+    INPUT_NORMALIZATIONS,
+    build_classifier,
+    imagenet_weights_file,
+    pretrained_weights_available,
+)
 from unmask.provenance import file_digest
 from unmask.runtime import Distributed, init_distributed, seed_everything
-from unmask.train.loop import check_metadata, describe_cache, fit, load_model_weights, load_weights, unwrap
+from unmask.train.loop import (
+    check_metadata,
+    describe_cache,
+    fit,
+    load_model_weights,
+    load_weights,
+    unwrap,
+)
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
@@ -334,12 +346,29 @@ def load_trained_classifier(path: str | Path, spec: ClassifierSpec, *, device: s
     """A trained M from a weights file (``weights.pt`` of a checkpoint folder, or any state dict of
     classifier ``spec.architecture``), in eval mode on ``device``. Weights recorded for another
     architecture, other classes (or another order of them) or another image size are refused;
-    a plain state dict cannot be checked, and ``log`` says so."""
-    model = build_classifier(spec.architecture, len(spec.classes))
+    a plain state dict cannot be checked, and ``log`` says so. M normalises its input as the file
+    records (``input_normalization``: the original's imported M takes un-normalised images)."""
     weights, metadata = load_weights(path)
     unchecked = check_metadata(path, metadata, {key: value for key, value in spec.metadata.items() if key != "model"})
     if unchecked:
         log(f"warning: {path} does not record its model's {', '.join(unchecked)}; they cannot be checked against "
             f"this run ({', '.join(spec.classes)} at {spec.image_size} px)")
+    model = build_classifier(spec.architecture, len(spec.classes),
+                             input_normalization=recorded_input_normalization(path, metadata))
     load_model_weights(model, weights, source=path)
     return model.to(device).eval()
+
+
+INPUT_NORMALIZATION_KEY = "input_normalization"
+"""The metadata field of a weights file that says what M does first to its images; a file without
+it (every M this project trained before the field existed) normalises with ImageNet's mean/std."""
+
+
+def recorded_input_normalization(path: str | Path, metadata: Mapping[str, object] | None) -> str:
+    """The input normalisation the weights file ``path`` records (``INPUT_NORMALIZATIONS``)."""
+    value = (metadata or {}).get(INPUT_NORMALIZATION_KEY, "imagenet")
+    if value not in INPUT_NORMALIZATIONS:
+        raise CheckpointError(f"{path} records {INPUT_NORMALIZATION_KEY} {value!r}; expected one of: "
+                              f"{', '.join(INPUT_NORMALIZATIONS)}")
+    return str(value)
+
