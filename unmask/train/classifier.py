@@ -32,6 +32,7 @@ from unmask.models.classifier import (
     imagenet_weights_file,
     pretrained_weights_available,
 )
+from unmask.models.original import ORIGINAL_ARCHITECTURES, file_sha256, original_weights
 from unmask.provenance import file_digest
 from unmask.runtime import Distributed, init_distributed, seed_everything
 from unmask.train.loop import (
@@ -40,6 +41,7 @@ from unmask.train.loop import (
     fit,
     load_model_weights,
     load_weights,
+    save_weights,
     unwrap,
 )
 
@@ -372,3 +374,21 @@ def recorded_input_normalization(path: str | Path, metadata: Mapping[str, object
                               f"{', '.join(INPUT_NORMALIZATIONS)}")
     return str(value)
 
+
+def import_original_classifier(source: str | Path, destination: str | Path, spec: ClassifierSpec) -> nn.Module:
+    """Write the original's released M (``source``: a torchvision model pickled whole, read safely
+    by ``unmask.models.original``) as a weights file at ``destination`` that ``--m-checkpoint``
+    loads with ``spec`` (architecture, classes in the class set's order, image size); returns it.
+
+    The file records ``spec.metadata``, that M takes un-normalised images (as the original was
+    trained) and the SHA-256 of ``source``; the head is reordered from the original's
+    alphabetical labels to ``spec.classes``, so the imported M predicts what the original did."""
+    if spec.architecture not in ORIGINAL_ARCHITECTURES:
+        raise ValueError(f"the original's M is a torchvision model; --model {spec.architecture} is not one of: "
+                         f"{', '.join(ORIGINAL_ARCHITECTURES)}")
+    model = build_classifier(spec.architecture, len(spec.classes), input_normalization="none")
+    weights = original_weights(source, network=model.network, classes=spec.classes)
+    load_model_weights(model.network, weights, source=source)
+    save_weights(destination, model, {**spec.metadata, INPUT_NORMALIZATION_KEY: model.input_normalization,
+                                      "source_sha256": file_sha256(source)})
+    return model.eval()
