@@ -81,6 +81,10 @@ class Config:
     allow_random_init: bool = option(True, "When pretrained weights are missing offline, start from random "
                                      "weights instead of stopping with an error.")
     m_checkpoint: str = option("", "Use this trained M instead of training or the cache.")
+    original_m: str = option("", "import-m: the original's released M, a torchvision model saved whole with "
+                             "torch.save(model); read without a full unpickle (only torch and torchvision classes).")
+    imported_m: str = option("", "import-m: the weights file to write, for --m-checkpoint (empty: "
+                             "<output-dir>/imported/m-<model>-<class set>.pt).")
     batch_size: int = option(32, "M's training batch size (the original: 32).")
     epochs: int = option(15, "M's training epochs; the best validation epoch is kept (the original: 30).")
     optimizer: str = option("sgd", "sgd or adam.")
