@@ -97,7 +97,8 @@ def test_an_imported_model_gives_the_originals_logits_in_the_class_sets_order(tm
     assert not torch.allclose(got, expected, rtol=1e-3, atol=1e-2)
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     assert not torch.allclose(got, _logits(original, (images - mean) / std)[:, columns], rtol=1e-3, atol=1e-2)
-    assert len({alphabetical[label] for label in expected.argmax(dim=1).tolist()} - {"dog"}) >= 1
+    # some image is predicted as a class whose label the reorder moves (all but dog's)
+    assert any(alphabetical[label] != "dog" for label in expected.argmax(dim=1).tolist())
 
 
 def test_the_imported_file_records_what_it_is_and_where_it_came_from(tmp_path):

@@ -44,8 +44,9 @@ ORIGINAL_GLOBALS: tuple[type[nn.Module], ...] = (
 )
 """What a safe load may create from the original's pickle, beside what torch's ``weights_only``
 load always allows (tensors, parameters, ``OrderedDict``, ``set``, dtypes: its own pickling).
-Every entry is a module class, created without running its ``__init__`` (``__new__`` and
-``nn.Module.__setstate__``, which only sets attributes)."""
+Every entry is a module class: ``torch.save(model)`` stores each module as its class, created
+with ``__new__``, and its attributes, set by ``nn.Module.__setstate__``; the most a tampered
+file can make of one is a call of its constructor, which builds layers and nothing else."""
 
 ORIGINAL_ARCHITECTURES: tuple[str, ...] = tuple(
     name for name, architecture in ARCHITECTURES.items() if architecture.weights is not None)
