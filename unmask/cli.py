@@ -191,6 +191,27 @@ def _train_k(plan: Plan, args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_m(plan: Plan, args: argparse.Namespace) -> int:
+    """The original's released M as a weights file for ``--m-checkpoint`` (see
+    ``import_original_classifier``). It records the original's 150 px (Resize(150) ->
+    CenterCrop(150)) unless ``--image-size`` is given on the command line: the default image
+    size is the synthetic demo's, which that M never saw."""
+    from unmask.models.classifier import PAPER_IMAGE_SIZE
+    from unmask.train.classifier import import_original_classifier
+
+    if plan.original_m is None:
+        raise ConfigError("import-m needs --original-m FILE: the original's M, saved with torch.save(model)")
+    spec = dataclasses.replace(plan.m, image_size=getattr(args, "image_size", PAPER_IMAGE_SIZE))
+    destination = plan.imported_m or plan.output_dir / "imported" / f"m-{spec.architecture}-{plan.class_set.name}.pt"
+    import_original_classifier(plan.original_m, destination, spec)
+    if plan.verbosity > 0:
+        print(f"import-m: {plan.original_m} -> {destination} ({spec.architecture}, classes "
+              f"{', '.join(spec.classes)}, {spec.image_size} px, no input normalisation); use it with: python main.py "
+              f"--m-checkpoint {destination} --model {spec.architecture} --class-set {plan.class_set.name} "
+              f"--image-size {spec.image_size}")
+    return 0
+
+
 EXAMPLES_FIGURE = "images/synthetic_examples.png"
 
 
@@ -232,6 +253,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
                 "(--dataset pascal-part --pascal-root DIR --out DIR)", _prepare),
     "train-m": ("train M and, with --adv-training, the adversarial-training baseline", _train_m),
     "train-k": ("train K and evaluate it on the test split (COCO mAP, part precision and recall)", _train_k),
+    "import-m": ("write the original's released M (--original-m FILE, saved with torch.save(model)) as a weights "
+                 "file for --m-checkpoint (--imported-m), read without running code in it", _import_m),
     "examples": ("render example images with their part masks to images/synthetic_examples.png", _examples),
     "figures": ("run (or re-report) the configured experiment and copy its figures to images/results_*.png, "
                 "the ones the README shows", _figures),

@@ -141,6 +141,11 @@ class Config:
     allow_random_init: bool = option(True, "When pretrained weights are missing offline, start from random "
                                      "weights instead of stopping with an error.")
     m_checkpoint: str = option("", "Use this trained M instead of training or the cache.")
+    original_m: str = option("", "import-m: the original's released M, a torchvision model saved whole with "
+                             "torch.save(model); read without a full unpickle (only torch and torchvision classes).",
+                             results=False)
+    imported_m: str = option("", "import-m: the weights file to write, for --m-checkpoint (empty: "
+                             "<output-dir>/imported/m-<model>-<class set>.pt).", results=False)
     batch_size: int = option(32, "M's training batch size (the original: 32).", at_least=1, to="m_training.batch_size")
     epochs: int = option(15, "M's training epochs; the best validation epoch is kept (the original: 30).", at_least=1,
                          to="m_training.epochs")

@@ -204,7 +204,9 @@ def checkpoint_error(path: str | os.PathLike[str], problem: str, *, user_option:
     return CheckpointError(f"cannot load checkpoint {path}: {problem}. Expected {expected}; {remedy}")
 
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch names the refused global in two wordings: "Unsupported global: GLOBAL a.b.C ..." and, for
+# the modules it blocks outright (os, posix, sys, nt), "unsupported GLOBAL posix.system whose module ..."
+_UNSAFE_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 
 
 def _load_failure(error: BaseException) -> str:
@@ -214,6 +216,11 @@ def _load_failure(error: BaseException) -> str:
     if unsafe:
         return (f"it holds Python objects ({unsafe.group(1)}) that only a full unpickle could create, which can "
                 "run arbitrary code; this project never does that")
+    # torch.save(model) before torch 1.6 (the legacy format) stored each module class, with its source code, as a
+    # persistent id, which torch's safe load refuses whatever globals it allows
+    if "Only persistent_load of storage" in text:
+        return ("it holds whole pickled modules in torch's legacy format (torch.save before torch 1.6), which a safe "
+                "load cannot read")
     if "weights_only" in text or "WeightsUnpickler" in text:
         return "it holds content that is not tensors, numbers or containers, so a safe load refuses it"
     first = text.strip().splitlines()[0].split(". ")[0].rstrip(".") if text.strip() else ""

@@ -167,6 +167,9 @@ class Plan:
     adaptive: AdaptiveSpec
     m_checkpoint: Path | None
     k_checkpoint: Path | None
+    original_m: Path | None
+    """``import-m``: the original's pickled M, and where to write it (None: the default place)."""
+    imported_m: Path | None
     allow_random_init: bool
     output_dir: Path
     runtime: RuntimeSpec
@@ -286,6 +289,8 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
         adaptive=adaptive,
         m_checkpoint=Path(config.m_checkpoint) if config.m_checkpoint else None,
         k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,
+        original_m=Path(config.original_m) if config.original_m else None,
+        imported_m=Path(config.imported_m) if config.imported_m else None,
         allow_random_init=config.allow_random_init, output_dir=Path(config.output_dir),
         runtime=RuntimeSpec(config.device, config.workers, config.verbosity),
         run_name=_run_name(config, class_set, results), results=results,

@@ -1,10 +1,11 @@
 """Model M: the protected classifier.
 
 Every classifier takes images in [0, 1] (any size the architecture accepts) and returns logits;
-the ImageNet mean/std normalisation is the model's first layer, so attacks and UnMask work in
-[0, 1] pixel space. The paper's models (ResNet50, DenseNet121, VGG16, ResNet101) keep their
-torchvision architecture with the head replaced for the class set; ``resnet18`` and ``compact``
-are small enough for the CPU demo.
+the ImageNet mean/std normalisation is the model's first layer (none for the original's imported
+M, which was trained on un-normalised images), so attacks and UnMask work in [0, 1] pixel space.
+The paper's models (ResNet50, DenseNet121, VGG16, ResNet101) keep their torchvision architecture
+with the head replaced for the class set; ``resnet18`` and ``compact`` are small enough for the
+CPU demo.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from unmask.provenance import tensors_digest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_NORMALIZATIONS: tuple[str, ...] = ("imagenet", "none")
+"""What M does first to its [0, 1] images: ``imagenet`` normalises them with ImageNet's mean/std
+(every M this project trains); ``none`` passes them on unchanged, as the original's M was trained."""
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -54,11 +58,17 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """[0, 1] images -> logits: normalisation, then ``network``."""
+    """[0, 1] images -> logits: normalisation (``input_normalization``, one of
+    ``INPUT_NORMALIZATIONS``), then ``network``. Either way the state dict is the network's alone."""
 
-    def __init__(self, network: nn.Module, *, name: str, num_classes: int) -> None:
+    def __init__(self, network: nn.Module, *, name: str, num_classes: int,
+                 input_normalization: str = "imagenet") -> None:
         super().__init__()
-        self.normalize = Normalize()
+        if input_normalization not in INPUT_NORMALIZATIONS:
+            raise ValueError(f"unknown input normalisation {input_normalization!r}; expected one of: "
+                             f"{', '.join(INPUT_NORMALIZATIONS)}")
+        self.input_normalization = input_normalization
+        self.normalize = Normalize() if input_normalization == "imagenet" else nn.Identity()
         self.network = network
         self.name = name
         self.num_classes = num_classes
@@ -157,8 +167,10 @@ def build_classifier(
     pretrained: bool = False,
     weights_path: str | Path | None = None,
     allow_random_init: bool = True,
+    input_normalization: str = "imagenet",
 ) -> Classifier:
-    """Classifier ``name`` with a ``num_classes`` head, taking [0, 1] images.
+    """Classifier ``name`` with a ``num_classes`` head, taking [0, 1] images (normalised first as
+    ``input_normalization`` says: ``INPUT_NORMALIZATIONS``).
 
     With ``pretrained``, the backbone starts from ImageNet weights: the file ``weights_path``
     (a torchvision state dict, ``.pth`` or ``.safetensors``) or torchvision's file in
@@ -177,7 +189,7 @@ def build_classifier(
         if weights is not None:
             _load_imagenet_weights(network, weights, name=name, source=weights_path or "torchvision's cache")
     architecture.replace_head(network, num_classes)
-    return Classifier(network, name=name, num_classes=num_classes)
+    return Classifier(network, name=name, num_classes=num_classes, input_normalization=input_normalization)
 
 
 def imagenet_weights_file(name: str) -> Path | None:
@@ -372,6 +384,8 @@ class ClassifierInference:
     def __init__(self, model: nn.Module, options: InferenceOptions | None = None) -> None:
         options = options or InferenceOptions()
         self.weights = tensors_digest(model.state_dict())  # before compiling: the keys stay as saved
+        # not in the state dict, yet it changes every prediction (the original's M takes raw pixels)
+        self.input_normalization = getattr(model, "input_normalization", "imagenet")
         self.model = options.prepare(model)
         self.options = options
         self.device = next(model.parameters()).device
@@ -383,5 +397,5 @@ class ClassifierInference:
 
     @property
     def fingerprint(self) -> dict[str, object]:
-        return {"weights": self.weights, "precision": self.precision, "channels_last": self.options.channels_last,
-                "compile": self.options.compile}
+        return {"weights": self.weights, "input_normalization": self.input_normalization,
+                "precision": self.precision, "channels_last": self.options.channels_last, "compile": self.options.compile}

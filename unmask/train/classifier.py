@@ -25,10 +25,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from unmask.attacks import GRAY_BOX_ATTACKS, AttackOptions, attack
-from unmask.io import stable_hash
-from unmask.models.classifier import build_classifier, imagenet_weights_file, pretrained_weights_available
+from unmask.io import CheckpointError, stable_hash
+from unmask.models.classifier import (
+    INPUT_NORMALIZATIONS,
+    build_classifier,
+    imagenet_weights_file,
+    pretrained_weights_available,
+)
+from unmask.models.original import ORIGINAL_ARCHITECTURES, file_sha256, original_weights
 from unmask.provenance import file_digest
 from unmask.runtime import Distributed, init_distributed, seed_everything
+from unmask.train import loop
 from unmask.train.loop import ModelCache, check_metadata, describe_cache, fit, load_model_weights, load_weights, unwrap
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
@@ -331,12 +338,47 @@ def load_trained_classifier(path: str | Path, spec: ClassifierSpec, *, device: s
     """A trained M from a weights file (``weights.pt`` of a checkpoint folder, or any state dict of
     classifier ``spec.architecture``), in eval mode on ``device``. Weights recorded for another
     architecture, other classes (or another order of them) or another image size are refused;
-    a plain state dict cannot be checked, and ``log`` says so."""
-    model = build_classifier(spec.architecture, len(spec.classes))
+    a plain state dict cannot be checked, and ``log`` says so. M normalises its input as the file
+    records (``input_normalization``: the original's imported M takes un-normalised images)."""
     weights, metadata = load_weights(path)
     unchecked = check_metadata(path, metadata, {key: value for key, value in spec.metadata.items() if key != "model"})
     if unchecked:
         log(f"warning: {path} does not record its model's {', '.join(unchecked)}; they cannot be checked against "
             f"this run ({', '.join(spec.classes)} at {spec.image_size} px)")
+    model = build_classifier(spec.architecture, len(spec.classes),
+                             input_normalization=recorded_input_normalization(path, metadata))
     load_model_weights(model, weights, source=path)
     return model.to(device).eval()
+
+
+INPUT_NORMALIZATION_KEY = "input_normalization"
+"""The metadata field of a weights file that says what M does first to its images; a file without
+it (every M this project trained before the field existed) normalises with ImageNet's mean/std."""
+
+
+def recorded_input_normalization(path: str | Path, metadata: Mapping[str, object] | None) -> str:
+    """The input normalisation the weights file ``path`` records (``INPUT_NORMALIZATIONS``)."""
+    value = (metadata or {}).get(INPUT_NORMALIZATION_KEY, "imagenet")
+    if value not in INPUT_NORMALIZATIONS:
+        raise CheckpointError(f"{path} records {INPUT_NORMALIZATION_KEY} {value!r}; expected one of: "
+                              f"{', '.join(INPUT_NORMALIZATIONS)}")
+    return str(value)
+
+
+def import_original_classifier(source: str | Path, destination: str | Path, spec: ClassifierSpec) -> nn.Module:
+    """Write the original's released M (``source``: a torchvision model pickled whole, read safely
+    by ``unmask.models.original``) as a weights file at ``destination`` that ``--m-checkpoint``
+    loads with ``spec`` (architecture, classes in the class set's order, image size); returns it.
+
+    The file records ``spec.metadata``, that M takes un-normalised images (as the original was
+    trained) and the SHA-256 of ``source``; the head is reordered from the original's
+    alphabetical labels to ``spec.classes``, so the imported M predicts what the original did."""
+    if spec.architecture not in ORIGINAL_ARCHITECTURES:
+        raise ValueError(f"the original's M is a torchvision model; --model {spec.architecture} is not one of: "
+                         f"{', '.join(ORIGINAL_ARCHITECTURES)}")
+    model = build_classifier(spec.architecture, len(spec.classes), input_normalization="none")
+    weights = original_weights(source, network=model.network, classes=spec.classes)
+    load_model_weights(model.network, weights, source=source)
+    loop.save_weights(destination, model, {**spec.metadata, INPUT_NORMALIZATION_KEY: model.input_normalization,
+                                      "source_sha256": file_sha256(source)})
+    return model.eval()
