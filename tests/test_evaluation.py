@@ -105,3 +105,58 @@ def test_predictions_round_trip(tmp_path):
     without_baseline = _predictions([CAR], [car_parts])
     without_baseline.save(tmp_path / "q.npz")
     assert Predictions.load(tmp_path / "q.npz").adv_trained is None
+
+
+# --- the threat-model figures on hand-made verdicts -------------------------------------------------
+
+from unmask.evaluation import Outcomes, attack_outcomes, strongest, worst_case  # noqa: E402
+
+LABELS = np.array([0, 0, 1, 1, 2])
+
+
+def test_a_success_is_m_wrong_and_not_flagged_and_the_flag_is_score_at_or_above_threshold():
+    # image:           0: fooled, unflagged   1: fooled, flagged (score == threshold)   2: right, unflagged
+    #                  3: right, flagged      4: fooled, unflagged
+    outcome = attack_outcomes(LABELS, m=np.array([1, 2, 1, 1, 0]), detection=np.array([0.2, 0.5, 0.1, 0.9, 0.49]),
+                              reclassified=np.array([0, 0, 1, 0, 2]), threshold=0.5,
+                              clean_detection=np.array([0.1, 0.1, 0.1, 0.1, 0.1]))
+    assert outcome.evaded.tolist() == [True, False, False, False, True]  # a fooled but flagged image is no success
+    assert outcome.m.tolist() == [False, False, True, True, False]
+    assert outcome.reclassification.tolist() == [True, True, True, False, True]
+    # the deployed decision follows the flag: M's class unless flagged, else the re-classified one
+    assert outcome.system.tolist() == [False, True, True, False, False]
+
+
+def test_robust_accuracy_with_detection_counts_a_flagged_clean_image_as_an_error():
+    outcome = attack_outcomes(LABELS, m=np.array([0, 1, 1, 0, 2]), detection=np.array([0.0, 0.8, 0.0, 0.0, 0.9]),
+                              reclassified=LABELS, threshold=0.5,
+                              clean_detection=np.array([0.6, 0.1, 0.1, 0.1, 0.5]))
+    # image 0 is right but its clean version is flagged; 1 is fooled but flagged: handled; 3 fooled, unflagged;
+    # 4 is right, yet its clean version sits at the threshold: flagged, so an error
+    assert outcome.handled.tolist() == [False, True, True, False, False]
+
+
+def test_m_alone_flags_nothing():
+    outcome = attack_outcomes(LABELS, m=np.array([0, 1, 1, 2, 2]))
+    assert outcome.evaded.tolist() == [False, True, False, True, False]
+    assert outcome.handled.tolist() == outcome.system.tolist() == outcome.m.tolist() == [True, False, True, False, True]
+    assert outcome.reclassification is None
+
+
+def test_the_worst_case_is_per_image_any_success_and_right_only_under_every_attack():
+    first = Outcomes(evaded=np.array([True, False, False]), handled=np.array([False, True, True]),
+                     reclassification=np.array([True, True, False]), system=np.array([False, True, True]),
+                     m=np.array([False, True, True]))
+    second = Outcomes(evaded=np.array([False, False, True]), handled=np.array([True, True, False]),
+                      reclassification=np.array([True, False, True]), system=np.array([True, True, False]),
+                      m=np.array([True, False, True]))
+    worst = worst_case([first, second])
+    assert worst.evaded.tolist() == [True, False, True]
+    assert worst.handled.tolist() == [False, True, False]
+    assert worst.reclassification.tolist() == [True, False, False]
+    assert worst.system.tolist() == [False, True, False]
+    # the worst case is never better than any one attack, and can be worse than both
+    assert worst.reclassification.mean() < min(first.reclassification.mean(), second.reclassification.mean())
+    assert strongest({"first": first, "second": second}, "evaded") == "first"  # a tie: the first named
+    assert strongest({"first": first, "second": second}, "system") == "first"
+    assert worst_case([first]).evaded.tolist() == first.evaded.tolist()

@@ -91,3 +91,27 @@ def test_rates_at_threshold():
         threshold_at_fpr(np.array([]), 0.1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         threshold_at_fpr(np.array([0.1]), 1.5)
+
+
+def test_wilson_interval_by_hand_and_at_the_edges():
+    from unmask.metrics import wilson_interval
+
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    low, high = wilson_interval(0, 100)  # never an empty interval at 0%
+    assert low == 0.0 and high == pytest.approx(0.0370, abs=1e-4)
+    assert wilson_interval(100, 100)[1] == 1.0 and wilson_interval(100, 100)[0] == pytest.approx(0.9630, abs=1e-4)
+
+
+def test_bootstrap_keeps_the_pairing_of_a_difference():
+    from unmask.metrics import bootstrap_rate, rate
+
+    rng = np.random.default_rng(1)
+    a = rng.random(200) < 0.6
+    same = bootstrap_rate(a.astype(float) - a.astype(float))
+    assert same.value == same.low == same.high == 0.0  # paired: the same images always differ by 0
+    shifted = bootstrap_rate(np.where(rng.random(200) < 0.3, 1.0, 0.0))
+    assert shifted.low < shifted.value < shifted.high and shifted.high - shifted.low == pytest.approx(0.13, abs=0.03)
+    single = rate(a)
+    assert single.low < single.value < single.high and single.n == 200
+    assert bootstrap_rate(a.astype(float), seed=3) == bootstrap_rate(a.astype(float), seed=3)  # seeded

@@ -11,7 +11,6 @@ from unmask.report import (
     plot_accuracy,
     plot_examples,
     plot_roc,
-    plot_threat_models,
 )
 
 
@@ -33,29 +32,6 @@ def _metrics():
     }
 
 
-def _adaptive_metrics():
-    def entry(threat_model, attack, epsilon, success):
-        return {"threat_model": threat_model, "attack": attack, "norm": "linf", "epsilon": epsilon,
-                "fpr_target": 0.1, "n_images": 20, "success_rate": success,
-                "robust_accuracy_with_detection": 1 - success, "accuracy_unmask": 0.9 - success / 2,
-                "accuracy_m": 0.0, "accuracy_adv_trained": 0.4 if threat_model == "gray-box" else None,
-                "part_precision": 0.9, "part_recall": 0.8, "parts_changed": 1.25}
-
-    def worst(over, epsilon, success):
-        return {"fpr_target": 0.1, "norm": "linf", "epsilon": epsilon, "over": over, "n_images": 20,
-                "success_rate": success, "robust_accuracy_with_detection": 1 - success,
-                "accuracy_unmask": 0.5, "accuracy_m": 0.0}
-
-    return {
-        **_metrics(),
-        "adaptive": [entry("gray-box", "pgd_linf", 8, 0.05), entry("white-box", "joint_linf", 8, 0.55),
-                     entry("gray-box", "pgd_linf", 16, 0.1), entry("white-box", "joint_linf", 16, 0.85)],
-        "adaptive_summary": [worst("gray-box", 8, 0.05), worst("white-box", 8, 0.55), worst("all attacks", 8, 0.55),
-                             worst("gray-box", 16, 0.1), worst("white-box", 16, 0.85),
-                             worst("all attacks", 16, 0.85)],
-    }
-
-
 def test_tables_hold_every_attack_and_the_summary():
     tables = format_tables(_metrics())
     assert "| pgd_linf | 8 | 2.0 | 50.0 | 86.0 |" in tables
@@ -68,18 +44,17 @@ def test_tables_hold_every_attack_and_the_summary():
     assert "Threat models" not in tables  # no adaptive section, no table for it
 
 
-def test_threat_model_tables_name_every_threat_model_and_the_worst_case():
-    tables = format_tables(_adaptive_metrics())
-    assert "| white-box | joint_linf | 16 | 10.0 | 85.0 | 15.0 | 47.5 | 0.0 | n/a | 80.0 | 1.2 |" in tables
-    assert "| gray-box | pgd_linf | 8 | 10.0 | 5.0 | 95.0 | 87.5 | 0.0 | 40.0 | 80.0 | 1.2 |" in tables
-    # gray-box · transfer (not run: a dash) · white-box · worst case
-    assert "| 10.0 | linf | 16 | 10.0 · – · 85.0 · 85.0 |" in tables
+def test_the_tables_add_the_threat_models_when_the_run_has_them():
+    from unmask.attacks import LINF
+    from unmask.experiment.adaptive import Judged, Row, summarise
 
-
-def test_threat_model_figure_is_written(tmp_path):
-    written = plot_threat_models(_adaptive_metrics(), tmp_path / "threat_models")
-    assert {path.suffix for path in written} == {".png", ".pdf"}
-    assert all(path.stat().st_size > 0 for path in written)
+    labels = np.array([0, 1, 2, 0])
+    row = Row("UnMask", "white-box", "joint_linf", LINF, 8.0, 0.1, 0.5,
+              Judged(np.array([1, 1, 2, 0]), np.zeros((4, 44), bool), np.array([0.1, 0.9, 0.1, 0.1]),
+                     np.array([0, 1, 2, 0])), np.arange(4))
+    metrics = {**_metrics(), **summarise([row], labels, np.zeros(4), np.zeros((4, 44), bool), seed=0)}
+    tables = format_tables(metrics)
+    assert "### Threat models" in tables and "| UnMask | white-box | joint_linf | 8 | 10.0 | 4 | 25.0 |" in tables
 
 
 def test_grid_table_row():

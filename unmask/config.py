@@ -215,9 +215,12 @@ class Config:
 
     # --- adaptive evaluation ------------------------------------------------------------------
     adaptive_attacks: tuple[str, ...] = option(
-        ("joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64"),
-        "Adaptive attacks on M and K together, name:epsilon (0-255 scale), comma-separated; 'full' is the full "
-        "evaluation's list, 'none' turns the adaptive evaluation off.", group="adaptive evaluation",
+        tuple(f"{name}_linf:{epsilon}" for epsilon in (8, 16, 32, 64) for name in ("joint", "reclassify", "transplant")),
+        "Adaptive attacks on UnMask, name:epsilon (0-255 scale), comma-separated, run per budget in this order (each "
+        "aimed at one output: joint at evading detection, reclassify at the re-classification, transplant at the "
+        "deployed decision; each skips the images an earlier one broke for its output); the baselines (M alone) "
+        "meet m_apgd at the same budgets. 'full' is the full evaluation's list, 'none' turns the adaptive "
+        "evaluation off.", group="adaptive evaluation",
         choices=Choices("unmask.attacks.adaptive:ADAPTIVE_ATTACKS", "adaptive attack"))
     adaptive_threat_models: tuple[str, ...] = option(
         ("white-box",), "Threat models of the adaptive attacks: white-box (the attacker knows M, K, the part table "

@@ -181,3 +181,80 @@ def summary_metrics(attack_entries: list[dict]) -> dict:
         "mean_gain_over_adv_training": 100 * (unmask - adv_trained),
         "mean_auc": float(np.mean(aucs)) if aucs else math.nan,
     }
+
+
+# --- what an attack did to each of UnMask's outputs ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Per image of an attacked sample (every image right when clean), how each figure of the
+    threat-model evaluation fared, judged on the real pipeline:
+
+    - ``evaded``: the attack succeeded: M is wrong and the image is not flagged;
+    - ``handled``: robust accuracy with detection (Tramer 2022's risk with rejection): the
+      clean image is not flagged, and the attacked one is classified right by M or flagged;
+    - ``reclassification``: UnMask's re-classification is right (None for a defense without
+      a detector, which has none);
+    - ``system``: the decision UnMask deploys is right: M's class when the image is not
+      flagged, else the re-classified class;
+    - ``m``: M is right.
+
+    A defense that is M alone (no K) flags nothing: ``evaded`` is M wrong, ``handled`` and
+    ``system`` are M right.
+    """
+
+    evaded: np.ndarray
+    handled: np.ndarray
+    reclassification: np.ndarray | None
+    system: np.ndarray
+    m: np.ndarray
+
+    FIGURES = ("evaded", "handled", "reclassification", "system", "m")
+    """Every figure; ``evaded`` is the attacker's (a success), the others the defense's (right)."""
+
+    def __len__(self) -> int:
+        return len(self.m)
+
+
+def attack_outcomes(labels: np.ndarray, m: np.ndarray, *, detection: np.ndarray | None = None,
+                    reclassified: np.ndarray | None = None, threshold: float | None = None,
+                    clean_detection: np.ndarray | None = None) -> Outcomes:
+    """The ``Outcomes`` of attacked images from M's classes and, for UnMask, their detection
+    scores and re-classified classes, the detection threshold (flagged: score >= it) and the
+    clean images' detection scores (None for M alone)."""
+    labels, m = np.asarray(labels), np.asarray(m)
+    m_right = m == labels
+    if detection is None:
+        return Outcomes(evaded=~m_right, handled=m_right, reclassification=None, system=m_right, m=m_right)
+    flagged = np.asarray(detection) >= threshold
+    clean_flagged = np.asarray(clean_detection) >= threshold
+    reclassified = np.asarray(reclassified)
+    deployed = np.where(flagged, reclassified, m)
+    return Outcomes(evaded=~m_right & ~flagged, handled=~clean_flagged & (m_right | flagged),
+                    reclassification=reclassified == labels, system=deployed == labels, m=m_right)
+
+
+def worst_case(outcomes: list[Outcomes]) -> Outcomes:
+    """Per image, the worst over several attacks (AutoAttack-style): evaded if any attack
+    evaded; right for a figure only if right under every attack."""
+    if not outcomes:
+        raise ValueError("the worst case of no attack is undefined")
+
+    def every(name: str) -> np.ndarray | None:
+        arrays = [getattr(outcome, name) for outcome in outcomes]
+        return None if any(array is None for array in arrays) else np.logical_and.reduce(arrays)
+
+    return Outcomes(evaded=np.logical_or.reduce([outcome.evaded for outcome in outcomes]), handled=every("handled"),
+                    reclassification=every("reclassification"), system=every("system"), m=every("m"))
+
+
+def strongest(named: dict[str, Outcomes], figure: str) -> str:
+    """The attack that alone did the most against ``figure`` (most evasions, or fewest right);
+    ties: the first named."""
+    def damage(outcome: Outcomes) -> float:
+        values = getattr(outcome, figure)
+        return float(values.mean()) if figure == "evaded" else -float(values.mean())
+
+    candidates = {name: outcome for name, outcome in named.items() if getattr(outcome, figure) is not None}
+    return max(candidates, key=lambda name: damage(candidates[name])) if candidates else ""

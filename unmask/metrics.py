@@ -124,3 +124,55 @@ def rates_at_threshold(
     tpr = float(np.mean(positive >= threshold)) if positive.size else math.nan
     fpr = float(np.mean(negative >= threshold)) if negative.size else math.nan
     return tpr, fpr
+
+
+# --- uncertainty --------------------------------------------------------------------------------
+
+Z_95 = 1.959963984540054
+"""The two-sided 95% quantile of the standard normal."""
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A proportion over ``n`` images with its 95% confidence interval [``low``, ``high``]."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"value": self.value, "low": self.low, "high": self.high, "n": self.n}
+
+
+def wilson_interval(successes: int, n: int, *, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (Wilson 1927): unlike the normal
+    approximation it stays inside [0, 1] and does not collapse at 0% or 100%."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
+
+
+def rate(hits: np.ndarray) -> Rate:
+    """The share of true entries of a per-image boolean array, with its Wilson interval."""
+    hits = np.asarray(hits, dtype=bool)
+    low, high = wilson_interval(int(hits.sum()), hits.size)
+    return Rate(float(hits.mean()) if hits.size else math.nan, low, high, int(hits.size))
+
+
+def bootstrap_rate(values: np.ndarray, *, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> Rate:
+    """The mean of per-image ``values`` (booleans, or differences such as -1/0/1 between two
+    defenses on the same images) with a percentile bootstrap 95% interval: the images are
+    resampled with replacement (Efron & Tibshirani 1993), so a difference keeps its pairing."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return Rate(math.nan, math.nan, math.nan, 0)
+    draws = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    means = values[draws].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return Rate(float(values.mean()), float(low), float(high), int(values.size))

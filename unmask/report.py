@@ -84,58 +84,119 @@ def format_tables(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+HEADLINE_DEFENSES = ("undefended M", "adversarial training")
+"""The baselines of the threat-model table, beside UnMask (a defense the table does not name is
+shown in the detail rows)."""
+
+
+def _with_interval(value: float | None, interval: Sequence[float] | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if not interval:
+        return _percent(value)
+    return f"{_percent(value)} [{_percent(interval[0])}, {_percent(interval[1])}]"
+
+
+def _cell(row: Mapping[str, Any] | None, key: str) -> str:
+    if row is None or row.get(key) is None:
+        return "–"
+    return _with_interval(row[key], row.get("intervals", {}).get(key))
+
+
 def format_threat_models(metrics: Mapping[str, Any]) -> str:
-    """The adaptive evaluation's tables: every threat model x attack x budget x false-positive
-    rate, then the per-image worst case over the attacks of each budget."""
+    """The adaptive evaluation's tables: the headline (per budget, each defense under its own
+    strongest attacks: the per-image worst case over every attack, with 95% intervals), the
+    attack that did the most against each figure, the paired differences between UnMask and
+    the baselines, and every defense x threat model x attack x budget row."""
     entries, summary = metrics["adaptive"], metrics["adaptive_summary"]
+    comparisons = metrics.get("adaptive_comparisons", [])
     config = metrics.get("config", {})
-    n_images = entries[0]["n_images"]
+    n_images = max(entry["n_images"] for entry in entries)
+    unmask_names = list(dict.fromkeys(row["defense"] for row in summary if row.get("accuracy_unmask") is not None))
     lines = [
         f"### Threat models (%) — {config.get('class_set', '?')} · M = {config.get('model', '?')} · "
         f"{n_images} test images M gets right",
         "",
         "gray-box: the attacker knows M (the paper's PGD); transfer: M and a surrogate K' (another seed, half of "
         "K's data); white-box: M, K, the part table and the thresholds. Detection threshold fixed on clean "
-        "validation images at the FPR shown. Success: M wrong and not flagged, on the real pipeline and 8-bit "
-        "images. Robust accuracy with detection: the clean image is not flagged and the attacked one is classified "
-        "right or flagged. UnMask: its re-classification is right. K's part recall is against its parts on the "
-        "clean image.",
+        "validation images at the FPR shown. Judged on the real pipeline and 8-bit images: success = M wrong and "
+        "not flagged; robust accuracy with detection = the clean image is not flagged and the attacked one is "
+        "classified right or flagged; re-classification = UnMask's re-classified class is right; system = the "
+        "decision UnMask deploys (M's class unless flagged, else the re-classified class) is right. Undefended M "
+        "and adversarial training are M alone under the same white-box engine (APGD-CE and -DLR), budgets and "
+        "images, and the paper's gray-box PGD. Each figure is the per-image worst case over every attack that "
+        "ran at that budget; [95% interval] (bootstrap over the images).",
         "",
-        "| threat model | attack | ε (0-255) | FPR | success | robust acc. w/ detection | UnMask | M | "
-        "adv. training | K part recall | parts changed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| FPR | norm | ε (0-255) | undefended M | adversarial training | " + " | ".join(
+            f"{name}: robust acc. w/ detection | {name}: success | {name}: re-classification | {name}: system"
+            for name in unmask_names) + " |",
+        "|---:|---|---:|---:|---:|" + "---:|" * (4 * len(unmask_names)),
     ]
-    def subset(entry: Mapping[str, Any]) -> str:  # the label-only attacks run on a sub-sample
-        count = entry["n_images"]
-        return "" if count == n_images else f" ({count} image{'' if count == 1 else 's'})"
+    keys = sorted({(row["fpr_target"], row["norm"], row["epsilon"]) for row in summary})
 
+    def worst(key: tuple, defense: str, over: str = "all attacks") -> Mapping[str, Any] | None:
+        return next((row for row in summary if (row["fpr_target"], row["norm"], row["epsilon"]) == key
+                     and row["defense"] == defense and row["over"] == over), None)
+
+    for key in keys:
+        cells = [_cell(worst(key, name), "accuracy_m") for name in HEADLINE_DEFENSES]
+        for name in unmask_names:
+            row = worst(key, name)
+            cells += [_cell(row, figure) for figure in ("robust_accuracy_with_detection", "success_rate",
+                                                        "accuracy_unmask", "accuracy_system")]
+        lines.append(f"| {_percent(key[0])} | {key[1]} | {key[2]:g} | " + " | ".join(cells) + " |")
+    lines += ["", "The attack that did the most against each figure (alone), over every attack of the budget:", "",
+              "| FPR | ε (0-255) | defense | success | robust acc. w/ detection | re-classification | system | M |",
+              "|---:|---:|---|---|---|---|---|---|"]
+    for key in keys:
+        for row in (r for r in summary if (r["fpr_target"], r["norm"], r["epsilon"]) == key
+                    and r["over"] == "all attacks"):
+            names = [row["strongest"].get(figure, "–") for figure in (
+                "success_rate", "robust_accuracy_with_detection", "accuracy_unmask", "accuracy_system", "accuracy_m")]
+            lines.append(f"| {_percent(key[0])} | {key[2]:g} | {row['defense']} | " + " | ".join(names) + " |")
+    if comparisons:
+        lines += ["", "UnMask minus each baseline on the same images (percentage points, worst case over every "
+                  "attack; [95% interval], paired bootstrap; * where the interval excludes 0):", "",
+                  "| FPR | ε (0-255) | defense | baseline | robust acc. w/ detection − baseline | system − baseline |",
+                  "|---:|---:|---|---|---:|---:|"]
+        for key in keys:
+            pairs = dict.fromkeys((c["defense"], c["baseline"]) for c in comparisons
+                                  if (c["fpr_target"], c["norm"], c["epsilon"]) == key)
+            for defense, baseline in pairs:
+                cells = []
+                for figure in ("robust_accuracy_with_detection", "accuracy_system"):
+                    c = next(c for c in comparisons if (c["fpr_target"], c["norm"], c["epsilon"]) == key
+                             and (c["defense"], c["baseline"], c["figure"]) == (defense, baseline, figure))
+                    cells.append(f"{100 * c['difference']:+.1f} [{100 * c['interval'][0]:+.1f}, "
+                                 f"{100 * c['interval'][1]:+.1f}]{' *' if c['significant'] else ''}")
+                lines.append(f"| {_percent(key[0])} | {key[2]:g} | {defense} | {baseline} | " + " | ".join(cells) + " |")
+
+    lines += ["", "Every attack (each on the images no earlier attack of its budget had already broken for the "
+              "output it aims at; the label-only check on its own sub-sample, outside the worst case):", "",
+              "| defense | threat model | attack | ε (0-255) | FPR | images | success | robust acc. w/ detection | "
+              "re-classification | system | M | K part recall | parts changed |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for entry in entries:
         lines.append(
-            f"| {entry['threat_model']} | {entry['attack']}{subset(entry)} | {entry['epsilon']:g} | "
-            f"{_percent(entry['fpr_target'])} | "
-            f"{_percent(entry['success_rate'])} | {_percent(entry['robust_accuracy_with_detection'])} | "
-            f"{_percent(entry['accuracy_unmask'])} | {_percent(entry['accuracy_m'])} | "
-            f"{_percent(entry.get('accuracy_adv_trained'))} | {_percent(entry['part_recall'])} | "
-            f"{_number(entry['parts_changed'], 1)} |"
-        )
+            f"| {entry['defense']} | {entry['threat_model']} | {entry['attack']} | {entry['epsilon']:g} | "
+            f"{_percent(entry['fpr_target'])} | {entry['n_images']} | {_percent(entry['success_rate'])} | "
+            f"{_percent(entry['robust_accuracy_with_detection'])} | {_percent(entry.get('accuracy_unmask'))} | "
+            f"{_percent(entry.get('accuracy_system'))} | {_percent(entry['accuracy_m'])} | "
+            f"{_percent(entry.get('part_recall'))} | {_number(entry.get('parts_changed'), 1)} |")
     scopes = ("gray-box", "transfer", "white-box", "all attacks")
-    lines += [
-        "",
-        "Worst case per image over each threat model's attacks at each budget, then over every attack (AutoAttack-"
-        "style: the headline; the label-only check on its sub-sample stays out); gray-box · transfer · white-box · "
-        "worst case:",
-        "",
-        "| FPR | norm | ε (0-255) | success | robust acc. w/ detection | UnMask |",
-        "|---:|---|---:|---|---|---|",
-    ]
-    for key in sorted({(row["fpr_target"], row["norm"], row["epsilon"]) for row in summary}):
-        by_scope = {row["over"]: row for row in summary if (row["fpr_target"], row["norm"], row["epsilon"]) == key}
+    lines += ["", "UnMask's worst case per image over each threat model's attacks, then over every attack; "
+              "gray-box · transfer · white-box · every attack:", "",
+              "| defense | FPR | norm | ε (0-255) | success | robust acc. w/ detection | re-classification | system |",
+              "|---|---:|---|---:|---|---|---|---|"]
+    for name in unmask_names:
+        for key in keys:
+            def cells(field: str, key: tuple = key, name: str = name) -> str:
+                rows = {scope: worst(key, name, scope) for scope in scopes}
+                return " · ".join(_percent(rows[scope][field]) if rows[scope] else "–" for scope in scopes)
 
-        def cells(field: str, by_scope: Mapping[str, Any] = by_scope) -> str:
-            return " · ".join(_percent(by_scope[scope][field]) if scope in by_scope else "–" for scope in scopes)
-
-        lines.append(f"| {_percent(key[0])} | {key[1]} | {key[2]:g} | {cells('success_rate')} | "
-                     f"{cells('robust_accuracy_with_detection')} | {cells('accuracy_unmask')} |")
+            lines.append(f"| {name} | {_percent(key[0])} | {key[1]} | {key[2]:g} | {cells('success_rate')} | "
+                         f"{cells('robust_accuracy_with_detection')} | {cells('accuracy_unmask')} | "
+                         f"{cells('accuracy_system')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -214,37 +275,62 @@ def plot_accuracy(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
     return _save(figure, path_stem)
 
 
+@dataclass(frozen=True)
+class Series:
+    """One line of a figure: its label, x values and y values with their 95% interval (in %)."""
+
+    label: str
+    x: list[float]
+    y: list[float]
+    low: list[float]
+    high: list[float]
+    style: str = "o-"
+
+
+THREAT_MODEL_LINES: tuple[tuple[str, str, str, str], ...] = (
+    ("undefended M", "accuracy_m", "undefended M: accuracy", "o-"),
+    ("adversarial training", "accuracy_m", "adversarial training: accuracy", "s-"),
+    ("UnMask", "robust_accuracy_with_detection", "UnMask: robust accuracy with detection", "^-"),
+    ("UnMask", "accuracy_unmask", "UnMask: re-classification", "v-"),
+    ("UnMask", "accuracy_system", "UnMask: system (deployed decision)", "D-"),
+)
+"""The threat-model figure's lines: (defense, figure, label, style); the defenses the run had."""
+
+
+def threat_model_series(metrics: Mapping[str, Any], norm: str, fpr: float, *, over: str = "all attacks",
+                        lines: Sequence[tuple[str, str, str, str]] = THREAT_MODEL_LINES) -> list[Series]:
+    """The threat-model figure's series for one norm and FPR: each defense's figure against
+    epsilon, its per-image worst case over every attack (``over``), with its 95% interval."""
+    series = []
+    for defense, figure, label, style in lines:
+        rows = sorted((row for row in metrics["adaptive_summary"] if row["norm"] == norm and row["fpr_target"] == fpr
+                       and row["defense"] == defense and row["over"] == over and row.get(figure) is not None),
+                      key=lambda row: row["epsilon"])
+        if rows:
+            series.append(Series(label, [row["epsilon"] for row in rows], [100 * row[figure] for row in rows],
+                                 [100 * row["intervals"][figure][0] for row in rows],
+                                 [100 * row["intervals"][figure][1] for row in rows], style))
+    return series
+
+
 def plot_threat_models(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
-    """Accuracy against epsilon, one panel per norm, at the first detection FPR: undefended M and
-    adversarial training under the gray-box attack, and UnMask (robust accuracy with detection,
-    per-image worst case) under each threat model's attacks."""
-    summary, entries = metrics["adaptive_summary"], metrics["adaptive"]
+    """Accuracy against epsilon, one panel per norm, at the first detection FPR: each defense
+    under its own strongest attacks (the per-image worst case over every attack), with 95%
+    intervals as error bars (``threat_model_series``)."""
+    summary = metrics["adaptive_summary"]
     fpr = min(row["fpr_target"] for row in summary)
     norms = [norm for norm in ("linf", "l2") if any(row["norm"] == norm for row in summary)]
-    figure, axes = plt.subplots(1, len(norms), figsize=(5.6 * len(norms), 4.8), squeeze=False)
-    styles = {"gray-box": ("tab:green", "-"), "transfer": ("tab:orange", "-"), "white-box": ("tab:red", "-")}
+    figure, axes = plt.subplots(1, len(norms), figsize=(6.0 * len(norms), 5.0), squeeze=False)
     for axis, norm in zip(axes[0], norms, strict=True):
-        rows = [row for row in summary if row["norm"] == norm and row["fpr_target"] == fpr]
-        gray = sorted((e for e in entries if e["norm"] == norm and e["fpr_target"] == fpr
-                       and e["threat_model"] == "gray-box"), key=lambda e: e["epsilon"])
-        epsilons = [e["epsilon"] for e in gray]
-        axis.plot(epsilons, [100 * e["accuracy_m"] for e in gray], "o-", color="tab:gray", label="undefended M")
-        if any(e.get("accuracy_adv_trained") is not None for e in gray):
-            axis.plot(epsilons, [100 * (e.get("accuracy_adv_trained") or 0.0) for e in gray], "s-", color="tab:blue",
-                      label="adversarial training")
-        for scope, (colour, style) in styles.items():
-            points = sorted((row["epsilon"], row["robust_accuracy_with_detection"]) for row in rows
-                            if row["over"] == scope)
-            if points:
-                axis.plot([p[0] for p in points], [100 * p[1] for p in points], "^" + style, color=colour,
-                          label=f"UnMask detects or is right, {scope}")
-        worst = sorted((row["epsilon"], row["accuracy_unmask"]) for row in rows if row["over"] == "all attacks")
-        if worst:
-            axis.plot([p[0] for p in worst], [100 * p[1] for p in worst], "v--", color="black",
-                      label="UnMask's re-classification, worst case")
+        epsilons: list[float] = []
+        for line in threat_model_series(metrics, norm, fpr):
+            errors = [[y - low for y, low in zip(line.y, line.low, strict=True)],
+                      [high - y for y, high in zip(line.y, line.high, strict=True)]]
+            axis.errorbar(line.x, line.y, yerr=errors, fmt=line.style, capsize=3, label=line.label)
+            epsilons = sorted(set(epsilons) | set(line.x))
         symbol = NORMS[norm].symbol
-        axis.set(xscale="log", xlabel=f"ε ({symbol}, 0-255 scale)", ylabel="accuracy (%)",
-                 ylim=(0, 102), title=f"{symbol} attacks, detection at {100 * fpr:g}% FPR")
+        axis.set(xscale="log", xlabel=f"ε ({symbol}, 0-255 scale)", ylabel="accuracy (%), worst case over attacks",
+                 ylim=(-2, 102), title=f"{symbol} attacks, white-box and every other, detection at {100 * fpr:g}% FPR")
         axis.minorticks_off()  # log-scale minor labels would collide with the budgets'
         axis.set_xticks(epsilons or [1], [f"{e:g}" for e in epsilons] or ["1"])
         axis.grid(alpha=0.3)

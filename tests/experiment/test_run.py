@@ -21,7 +21,8 @@ TINY = {
     "image_size": 48, "synthetic_images_per_class": 10, "synthetic_k_images": 48, "synthetic_workers": 1,
     "epochs": 2, "adv_epochs": 1, "adv_steps": 2, "k_epochs": 1, "k_batch_size": 4, "k_warmup_steps": 2,
     "attacks": ("pgd_linf:16", "mim_l2:300"), "attack_steps": 3, "class_set": "cs3-1", "verbosity": 0,
-    "adaptive_attacks": ("joint_linf:16",), "adaptive_steps": 2, "adaptive_batch_size": 2,
+    "adaptive_attacks": ("joint_linf:16", "reclassify_linf:16", "transplant_linf:16"), "adaptive_steps": 2,
+    "adaptive_batch_size": 2,
 }
 
 
@@ -61,15 +62,29 @@ def test_outputs_of_a_run(finished_run):
     assert set(metrics["summary"]) >= {"mean_accuracy_unmask", "mean_accuracy_adv_trained",
                                        "mean_gain_over_adv_training"}
     assert set(metrics["timing"]) >= {"data", "train_m", "train_k", "clean", "attacks", "adaptive", "report", "total"}
-    # the threat-model table: gray-box beside white-box at the same budget, thresholds at 10% FPR
+    # the threat-model table: gray-box beside white-box at the same budget, thresholds at 10% FPR; UnMask under
+    # an attack aimed at each of its outputs, the baselines (M alone) under the same engine
     adaptive = metrics["adaptive"]
-    assert [(e["threat_model"], e["attack"], e["epsilon"], e["fpr_target"]) for e in adaptive] == [
-        ("gray-box", "pgd_linf", 16, 0.1), ("white-box", "joint_linf", 16, 0.1)]
+    assert [(e["defense"], e["threat_model"], e["attack"], e["epsilon"], e["fpr_target"]) for e in adaptive] == [
+        ("UnMask", "gray-box", "pgd_linf", 16, 0.1), ("undefended M", "gray-box", "pgd_linf", 16, 0.1),
+        ("adversarial training", "gray-box", "pgd_linf", 16, 0.1), ("UnMask", "white-box", "joint_linf", 16, 0.1),
+        ("UnMask", "white-box", "reclassify_linf", 16, 0.1), ("UnMask", "white-box", "transplant_linf", 16, 0.1),
+        ("undefended M", "white-box", "m_apgd_linf", 16, 0.1), ("adversarial training", "white-box", "m_apgd_linf",
+                                                                16, 0.1)]
+    sample_size = sum(row["m_prediction"] == row["label"] for row in _rows(directory))
     for entry in adaptive:
-        assert set(entry) >= {"threat_model", "attack", "norm", "epsilon", "fpr_target", "n_images", "success_rate",
-                              "robust_accuracy_with_detection", "accuracy_unmask", "part_precision", "part_recall"}
-        assert entry["n_images"] == sum(row["m_prediction"] == row["label"] for row in _rows(directory))
-    assert {row["over"] for row in metrics["adaptive_summary"]} == {"all attacks", "gray-box", "white-box"}
+        assert set(entry) >= {"defense", "threat_model", "attack", "norm", "epsilon", "fpr_target", "n_images",
+                              "success_rate", "robust_accuracy_with_detection", "accuracy_system", "accuracy_m",
+                              "intervals"}
+        assert entry["n_images"] <= sample_size and (entry["attack"] != "joint_linf" or entry["n_images"] == sample_size)
+        for key, (low, high) in entry["intervals"].items():
+            assert low <= entry[key] <= high
+    assert {(row["defense"], row["over"]) for row in metrics["adaptive_summary"]} == {
+        (defense, over) for defense in ("UnMask", "undefended M", "adversarial training")
+        for over in ("all attacks", "gray-box", "white-box")}
+    assert {(c["baseline"], c["figure"]) for c in metrics["adaptive_comparisons"]} == {
+        (baseline, figure) for baseline in ("undefended M", "adversarial training")
+        for figure in ("robust_accuracy_with_detection", "accuracy_system")}
     assert "### Threat models" in (directory / "tables.md").read_text()
     assert (directory / "threat_models.png").stat().st_size > 1000
     n_images = metrics["clean"]["n_images"]
@@ -289,12 +304,12 @@ def test_transfer_attacks_are_crafted_on_a_surrogate_k_and_judged_at_each_fpr(fi
                                        adaptive_fprs=(0.05, 0.1)))
     assert "K (lean): training (no cached model" in capsys.readouterr().out  # K' is trained once, beside K
     metrics = json.loads((directory / "metrics.json").read_text())
-    assert sorted({(e["fpr_target"], e["threat_model"]) for e in metrics["adaptive"]}) == [
+    assert sorted({(e["fpr_target"], e["threat_model"]) for e in metrics["adaptive"] if e["defense"] == "UnMask"}) == [
         (fpr, model) for fpr in (0.05, 0.1) for model in ("gray-box", "transfer", "white-box")]
     seeds = sorted(json.loads(path.read_text())["spec"]["training"]["seed"]
                    for path in (plan.output_dir / "models").glob("k-*/identity.json"))
     assert seeds == [0, 1]  # K and K': another seed (and half of K's training split)
-    thresholds = {e["fpr_target"]: e["detection_threshold"] for e in metrics["adaptive"]}
+    thresholds = {e["fpr_target"]: e["detection_threshold"] for e in metrics["adaptive"] if e["defense"] == "UnMask"}
     assert thresholds[0.05] >= thresholds[0.1]  # a lower false-positive rate never needs a lower threshold
 
 
@@ -324,11 +339,11 @@ def test_the_label_only_check_runs_on_a_sub_sample_and_stays_out_of_the_worst_ca
     directory = run_experiment(_shared(plan, run_name="label-only", verbosity=0,
                                        adaptive_attacks=("joint_linf:16", "hsj_linf:16"), adaptive_label_only_images=1))
     metrics = json.loads((directory / "metrics.json").read_text())
-    sizes = {entry["attack"]: entry["n_images"] for entry in metrics["adaptive"]}
+    sizes = {entry["attack"]: entry["n_images"] for entry in metrics["adaptive"] if entry["defense"] == "UnMask"}
     assert sizes["hsj_linf"] == 1 < sizes["joint_linf"] == sizes["pgd_linf"]
     assert all("white-box hsj_linf" not in row["attacks"] for row in metrics["adaptive_summary"])
     assert any("white-box joint_linf" in row["attacks"] for row in metrics["adaptive_summary"])
-    assert "| white-box | hsj_linf (1 image) | 16 |" in (directory / "tables.md").read_text()
+    assert "| UnMask | white-box | hsj_linf | 16 | 10.0 | 1 |" in (directory / "tables.md").read_text()
 
 
 def test_the_judge_is_the_real_pipeline():

@@ -1,68 +1,114 @@
 """The security evaluation the paper never had: attacks that know K, beside the paper's gray-box
-attacks, all judged on the real pipeline.
+attacks, each aimed at one of UnMask's outputs, the baselines attacked just as hard, all judged
+on the real pipeline.
 
 On a seeded, class-stratified sample of test images that M classifies correctly when clean, and
 for each detection threshold (fixed on clean validation images at each false-positive rate of
 ``--adaptive-fprs``), every attack and budget runs in batches (sharded over ``torchrun``'s
 processes, resumable, stamped with what made it), and every adversarial image — 8-bit, as it
 would be saved — is judged by the hard pipeline: M's argmax, K's real detection rule, UnMask's
-set-Jaccard detection score against the threshold and its re-classification.
+set-Jaccard detection score against the threshold, its re-classification and the decision it
+deploys (M's class unless flagged, else the re-classified one).
+
+Defenses (``Defense``): UnMask (M and K), and the same M alone ("undefended M") and the
+adversarially trained M alone ("adversarial training"), which the white-box evaluation attacks
+with the same engine, budgets and images (``m_apgd``: APGD-CE and APGD-DLR on M).
 
 Threat models (every row names its own):
 
 - ``gray-box``: the paper's attacker knows M only: PGD on M (``pgd_linf`` / ``pgd_l2``) at the
-  same budgets as the adaptive attacks;
+  same budgets (the baseline attacked through its own gradients);
 - ``transfer``: crafted against M and a surrogate K' (K's recipe, another seed, half of K's
   training split) with thresholds fixed the same way on K'; judged on the real K;
 - ``white-box``: crafted against M, K, the part table and the real thresholds.
 
-Per row: the attack's success rate (M wrong and not flagged), robust accuracy with detection
-(Tramèr 2022's risk with rejection: an image counts as handled when its clean version is not
-flagged and its attacked version is either classified right or flagged), UnMask's defended
-(re-classification) accuracy, M's accuracy, and K's part precision and recall on the attacked
-images against K's parts on their clean versions. The summary is the per-image worst case over
-every attack of a norm and budget (AutoAttack-style).
+UnMask's attacks run in the order given, each aimed at one output (``AdaptiveAttack.aims``):
+an image whose aimed-at output an earlier attack of the same budget and threat model already
+broke is not attacked again (AutoAttack's sequence), so the per-image worst case over the
+attacks costs far less than every attack on every image. Per row: each figure of
+``evaluation.Outcomes`` (success, robust accuracy with detection, re-classification, deployed
+decision, M) on the images it attacked, with a Wilson 95% interval, and K's part precision and
+recall against its clean parts. The summary is, per defense, budget and false-positive rate,
+the per-image worst case over every attack that ran (and over each threat model's), with
+bootstrap 95% intervals, the attack that did the most against each figure, and the paired
+differences between UnMask's figures and each baseline's accuracy on the same images.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from unmask.attacks import GRAY_BOX_ATTACKS, NORMS, PAPER_ATTACK, AttackKind, AttackOptions, AttackVector, Norm
-from unmask.attacks.adaptive import DefenseTarget, adaptive_attack
+from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, DefenseTarget, Verdict, adaptive_attack
+from unmask.constants import NO_PREDICTION
 from unmask.data.sampling import stratified_sample
-from unmask.evaluation import Scored, fix_thresholds
+from unmask.evaluation import Outcomes, Scored, attack_outcomes, fix_thresholds, strongest, worst_case
 from unmask.experiment.batches import Arrays
 from unmask.experiment.evaluator import Evaluator
 from unmask.experiment.plan import THREAT_MODELS, AdaptiveSpec
-from unmask.experiment.stages import TrainedPartExtractor, hard_judge
-from unmask.metrics import accuracy
+from unmask.experiment.stages import TrainedClassifier, TrainedPartExtractor, hard_judge
+from unmask.metrics import bootstrap_rate, rate
 from unmask.provenance import digest
 from unmask.train.part_extractor import part_set_precision_recall
+
+UNMASK = "UnMask"
+UNDEFENDED = "undefended M"
+ADVERSARIAL_TRAINING = "adversarial training"
+
+FIGURES: dict[str, str] = {
+    "evaded": "success_rate", "handled": "robust_accuracy_with_detection", "reclassification": "accuracy_unmask",
+    "system": "accuracy_system", "m": "accuracy_m",
+}
+"""Each figure of ``Outcomes`` and its key in ``metrics.json``."""
+
+
+@dataclass(frozen=True)
+class Defense:
+    """A defended pipeline the attacks aim at: M as it runs and, for UnMask, its K (None: M alone)."""
+
+    name: str
+    m: TrainedClassifier
+    k: TrainedPartExtractor | None = None
+
+
+def defenses_of(evaluator: Evaluator) -> list[Defense]:
+    """UnMask, the M it protects alone, and the adversarial-training baseline alone (once, when
+    UnMask protects that same M)."""
+    defenses = [Defense(UNMASK, evaluator.m, evaluator.k)]
+    baseline = evaluator.adv_trained
+    if baseline is None or baseline is not evaluator.m:
+        defenses.append(Defense(UNDEFENDED, evaluator.m))
+    if baseline is not None:
+        defenses.append(Defense(ADVERSARIAL_TRAINING, baseline))
+    return defenses
 
 
 @dataclass(frozen=True)
 class Judged:
-    """The hard pipeline's verdict on the attacked versions of the sample's images, and what the
-    attack itself reports (``goal``: its own aim reached; ``distance``: for minimisation attacks)."""
+    """The hard pipeline's verdict on the attacked versions of the covered images, and what the
+    attack itself reports (``goal``: its own aim reached; ``distance``: for minimisation
+    attacks). A defense that is M alone has only ``m``."""
 
     m: np.ndarray
-    parts: np.ndarray
-    detection: np.ndarray
-    unmask: np.ndarray
+    parts: np.ndarray | None = None
+    detection: np.ndarray | None = None
+    unmask: np.ndarray | None = None
     goal: np.ndarray | None = None
     distance: np.ndarray | None = None
 
 
 @dataclass
 class Row:
-    """One threat model x attack x budget x false-positive rate, with its per-image outcomes."""
+    """One defense x threat model x attack x budget x false-positive rate, judged on the images
+    of the adaptive sample it covers (``positions``; the label-only attacks run on a sub-sample
+    and stay out of the worst cases; a later attack skips the images an earlier one broke)."""
 
+    defense: str
     threat_model: str
     attack: str
     norm: Norm
@@ -70,24 +116,31 @@ class Row:
     fpr: float
     threshold: float
     judged: Judged
-    adv_trained_correct: np.ndarray | None = None
-    positions: np.ndarray | None = None
-    """Which images of the adaptive sample the row covers (None: all; the label-only attacks run
-    on a sub-sample and stay out of the worst cases)."""
+    positions: np.ndarray
+    in_worst_case: bool = True
+
+    def outcomes(self, labels: np.ndarray, clean_detection: np.ndarray) -> Outcomes:
+        """Per covered image, how each figure fared (``labels`` and ``clean_detection``: of the covered images)."""
+        judged = self.judged
+        if judged.detection is None:
+            return attack_outcomes(labels, judged.m)
+        return attack_outcomes(labels, judged.m, detection=judged.detection, reclassified=judged.unmask,
+                               threshold=self.threshold, clean_detection=clean_detection)
 
 
 def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict[AttackVector, Scored], *,
-                        gray_box_options: AttackOptions, surrogate: TrainedPartExtractor | None = None
-                        ) -> dict[str, Any]:
-    """Every row of the threat-model table and its summary: the ``adaptive`` and
-    ``adaptive_summary`` sections of ``metrics.json``. ``gray_box`` holds the run's gray-box
-    vectors (reused where a budget matches; the others are attacked on the sample with
-    ``gray_box_options``); ``surrogate`` is K' of the transfer threat model (needed with it)."""
+                        gray_box_options: AttackOptions, defenses: list[Defense] | None = None,
+                        surrogate: TrainedPartExtractor | None = None) -> dict[str, Any]:
+    """Every row of the threat-model table and its summary: the ``adaptive``,
+    ``adaptive_summary`` and ``adaptive_comparisons`` sections of ``metrics.json``.
+    ``gray_box`` holds the run's gray-box vectors (reused where a budget matches; the others are
+    attacked on the sample with ``gray_box_options``); ``surrogate`` is K' of the transfer
+    threat model (needed with it); ``defenses``: default ``defenses_of(evaluator)``."""
+    defenses = defenses or defenses_of(evaluator)
     labels, clean = evaluator.labels, evaluator.clean()
     correct = np.flatnonzero(clean.m == labels)
     sample = correct[stratified_sample(labels[correct], spec.max_images, seed=evaluator.spec.seed)]
-    clean_parts = clean.predictions.parts[sample]
-    label_only_positions = stratified_sample(labels[sample], spec.label_only_images, seed=evaluator.spec.seed)
+    label_only = stratified_sample(labels[sample], spec.label_only_images, seed=evaluator.spec.seed)
     budgets = sorted({(vector.norm.name, vector.epsilon) for vector in spec.vectors})
     surrogate_validation = None
     if "transfer" in spec.threat_models:
@@ -97,36 +150,56 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
             evaluator.validation_images, evaluator.folder.path / "adaptive" / "surrogate-validation.npz",
             baseline=False, k=surrogate, what="K' on the validation images")
 
+    alone = {}  # M-only defenses do not depend on the detection threshold: attacked once per budget
+    for defense in (d for d in defenses if d.k is None):
+        for norm, epsilon in budgets:
+            vector = ADAPTIVE_ATTACKS.vector(f"m_apgd_{norm}", epsilon)
+            alone[defense.name, norm, epsilon] = _attacked(evaluator, spec, sample, np.arange(len(sample)), vector,
+                                                           defense, "white-box", None, None, math.nan, math.nan)
     rows: list[Row] = []
     for fpr in spec.fprs:
         threshold = evaluator.thresholds(fpr).set_jaccard
         for norm, epsilon in budgets:
-            rows.append(_gray_box_row(evaluator, gray_box, gray_box_options, sample, NORMS[norm], epsilon, fpr,
-                                      threshold))
-        for threat_model in spec.threat_models:
-            if threat_model == "white-box":
-                attacker, attacker_threshold = evaluator.k, threshold
-            else:
-                attacker, attacker_threshold = surrogate, fix_thresholds(surrogate_validation, fpr).set_jaccard
-            for vector in spec.vectors:
-                positions = label_only_positions if vector.attack.kind is AttackKind.LABEL_ONLY else None
-                row = _adaptive_row(evaluator, spec, sample if positions is None else sample[positions], vector,
-                                    threat_model, fpr, threshold, attacker, attacker_threshold)
-                rows.append(replace(row, positions=positions))
-    clean_detection = clean.detection[sample]
-    entries = [_entry(row, labels[sample][_all(row.positions)], clean_detection[_all(row.positions)],
-                      clean_parts[_all(row.positions)]) for row in rows]
-    summary = _worst_cases([row for row in rows if row.positions is None], labels[sample], clean_detection)
-    return {"adaptive": entries, "adaptive_summary": summary}
+            rows += _gray_box_rows(evaluator, gray_box, gray_box_options, sample, defenses, NORMS[norm], epsilon,
+                                   fpr, threshold)
+            for defense in defenses:
+                if defense.k is None:
+                    judged = alone[defense.name, norm, epsilon]
+                    rows.append(Row(defense.name, "white-box", f"m_apgd_{norm}", NORMS[norm], epsilon, fpr, threshold,
+                                    judged, np.arange(len(sample))))
+                    continue
+                for threat_model in spec.threat_models:
+                    attacker, attacker_threshold = defense.k, threshold
+                    if threat_model == "transfer":
+                        attacker, attacker_threshold = surrogate, fix_thresholds(surrogate_validation, fpr).set_jaccard
+                    vectors = [v for v in spec.vectors if (v.norm.name, v.epsilon) == (norm, epsilon)]
+                    rows += _sequence(evaluator, spec, sample, label_only, vectors, defense, threat_model, fpr,
+                                      threshold, attacker, attacker_threshold, clean.detection[sample])
+    return summarise(rows, labels[sample], clean.detection[sample], clean.predictions.parts[sample],
+                     seed=evaluator.spec.seed)
+
+
+def summarise(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarray, clean_parts: np.ndarray, *,
+              seed: int) -> dict[str, Any]:
+    """The ``metrics.json`` sections of the rows of a sample with these ``labels`` (and its clean
+    images' detection scores and parts): one entry per row, the per-image worst cases and the
+    paired differences to the baselines (bootstrap intervals drawn with ``seed``)."""
+    entries = [_entry(row, labels[row.positions], clean_detection[row.positions], clean_parts[row.positions])
+               for row in rows]
+    summary, comparisons = _worst_cases([row for row in rows if row.in_worst_case], labels, clean_detection,
+                                        seed=seed)
+    return {"adaptive": entries, "adaptive_summary": summary, "adaptive_comparisons": comparisons}
 
 
 # --- the rows -------------------------------------------------------------------------------------
 
 
-def _gray_box_row(evaluator: Evaluator, gray_box: dict[AttackVector, Scored], options: AttackOptions,
-                  sample: np.ndarray, norm: Norm, epsilon: float, fpr: float, threshold: float) -> Row:
+def _gray_box_rows(evaluator: Evaluator, gray_box: dict[AttackVector, Scored], options: AttackOptions,
+                   sample: np.ndarray, defenses: list[Defense], norm: Norm, epsilon: float, fpr: float,
+                   threshold: float) -> list[Row]:
     """The paper's attack at this budget (PGD on M; the baseline attacked through its own
-    gradients), from the run's vectors when it ran it, else computed on the sample."""
+    gradients), from the run's vectors when it ran it, else computed on the sample: one row per
+    defense (UnMask and M alone see the same attacked images; the baseline its own)."""
     vector = GRAY_BOX_ATTACKS.vector(PAPER_ATTACK[norm], epsilon)
     if vector in gray_box:
         scored = gray_box[vector].subset(sample)
@@ -136,34 +209,74 @@ def _gray_box_row(evaluator: Evaluator, gray_box: dict[AttackVector, Scored], op
             path=evaluator.folder.path / "adaptive" / f"gray-box-{vector.name}-eps{epsilon:g}.npz",
             what=f"gray-box {vector.label} on the adaptive sample")
     predictions = scored.predictions
-    judged = Judged(predictions.m, predictions.parts, scored.detection, scored.unmask)
-    baseline = predictions.adv_trained
-    return Row("gray-box", vector.name, vector.norm, epsilon, fpr, threshold, judged,
-               None if baseline is None else baseline == evaluator.labels[sample])
+    judged = {UNMASK: Judged(predictions.m, predictions.parts, scored.detection, scored.unmask),
+              UNDEFENDED: Judged(predictions.m),
+              ADVERSARIAL_TRAINING: None if predictions.adv_trained is None else Judged(predictions.adv_trained)}
+    everything = np.arange(len(sample))
+    return [Row(defense.name, "gray-box", vector.name, norm, epsilon, fpr, threshold, judged[defense.name], everything)
+            for defense in defenses if judged.get(defense.name) is not None]
 
 
-def _adaptive_row(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, vector: AttackVector,
-                  threat_model: str, fpr: float, threshold: float, attacker: TrainedPartExtractor,
-                  attacker_threshold: float) -> Row:
-    """An adaptive attack crafted against ``attacker`` (K, or K' for transfer) at
-    ``attacker_threshold``, judged on the real pipeline at ``threshold``."""
-    class_set, m = evaluator.class_set, evaluator.m.inference
-    real_judge = hard_judge(m, evaluator.k.extractor, class_set, threshold)
-    target = DefenseTarget(
-        classifier=m.model, part_model=attacker.extractor.model,
-        class_parts=torch.from_numpy(np.asarray(class_set.expected, dtype=np.float32)),
-        k_score_threshold=attacker.extractor.score_threshold, detection_threshold=attacker_threshold,
-        judge=real_judge if threat_model == "white-box" else
-        hard_judge(m, attacker.extractor, class_set, attacker_threshold))
-    key = evaluator.key(sample=digest(sample.tolist()), threat_model=threat_model, attacker_k=attacker.fingerprint,
+def _sequence(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, label_only: np.ndarray,
+              vectors: list[AttackVector], defense: Defense, threat_model: str, fpr: float, threshold: float,
+              attacker: TrainedPartExtractor, attacker_threshold: float, clean_detection: np.ndarray) -> list[Row]:
+    """UnMask's attacks at one budget, in order: each skips the images whose output it aims at
+    an earlier one already broke (the label-only check runs on its own sub-sample)."""
+    labels = evaluator.labels[sample]
+    broken = {figure: np.zeros(len(sample), dtype=bool) for figure in FIGURES}
+    rows = []
+    for vector in vectors:
+        info = vector.attack
+        if not info.attack_class.needs_part_model:
+            continue  # attacks on M alone are for the defenses without K
+        if info.kind is AttackKind.LABEL_ONLY:
+            positions, in_worst_case = label_only, False
+        else:
+            aims = info.attack_class.aims
+            positions = np.flatnonzero(~broken[aims]) if aims is not None else np.arange(len(sample))
+            in_worst_case = True
+        judged = _attacked(evaluator, spec, sample, positions, vector, defense, threat_model, attacker, fpr,
+                           threshold, attacker_threshold)
+        row = Row(defense.name, threat_model, vector.name, vector.norm, vector.epsilon, fpr, threshold, judged,
+                  positions, in_worst_case)
+        if in_worst_case:
+            outcome = row.outcomes(labels[positions], clean_detection[positions])
+            broken["evaded"][positions] |= outcome.evaded
+            for figure in ("handled", "reclassification", "system", "m"):
+                broken[figure][positions] |= ~getattr(outcome, figure)
+        rows.append(row)
+    return rows
+
+
+def _attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, positions: np.ndarray,
+              vector: AttackVector, defense: Defense, threat_model: str, attacker: TrainedPartExtractor | None,
+              fpr: float | None, threshold: float, attacker_threshold: float) -> Judged:
+    """The hard verdicts on sample images ``positions`` attacked by ``vector`` against ``defense``,
+    crafted with ``attacker`` (K, K', or None for M alone) at ``attacker_threshold`` and judged
+    on the real pipeline at ``threshold``, fixed at ``fpr`` (saved and resumable like every result)."""
+    class_set, m = evaluator.class_set, defense.m.inference
+    chosen = sample[positions]
+    if defense.k is None:
+        real_judge = _classifier_judge(m)
+        target = DefenseTarget(m.model, None, _class_parts(class_set), 0.0, 1.0, real_judge)
+    else:
+        real_judge = hard_judge(m, defense.k.extractor, class_set, threshold)
+        target = DefenseTarget(
+            classifier=m.model, part_model=attacker.extractor.model, class_parts=_class_parts(class_set),
+            k_score_threshold=attacker.extractor.score_threshold, detection_threshold=attacker_threshold,
+            judge=real_judge if attacker is defense.k else
+            hard_judge(m, attacker.extractor, class_set, attacker_threshold))
+    key = evaluator.key(sample=digest(chosen.tolist()), defense={"name": defense.name, "m": defense.m.fingerprint,
+                                                                 "k": defense.k.fingerprint if defense.k else None},
+                        threat_model=threat_model, attacker_k=attacker.fingerprint if attacker else None,
                         attack={"vector": vector.label, **asdict(spec.options)},
                         attacker_threshold=attacker_threshold, threshold=threshold)
-    images, labels = evaluator.test.images[sample], evaluator.test.labels[sample]
+    images, labels = evaluator.test.images[chosen], evaluator.test.labels[chosen]
 
     def attack_batch(number: int, indices: np.ndarray) -> tuple[Arrays, Arrays]:
         # each image's random starts derive from its position in the test sample, not from the batch
         result = adaptive_attack(target, images[indices], labels[indices], vector, spec.options,
-                                 indices=torch.from_numpy(sample[indices]))
+                                 indices=torch.from_numpy(chosen[indices]))
         verdict = result.verdict if threat_model == "white-box" else real_judge(result.images)
         arrays = {"m": verdict.m_prediction.numpy(), "parts": verdict.parts.numpy(),
                   "detection": verdict.detection_score.numpy(), "unmask": verdict.unmask_prediction.numpy(),
@@ -172,69 +285,136 @@ def _adaptive_row(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, 
             arrays["distance"] = result.distances.numpy().astype(np.float64)
         return arrays, {}
 
-    name = f"{threat_model}-{vector.name}-eps{vector.epsilon:g}-fpr{fpr:g}.npz"
-    arrays = evaluator.result(evaluator.folder.path / "adaptive" / name, key, len(sample), attack_batch,
-                              batch_size=spec.batch_size, what=f"{threat_model} {vector.label} at {fpr:.0%} FPR")
-    judged = Judged(arrays["m"], arrays["parts"].astype(bool), arrays["detection"], arrays["unmask"],
-                    arrays["goal"].astype(bool), arrays.get("distance"))
-    return Row(threat_model, vector.name, vector.norm, vector.epsilon, fpr, threshold, judged)
+    at = "" if fpr is None else f"-fpr{fpr:g}"
+    name = f"{_slug(defense.name)}-{threat_model}-{vector.name}-eps{vector.epsilon:g}{at}.npz"
+    if len(chosen) == 0:
+        arrays: Arrays = {"m": np.zeros(0, np.int64), "parts": np.zeros((0, 44), bool), "detection": np.zeros(0),
+                          "unmask": np.zeros(0, np.int64), "goal": np.zeros(0, bool)}
+    else:
+        arrays = evaluator.result(evaluator.folder.path / "adaptive" / name, key, len(chosen), attack_batch,
+                                  batch_size=spec.batch_size, what=f"{defense.name}: {threat_model} {vector.label}"
+                                  + ("" if fpr is None else f" at {fpr:.0%} FPR"))
+    if defense.k is None:
+        return Judged(arrays["m"], goal=arrays["goal"].astype(bool))
+    return Judged(arrays["m"], arrays["parts"].astype(bool), arrays["detection"], arrays["unmask"],
+                  arrays["goal"].astype(bool), arrays.get("distance"))
+
+
+def _classifier_judge(m: Any) -> Any:
+    """The real pipeline of a defense that is M alone: M's argmax; nothing is flagged."""
+
+    def judge(images: torch.Tensor) -> Verdict:
+        predicted = m.predict(images).cpu()
+        nothing = torch.zeros(len(predicted))
+        return Verdict(predicted, nothing, nothing.bool(), torch.full_like(predicted, NO_PREDICTION),
+                       torch.zeros(len(predicted), 44, dtype=torch.bool))
+
+    return judge
+
+
+def _class_parts(class_set: Any) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(class_set.expected, dtype=np.float32))
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "-")
 
 
 # --- figures of a row ----------------------------------------------------------------------------
 
 
-def _outcomes(row: Row, labels: np.ndarray, clean_detection: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image: the attack succeeded (M wrong, not flagged); the image was handled (clean not
-    flagged, attacked right or flagged); UnMask's re-classification was right; M was right."""
-    flagged = row.judged.detection >= row.threshold
-    m_right = row.judged.m == labels
-    clean_flagged = clean_detection >= row.threshold
-    return {"success": ~m_right & ~flagged, "handled": ~clean_flagged & (m_right | flagged),
-            "unmask": (row.judged.unmask == labels), "m": m_right}
-
-
-def _all(positions: np.ndarray | None) -> slice | np.ndarray:
-    return slice(None) if positions is None else positions
+def _figures(outcome: Outcomes, interval: Any) -> tuple[dict[str, float | None], dict[str, list[float]]]:
+    values, intervals = {}, {}
+    for figure, key in FIGURES.items():
+        array = getattr(outcome, figure)
+        if array is None:
+            values[key] = None
+            continue
+        measured = interval(array)
+        values[key] = measured.value
+        intervals[key] = [measured.low, measured.high]
+    return values, intervals
 
 
 def _entry(row: Row, labels: np.ndarray, clean_detection: np.ndarray, clean_parts: np.ndarray) -> dict[str, Any]:
-    outcomes = _outcomes(row, labels, clean_detection)
-    parts = part_set_precision_recall(row.judged.parts, clean_parts)
+    values, intervals = _figures(row.outcomes(labels, clean_detection), rate)
     entry = {
-        "threat_model": row.threat_model, "attack": row.attack, "norm": row.norm.name, "epsilon": row.epsilon,
-        "fpr_target": row.fpr, "detection_threshold": float(row.threshold), "n_images": int(len(labels)),
-        "success_rate": float(outcomes["success"].mean()) if len(labels) else math.nan,
-        "robust_accuracy_with_detection": float(outcomes["handled"].mean()) if len(labels) else math.nan,
-        "accuracy_unmask": accuracy(row.judged.unmask, labels),
-        "accuracy_m": accuracy(row.judged.m, labels),
-        "accuracy_adv_trained": float(row.adv_trained_correct.mean()) if row.adv_trained_correct is not None
-        else None,
-        "part_precision": parts["part_precision"], "part_recall": parts["part_recall"],
-        "parts_changed": float((row.judged.parts != clean_parts).sum(axis=1).mean()) if len(labels) else math.nan,
+        "defense": row.defense, "threat_model": row.threat_model, "attack": row.attack, "norm": row.norm.name,
+        "epsilon": row.epsilon, "fpr_target": row.fpr, "detection_threshold": float(row.threshold),
+        "n_images": int(len(labels)), "in_worst_case": row.in_worst_case, **values, "intervals": intervals,
     }
+    if row.judged.parts is not None:
+        parts = part_set_precision_recall(row.judged.parts, clean_parts)
+        entry.update(part_precision=parts["part_precision"], part_recall=parts["part_recall"],
+                     parts_changed=float((row.judged.parts != clean_parts).sum(axis=1).mean()) if len(labels)
+                     else math.nan)
     if row.judged.goal is not None:
         entry["goal_rate"] = float(row.judged.goal.mean()) if len(labels) else math.nan
     return entry
 
 
-def _worst_cases(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarray) -> list[dict[str, Any]]:
-    """Per false-positive rate, norm and budget: the per-image worst case over every attack run
-    there (every threat model: the headline), and over each threat model's attacks."""
-    summary = []
+def _on_the_sample(row: Row, labels: np.ndarray, clean_detection: np.ndarray) -> Outcomes:
+    """The row's outcomes over the whole sample: images it did not attack count as unbroken by it."""
+    covered = row.outcomes(labels[row.positions], clean_detection[row.positions])
+    full = {}
+    for figure in Outcomes.FIGURES:
+        values = getattr(covered, figure)
+        if values is None:
+            full[figure] = None
+            continue
+        whole = np.full(len(labels), figure != "evaded")
+        whole[row.positions] = values
+        full[figure] = whole
+    return Outcomes(**full)
+
+
+def _worst_cases(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarray, *, seed: int
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per false-positive rate, norm, budget and defense: the per-image worst case over every
+    attack run there (every threat model: the headline) and over each threat model's attacks;
+    and, over every attack, each UnMask figure minus each baseline's accuracy on the same images."""
+    summary, comparisons = [], []
     for key in sorted({(row.fpr, row.norm.name, row.epsilon) for row in rows}):
         group = [row for row in rows if (row.fpr, row.norm.name, row.epsilon) == key]
-        scopes = [("all attacks", group)] + [(model, [row for row in group if row.threat_model == model])
-                                             for model in THREAT_MODELS]
-        for scope, members in scopes:
-            if not members:
+        headline: dict[str, Outcomes] = {}
+        for defense in dict.fromkeys(row.defense for row in group):
+            members = [row for row in group if row.defense == defense]
+            scopes = [("all attacks", members)] + [(model, [row for row in members if row.threat_model == model])
+                                                   for model in THREAT_MODELS]
+            for scope, scoped in scopes:
+                if not scoped:
+                    continue
+                named = {f"{row.threat_model} {row.attack}": _on_the_sample(row, labels, clean_detection)
+                         for row in scoped}
+                worst = worst_case(list(named.values()))
+                if scope == "all attacks":
+                    headline[defense] = worst
+                values, intervals = _figures(worst, lambda array: bootstrap_rate(array, seed=seed))
+                summary.append({
+                    "fpr_target": key[0], "norm": key[1], "epsilon": key[2], "defense": defense, "over": scope,
+                    "attacks": list(named), "n_images": int(len(labels)), **values, "intervals": intervals,
+                    "strongest": {FIGURES[figure]: strongest(named, figure) for figure in FIGURES
+                                  if getattr(worst, figure) is not None},
+                })
+        comparisons += _comparisons(key, headline, seed=seed)
+    return summary, comparisons
+
+
+def _comparisons(key: tuple[float, str, float], headline: dict[str, Outcomes], *, seed: int) -> list[dict[str, Any]]:
+    """UnMask's robust accuracy with detection and its deployed decision's accuracy minus each
+    baseline's accuracy, per image on the same images (paired bootstrap); ``significant`` when
+    the 95% interval excludes 0."""
+    entries = []
+    for defense, outcome in headline.items():
+        if outcome.reclassification is None:
+            continue  # a baseline, not UnMask
+        for baseline, other in headline.items():
+            if other.reclassification is not None:
                 continue
-            outcomes = [_outcomes(row, labels, clean_detection) for row in members]
-            summary.append({
-                "fpr_target": key[0], "norm": key[1], "epsilon": key[2], "over": scope,
-                "attacks": [f"{row.threat_model} {row.attack}" for row in members], "n_images": int(len(labels)),
-                "success_rate": float(np.logical_or.reduce([o["success"] for o in outcomes]).mean()),
-                "robust_accuracy_with_detection": float(np.logical_and.reduce([o["handled"] for o in outcomes]).mean()),
-                "accuracy_unmask": float(np.logical_and.reduce([o["unmask"] for o in outcomes]).mean()),
-                "accuracy_m": float(np.logical_and.reduce([o["m"] for o in outcomes]).mean()),
-            })
-    return summary
+            for figure in ("handled", "system"):
+                difference = bootstrap_rate(getattr(outcome, figure).astype(float) - other.m.astype(float), seed=seed)
+                entries.append({"fpr_target": key[0], "norm": key[1], "epsilon": key[2], "defense": defense,
+                                "baseline": baseline, "figure": FIGURES[figure], "difference": difference.value,
+                                "interval": [difference.low, difference.high],
+                                "significant": bool(difference.low > 0 or difference.high < 0)})
+    return entries

@@ -38,9 +38,11 @@ from unmask.report import (
     plot_threat_models,
 )
 
-RESULT_FORMAT = 2
+RESULT_FORMAT = 3
 """2: the adaptive evaluation's sections (``adaptive``, ``adaptive_summary``), strict JSON (null
-for undefined numbers)."""
+for undefined numbers); 3: every adaptive row and worst case names its defense and carries 95%
+intervals, the deployed decision's accuracy (``accuracy_system``), the attack that did the most
+per figure (``strongest``) and the paired differences to the baselines (``adaptive_comparisons``)."""
 K_METRICS = ("map_mask", "map_box", "map_mask_50", "map_box_50", "part_precision", "part_recall")
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from unmask.attacks.adaptive import AdaptiveOptions
-from unmask.attacks.adaptive.engine import cw_margin, hard_reclassify, image_seed, orthogonal, random_start, step_sizes
+from unmask.attacks.adaptive.engine import cw_margin, hard_reclassify, image_seed, orthogonal, random_start
+from unmask.attacks.adaptive.steps import step_sizes
 from unmask.attacks.norms import L2, LINF, NORMS
 
 
@@ -19,10 +20,10 @@ def test_step_sizes() -> None:
     options = AdaptiveOptions(steps=10, relative_step=2.5, step_schedule="constant")
     assert step_sizes(8 / 255, LINF, options) == [2 / 255] * 10
     assert step_sizes(1 / 255, LINF, options) == [1 / 255] * 10  # at least one grey level
-    cosine = step_sizes(300 / 255, L2, AdaptiveOptions(steps=10, relative_step=2.5))
+    cosine = step_sizes(300 / 255, L2, AdaptiveOptions(steps=10, relative_step=2.5, step_schedule="cosine"))
     assert cosine[0] == pytest.approx(2 * 2.5 * 300 / 255 / 10, rel=0.01)
     assert sum(cosine) / 10 == pytest.approx(2.5 * 300 / 255 / 10)
-    assert step_sizes(8 / 255, LINF, AdaptiveOptions(steps=4, step_size=3)) == [6 / 255, 4 / 255, 2 / 255, 1 / 255]
+    assert step_sizes(8 / 255, LINF, AdaptiveOptions(steps=4, step_size=3, step_schedule="cosine")) == [6 / 255, 4 / 255, 2 / 255, 1 / 255]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -11,7 +11,9 @@ threshold, the detection threshold and the judge (images -> ``Verdict``).
 |---|---|---|
 | ``joint_linf``, ``joint_l2`` | L-inf, L2 | joint targeted PGD on M's C&W margin + lambda x K's hinges (Carlini & Wagner 2017) |
 | ``orthogonal_linf``, ``orthogonal_l2`` | L-inf, L2 | orthogonal / selective PGD (Bryniarski et al. 2022) |
-| ``reclassify_linf``, ``reclassify_l2`` | L-inf, L2 | PGD on K against UnMask's re-classification (soft Jaccard) |
+| ``reclassify_linf``, ``reclassify_l2`` | L-inf, L2 | APGD on K's soft Jaccards as logits (targeted, DLR, CE) against UnMask's re-classification |
+| ``transplant_linf``, ``transplant_l2`` | L-inf, L2 | ungated joint PGD: M says t and K's parts are t's, against UnMask's deployed decision |
+| ``m_apgd_linf``, ``m_apgd_l2`` | L-inf, L2 | APGD-CE and APGD-DLR on M alone: the same engine against an undefended or adversarially trained M |
 | ``k_vanish_linf`` | L-inf | K loses every part (TOG vanishing, DAG-style; sanity check of the surrogate) |
 | ``k_fabricate_linf`` | L-inf | K sees every part of a chosen class (TOG fabrication; sanity check) |
 | ``hsj_l2``, ``hsj_linf`` | L2, L-inf | HopSkipJump on the hard pipeline (label-only check against gradient masking) |
@@ -22,6 +24,7 @@ machinery (8-bit iterates, per-image random starts, judging) in ``engine``; the 
 and steps in ``unmask.attacks.norms``.
 """
 
+from unmask.attacks.adaptive.classifier_only import ClassifierAttack
 from unmask.attacks.adaptive.detector import FabricateAttack, VanishAttack
 from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveAttackInfo, AdaptiveResult, GradientAttack
 from unmask.attacks.adaptive.joint import JointAttack
@@ -32,10 +35,11 @@ from unmask.attacks.adaptive.part_view import PartOutputs, PartView, soft_jaccar
 from unmask.attacks.adaptive.reclassify import ReclassifyAttack
 from unmask.attacks.adaptive.registry import ADAPTIVE_ATTACKS, adaptive_attack, build_adaptive_attack
 from unmask.attacks.adaptive.target import NO_PREDICTION, DefenseTarget, Judge, Verdict
+from unmask.attacks.adaptive.transplant import TransplantAttack
 
 __all__ = [
     "ADAPTIVE_ATTACKS", "FULL_BUDGET", "NO_PREDICTION", "REDUCED_BUDGET", "AdaptiveAttack", "AdaptiveAttackInfo",
-    "AdaptiveOptions", "AdaptiveResult", "DefenseTarget", "EvadesUnMask", "FabricateAttack", "GradientAttack",
+    "AdaptiveOptions", "AdaptiveResult", "ClassifierAttack", "DefenseTarget", "EvadesUnMask", "FabricateAttack", "GradientAttack",
     "HopSkipJump", "JointAttack", "Judge", "OrthogonalAttack", "PartOutputs", "PartView", "PipelineDecision",
-    "ReclassifyAttack", "Verdict", "VanishAttack", "adaptive_attack", "build_adaptive_attack", "soft_jaccard",
+    "ReclassifyAttack", "TransplantAttack", "Verdict", "VanishAttack", "adaptive_attack", "build_adaptive_attack", "soft_jaccard",
 ]

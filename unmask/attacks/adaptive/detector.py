@@ -29,6 +29,7 @@ class VanishAttack(GradientAttack):
 
     family = "k_vanish"
     norms = (LINF,)
+    aims = None
 
     def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
         outputs = self.outputs(batch, x_q, rows)
@@ -56,6 +57,7 @@ class FabricateAttack(GradientAttack):
 
     family = "k_fabricate"
     norms = (LINF,)
+    aims = None
     targeted = True
 
     def runs(self, batch: Batch) -> Iterator[Run]:

@@ -24,6 +24,7 @@ import torch
 
 from unmask.attacks.adaptive.options import AdaptiveOptions
 from unmask.attacks.adaptive.part_view import PartOutputs, PartView, soft_jaccard
+from unmask.attacks.adaptive.steps import step_rule
 from unmask.attacks.adaptive.target import DefenseTarget, Verdict
 from unmask.attacks.base import AttackInfo, AttackKind, frozen_eval
 from unmask.attacks.norms import Norm
@@ -36,23 +37,6 @@ from unmask.parts import PARTS
 def quantize_ste(x: torch.Tensor, x0: torch.Tensor, epsilon: float, norm: Norm) -> torch.Tensor:
     """``norm.quantize`` forward, identity backward (straight-through)."""
     return x + (norm.quantize(x, x0, epsilon) - x).detach()
-
-
-def step_sizes(epsilon: float, norm: Norm, options: AdaptiveOptions) -> list[float]:
-    """The PGD step of each iteration in [0, 1] pixels (``epsilon`` in [0, 1] pixels too).
-
-    The base step is ``options.step_size`` (0-255 scale) or ``relative_step * epsilon / steps``;
-    ``constant`` keeps it, ``cosine`` starts near twice it and decays to 0 along a half cosine
-    (sampled at mid-steps: the same mean step). Each step is then what the norm's 8-bit
-    iterates need (L-inf: whole grey levels, at least 1).
-    """
-    base = to_unit_scale(options.step_size) if options.step_size is not None else \
-        options.relative_step * epsilon / options.steps
-    if options.step_schedule == "cosine":
-        steps = [base * (1 + math.cos(math.pi * (k + 0.5) / options.steps)) for k in range(options.steps)]
-    else:
-        steps = [base] * options.steps
-    return [norm.round_step(step) for step in steps]
 
 
 def image_seed(seed: int, index: int, stream: tuple[int | str, ...]) -> int:
@@ -86,6 +70,36 @@ def cw_margin(logits: torch.Tensor, targets: torch.Tensor, kappa: float) -> torc
     target_logit = logits.gather(1, targets.view(-1, 1)).squeeze(1)
     others = logits.scatter(1, targets.view(-1, 1), float("-inf")).amax(dim=1)
     return torch.relu(others - target_logit + kappa)
+
+
+def dlr_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The DLR loss of Croce & Hein 2020 as a margin to minimise: (z_y - max_{c != y} z_c) /
+    (z_(1) - z_(3)), z_(k) the k-th largest logit; shift- and scale-invariant, so it does not
+    fade where a softmax saturates. Below 0 once the label is not the argmax. Needs 3 classes."""
+    label_logit = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    others = logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(dim=1)
+    ordered = logits.sort(dim=1, descending=True).values
+    return (label_logit - others) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{c != y} z_c: positive while the label is the argmax."""
+    label_logit = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    return label_logit - logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(dim=1)
+
+
+UNTARGETED_LOSSES = ("ce", "dlr")
+"""APGD's untargeted losses, as the engine minimises them: minus the cross-entropy of the label,
+and the DLR margin."""
+
+
+def untargeted_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image, the untargeted loss ``name`` (``UNTARGETED_LOSSES``) of ``logits`` to minimise."""
+    if name == "ce":
+        return -torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    if name == "dlr":
+        return dlr_margin(logits, labels)
+    raise ValueError(f"unknown untargeted loss {name!r}; expected one of: {', '.join(UNTARGETED_LOSSES)}")
 
 
 def flat_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -141,14 +155,20 @@ class AdaptiveAttack:
     """One adaptive attack against a ``DefenseTarget`` at one epsilon (0-255 scale) and norm.
 
     Class attributes say what it is: ``family`` (names are ``<family>_<norm>``), the ``norms`` it
-    comes in, its ``kind`` and whether it is ``targeted``; the first line of its docstring is
-    its summary. ``__call__(images, labels, indices)`` attacks and returns an ``AdaptiveResult``.
+    comes in, its ``kind``, whether it is ``targeted``, whether it ``needs_part_model`` (an
+    attack on UnMask needs K; an attack on M alone attacks defenses that have none) and which of
+    the defense's outputs it ``aims`` at (``evaded``: M wrong and not flagged; ``reclassification``;
+    ``system``: the deployed decision; None: a sanity check of the surrogate, aimed at K alone);
+    the first line of its docstring is its summary. ``__call__(images, labels, indices)`` attacks
+    and returns an ``AdaptiveResult``.
     """
 
     family: ClassVar[str] = ""
     norms: ClassVar[tuple[Norm, ...]] = ()
     kind: ClassVar[AttackKind] = AttackKind.FIXED_EPSILON
     targeted: ClassVar[bool] = False
+    needs_part_model: ClassVar[bool] = True
+    aims: ClassVar[str | None] = "evaded"
 
     def __init__(self, target: DefenseTarget, *, epsilon: float, norm: Norm, options: AdaptiveOptions) -> None:
         if norm not in self.norms:
@@ -156,6 +176,8 @@ class AdaptiveAttack:
                              f"{', '.join(n.title for n in self.norms)}")
         if not (math.isfinite(epsilon) and epsilon > 0):
             raise ValueError(f"{self.family}: epsilon must be positive (0-255 scale), got {epsilon!r}")
+        if self.needs_part_model and target.part_model is None:
+            raise ValueError(f"{self.family}: attacks UnMask through K, but the defense has no part model")
         self.epsilon = to_unit_scale(epsilon)
         self.target = target
         self.norm = norm
@@ -243,12 +265,14 @@ class Batch:
 @dataclass(frozen=True)
 class Run:
     """One PGD run over a batch: its random-start ``stream`` (and whether it starts at random),
-    the target class of each batch row (targeted attacks; CPU) and the weight of K's hinges."""
+    the target class of each batch row (targeted attacks; CPU), the weight of K's hinges and,
+    for attacks that try several, the ``loss`` it minimises."""
 
     stream: tuple[int, ...]
     random: bool
     targets: torch.Tensor | None = None
     weight: float = 1.0
+    loss: str = ""
 
 
 class GradientAttack(AdaptiveAttack):
@@ -258,9 +282,9 @@ class GradientAttack(AdaptiveAttack):
 
     def __init__(self, target: DefenseTarget, *, epsilon: float, norm: Norm, options: AdaptiveOptions) -> None:
         super().__init__(target, epsilon=epsilon, norm=norm, options=options)
-        self.view = PartView(target.part_model, score_threshold=target.k_score_threshold, tau=options.tau,
-                             temperature=options.temperature, margin=options.part_margin, kappa=options.part_kappa)
-        self.alphas = step_sizes(self.epsilon, norm, options)
+        self.view = None if target.part_model is None else PartView(
+            target.part_model, score_threshold=target.k_score_threshold, tau=options.tau,
+            temperature=options.temperature, margin=options.part_margin, kappa=options.part_kappa)
         self.class_parts = target.class_parts.to(self.device)
 
     # --- subclass hooks ---------------------------------------------------------------------
@@ -314,43 +338,56 @@ class GradientAttack(AdaptiveAttack):
         parts = self.view.hard_presence(outputs)
         return parts, soft_jaccard(parts.float(), self.class_parts)
 
-    def fooling(self, batch: Batch, logits: torch.Tensor, outputs: PartOutputs, rows: torch.Tensor,
-                loss: torch.Tensor | None = None, gradient: torch.Tensor | None = None) -> Evaluation:
-        """The surrogate's exact verdict for the M-fooling attacks: success = M wrong and not
-        flagged; key = detection score; failures: M fooled first, then the lowest detection score."""
+    def hard_decisions(self, logits: torch.Tensor, outputs: PartOutputs) -> dict[str, torch.Tensor]:
+        """The surrogate's exact copy of the hard pipeline on iterates: M's class, the detection
+        score against it, the flag, the re-classified class and the deployed decision."""
         with torch.no_grad():
             predicted = logits.argmax(1)
             _, similarities = self.hard_similarities(outputs)
             score = 1.0 - similarities.gather(1, predicted.view(-1, 1)).squeeze(1)
-            fooled = predicted != batch.labels[rows]
-            success = fooled & (score < self.target.detection_threshold)
-            failure_key = 2.0 * (~fooled).float() + score
-        return Evaluation(success, score, failure_key, loss=loss, gradient=gradient)
+            flagged = score >= self.target.detection_threshold
+            reclassified = hard_reclassify(similarities)
+            return {"m": predicted, "score": score, "flagged": flagged, "reclassified": reclassified,
+                    "deployed": torch.where(flagged, reclassified, predicted)}
+
+    def fooling(self, batch: Batch, logits: torch.Tensor, outputs: PartOutputs, rows: torch.Tensor,
+                loss: torch.Tensor | None = None, gradient: torch.Tensor | None = None) -> Evaluation:
+        """The surrogate's exact verdict for the M-fooling attacks: success = M wrong and not
+        flagged; key = detection score; failures: M fooled first, then the lowest detection score."""
+        decisions = self.hard_decisions(logits, outputs)
+        fooled = decisions["m"] != batch.labels[rows]
+        success = fooled & ~decisions["flagged"]
+        failure_key = 2.0 * (~fooled).float() + decisions["score"]
+        return Evaluation(success, decisions["score"], failure_key, loss=loss, gradient=gradient)
 
     @torch.no_grad()
     def clean_pass(self, x0: torch.Tensor) -> CleanPass:
         """On the clean batch: M's logits, K's soft presence and proposals, and each target's
-        joint loss (M's margin + first lambda x K's hinges), for ranking targets."""
+        joint loss (M's margin + first lambda x K's hinges), for ranking targets. Without a K
+        (an attack on M alone), M's logits only, and the targets' losses are M's margins."""
         logits, presences, proposals, losses = [], [], [], []
         weight = self.options.lambdas[0]
         for start in range(0, len(x0), self.options.batch_size):
             chunk = x0[start:start + self.options.batch_size]
-            outputs = self.view(chunk)
+            outputs = self.view(chunk) if self.view is not None else None
             chunk_logits = self.target.classifier(chunk)
             logits.append(chunk_logits)
-            presences.append(self.view.presence(outputs))
-            proposals.extend(outputs.proposals)
+            if outputs is not None:
+                presences.append(self.view.presence(outputs))
+                proposals.extend(outputs.proposals)
             per_class = []
             for c in range(len(self.class_parts)):
                 targets = torch.full((len(chunk),), c, dtype=torch.int64, device=self.device)
                 expected = self.class_parts[targets]
                 loss = cw_margin(chunk_logits, targets, self.options.kappa)
-                if weight > 0:
+                if weight > 0 and outputs is not None:
                     loss = loss + weight * self.view.hinge_loss(outputs, add=expected, remove=1 - expected)
                 per_class.append(loss)
             losses.append(torch.stack(per_class, 1))
-        presence = torch.cat(presences)
-        return CleanPass(torch.cat(logits), presence, self.view.indicator(presence), proposals, torch.cat(losses))
+        logits = torch.cat(logits)
+        presence = torch.cat(presences) if presences else logits.new_zeros(len(logits), self.class_parts.shape[1])
+        parts_soft = self.view.indicator(presence) if self.view is not None else presence
+        return CleanPass(logits, presence, parts_soft, proposals, torch.cat(losses))
 
     def ranked_targets(self, batch: Batch) -> torch.Tensor:
         """(N, C - 1): every class but the true one, the most promising first (``target_ranking``)."""
@@ -379,6 +416,7 @@ class GradientAttack(AdaptiveAttack):
         else:
             x = x0_all.clone()
         alive = torch.ones(len(rows), dtype=torch.bool)
+        rule = step_rule(options, self.norm, self.epsilon, x)
         for k in range(options.steps + 1):
             positions = alive.nonzero().flatten()
             if len(positions) == 0:
@@ -397,8 +435,7 @@ class GradientAttack(AdaptiveAttack):
                     gradient = evaluation.gradient
                     if gradient is None:
                         gradient = torch.autograd.grad(evaluation.loss.sum(), leaf)[0]
-                    x[chunk] = self.norm.project(leaf.detach() - self.alphas[k] * self.norm.direction(gradient), x0,
-                                                 self.epsilon)
+                    x[chunk] = rule.step(k, chunk, leaf.detach(), x0, evaluation.loss.detach(), gradient)
                     batch.stats["image_steps"] += len(chunk)
             if options.early_stop:
                 alive &= ~best.success[rows]
@@ -446,7 +483,8 @@ class GradientAttack(AdaptiveAttack):
         still being attacked at a time (with early stop, finished images leave the passes, so
         the remaining ones fill full batches)."""
         started = time.perf_counter()
-        with frozen_eval(self.target.classifier, self.target.part_model):
+        models = [model for model in (self.target.classifier, self.target.part_model) if model is not None]
+        with frozen_eval(*models):
             x0 = images.detach().to(self.device, torch.float32)
             batch = Batch(x0, labels.to(self.device, torch.int64), indices.cpu(), Best(x0.cpu()))
             if len(batch):

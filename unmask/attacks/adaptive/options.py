@@ -9,7 +9,8 @@ from unmask.constants import FULL_ADAPTIVE_BUDGET as FULL
 from unmask.constants import REDUCED_ADAPTIVE_BUDGET as REDUCED
 
 TARGET_RANKINGS: tuple[str, ...] = ("loss", "jaccard", "logits")
-STEP_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+STEP_SCHEDULES: tuple[str, ...] = ("apgd", "cosine", "constant")
+RECLASSIFY_LOSSES: tuple[str, ...] = ("targeted", "dlr", "ce")
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,23 @@ class AdaptiveOptions:
           fill each pass).
         - ``seed``: of the random starts and of HopSkipJump.
     Steps
-        - ``step_size``: absolute base step on the 0-255 scale; None: ``relative_step *
-          epsilon / steps`` (default 8: at 20 steps the first cosine step is 0.8 epsilon).
-        - ``step_schedule``: ``cosine`` (from twice the base step down to 0, same mean) or
-          ``constant``. L-inf steps are whole grey levels (at least 1).
+        - ``step_schedule``: ``apgd`` (APGD's step-size control, Croce & Hein 2020: from 2
+          epsilon, momentum 0.75, halved at checkpoints where the loss stalled, restarting from
+          the best point; ``steps.APGDSteps``), ``cosine`` (from twice the base step down to 0,
+          same mean) or ``constant``.
+        - ``step_size`` (``cosine``, ``constant``): absolute base step on the 0-255 scale; None:
+          ``relative_step * epsilon / steps`` (8: at 20 steps the first cosine step is 0.8
+          epsilon). L-inf steps are whole grey levels (at least 1).
         - ``random_start``: start every run at a random point (else only restarts > 0 do).
     Losses
         - ``kappa``: M's logit margin (C&W); ``part_margin`` (log-probability) and
           ``part_kappa`` (argmax logit margin): K's hinge margins (see ``part_view``);
           ``tau``: smooth-max temperature; ``temperature``: soft 0/1 presence temperature.
-        - ``reclassify_hinge``: weight of K's hinges towards the best other class in the
-          re-classification attack (0: the soft Jaccard gap alone).
+        - ``reclassify_losses``: the re-classification attack's runs, in order: ``targeted``
+          (towards each of ``targets`` other classes), ``dlr``, ``ce`` (untargeted, on K's soft
+          Jaccards as logits); ``reclassify_temperature``: of those logits for ``ce``;
+          ``reclassify_hinge``: weight of K's hinges towards the target (or the best other
+          class) beside the soft Jaccard loss (0: the soft Jaccards alone).
         - ``clean_proposals``: also score the clean image's proposals (DAG), not only the
           current image's.
     Judging
@@ -64,13 +71,16 @@ class AdaptiveOptions:
     batch_size: int = 32
     step_size: float | None = None
     relative_step: float = REDUCED.relative_step
-    step_schedule: str = "cosine"
+    step_schedule: str = "apgd"
+    apgd_initial_step: float = 2.0
     random_start: bool = False
     kappa: float = 1.0
     part_margin: float = 0.3
     part_kappa: float = 0.5
     tau: float = 0.05
     temperature: float = 0.05
+    reclassify_losses: tuple[str, ...] = ("targeted", "dlr", "ce")
+    reclassify_temperature: float = 0.05
     reclassify_hinge: float = 0.1
     clean_proposals: bool = False
     judge_every: int = 0
@@ -102,7 +112,11 @@ class AdaptiveOptions:
                              f"got {self.step_schedule!r}")
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
             raise ValueError(f"AdaptiveOptions.step_size must be positive (0-255 scale), got {self.step_size!r}")
-        for name in ("relative_step", "tau", "temperature"):
+        if not self.reclassify_losses or not set(self.reclassify_losses) <= set(RECLASSIFY_LOSSES):
+            raise ValueError(f"AdaptiveOptions.reclassify_losses must be a non-empty sequence of {RECLASSIFY_LOSSES}, "
+                             f"got {self.reclassify_losses!r}")
+        object.__setattr__(self, "reclassify_losses", tuple(self.reclassify_losses))
+        for name in ("relative_step", "tau", "temperature", "reclassify_temperature"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"AdaptiveOptions.{name} must be positive, got {value!r}")

@@ -36,7 +36,7 @@ class OrthogonalAttack(GradientAttack):
         targets = run.targets[rows].to(self.device)
         logits, outputs = self.forward(batch, x_q, rows)
         expected = self.class_parts[targets]
-        gradient = None
+        gradient = loss = None
         if torch.is_grad_enabled():
             m_loss = cw_margin(logits, targets, self.options.kappa)
             k_loss = self.view.hinge_loss(outputs, add=expected, remove=1 - expected)
@@ -44,4 +44,5 @@ class OrthogonalAttack(GradientAttack):
             k_gradient = torch.autograd.grad(k_loss.sum(), x)[0]
             fooled = (logits.argmax(1) == targets).view(-1, 1, 1, 1)
             gradient = torch.where(fooled, orthogonal(k_gradient, m_gradient), orthogonal(m_gradient, k_gradient))
-        return self.fooling(batch, logits.detach(), outputs, rows, gradient=gradient)
+            loss = (m_loss + k_loss).detach()  # what the step rule tracks (APGD's checkpoints)
+        return self.fooling(batch, logits.detach(), outputs, rows, loss=loss, gradient=gradient)

@@ -2,51 +2,77 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from unmask.attacks.adaptive.engine import Batch, Evaluation, GradientAttack, Run, hard_reclassify
+from unmask.attacks.adaptive.engine import Batch, Evaluation, GradientAttack, Run, hard_reclassify, untargeted_loss
 from unmask.attacks.adaptive.part_view import soft_jaccard
 from unmask.attacks.adaptive.target import Verdict
 from unmask.attacks.norms import L2, LINF
 
 
 class ReclassifyAttack(GradientAttack):
-    """PGD on K's soft Jaccard gap against UnMask's re-classification (Tramer et al. 2020).
+    """APGD on K's soft Jaccards as logits, targeted and untargeted, against the re-classification.
 
-    Maximise max_{c != y} J~_c - J~_y, the soft Jaccard of K's soft 0/1 part presence
-    (``part_view``) with each class's parts, so that the re-classification argmax_c J(V[c], K's
-    parts) is not the true class y (no prediction, when every J is 0, counts as a success:
-    UnMask then has no answer). A white-box instance of the end-to-end attack of Tramer et al.
-    2020 on the defended classifier; judged by BPDA (Athalye et al. 2018): success = the judge's
-    ``unmask_prediction != y``. M is not used.
+    UnMask re-classifies an image as argmax_c J(V[c], K's parts). Here the soft Jaccards
+    J~_c of K's soft 0/1 part presence (``part_view``) with each class's parts play the logits
+    (Tramer et al. 2020: attack the defended classifier end to end; BPDA judging, Athalye et al.
+    2018), and the runs are, per image, in order (``options.reclassify_losses``):
 
-    The soft Jaccard's gradient fades for parts far from K's threshold, so the loss adds
-    ``options.reclassify_hinge`` x K's hinges towards the currently best other class c*
-    (add V[c*] - V[y], remove V[y] - V[c*]); measured on the default run's models (40 images,
-    L-inf, 20 steps): 20% -> 52% success at epsilon 8, 70% -> 100% at 16.
-    Norm: L-inf or L2 (``reclassify_linf``, ``reclassify_l2``); ``options.restarts`` runs.
+    - ``targeted``: towards each of the ``options.targets`` other classes t whose parts best
+      match K's clean parts (0: every other class): the margin max_{c != t} J~_c - J~_t plus
+      ``reclassify_hinge`` x K's hinges that add V[t] and remove every part not in V[t] (the
+      soft Jaccard's gradient fades for parts far from K's threshold; the hinges do not);
+    - ``dlr`` and ``ce``: untargeted, APGD's DLR margin and cross-entropy (Croce & Hein 2020) of
+      the true class on J~ / ``reclassify_temperature``, plus ``reclassify_hinge`` x K's hinges
+      towards the currently best other class c* (add V[c*] - V[y], remove V[y] - V[c*]);
+
+    each ``options.restarts`` times, stopping per image at the first success. Success: the
+    judge's re-classification is not y (no prediction, when every J is 0, counts: UnMask then
+    has no answer). M is not used. Norm: L-inf or L2 (``reclassify_linf``, ``reclassify_l2``).
     """
 
     family = "reclassify"
     norms = (LINF, L2)
+    targeted = True  # towards target classes first; the kept image's target is -1 when an untargeted run made it
+    aims = "reclassification"
+
+    def runs(self, batch: Batch) -> Iterator[Run]:
+        clean = soft_jaccard(batch.clean.parts_soft, self.class_parts)
+        ranks = clean.scatter(1, batch.labels.view(-1, 1), float("-inf")).argsort(dim=1, descending=True,
+                                                                                   stable=True)[:, :-1].cpu()
+        for index, loss in enumerate(self.options.reclassify_losses):
+            targets = range(min(self.options.targets or ranks.shape[1], ranks.shape[1])) if loss == "targeted" \
+                else (None,)
+            for rank in targets:
+                for restart in range(self.options.restarts):
+                    yield Run((index, -1 if rank is None else rank, restart), self.options.random_start or restart > 0,
+                              None if rank is None else ranks[:, rank].contiguous(), loss=loss)
 
     def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
         outputs = self.outputs(batch, x_q, rows)
-        labels = batch.labels[rows].view(-1, 1)
+        labels = batch.labels[rows]
         similarities = soft_jaccard(self.view.indicator(self.view.presence(outputs)), self.class_parts)
-        others = similarities.scatter(1, labels, float("-inf"))
-        gap = others.amax(1) - similarities.gather(1, labels).squeeze(1)
-        loss = -gap
+        own = self.class_parts[labels]
+        if run.loss == "targeted":
+            targets = run.targets[rows].to(self.device)
+            others = similarities.scatter(1, targets.view(-1, 1), float("-inf")).amax(1)
+            loss = others - similarities.gather(1, targets.view(-1, 1)).squeeze(1)
+            goal = self.class_parts[targets]
+            add, remove = goal, 1 - goal
+        else:
+            loss = untargeted_loss(run.loss, similarities / self.options.reclassify_temperature, labels)
+            best_other = self.class_parts[similarities.detach().scatter(1, labels.view(-1, 1), float("-inf")).argmax(1)]
+            add, remove = best_other * (1 - own), own * (1 - best_other)
         if self.options.reclassify_hinge > 0:
-            own = self.class_parts[labels.squeeze(1)]
-            best_other = self.class_parts[others.detach().argmax(1)]
-            hinge = self.view.hinge_loss(outputs, add=best_other * (1 - own), remove=own * (1 - best_other))
-            loss = loss + self.options.reclassify_hinge * hinge
+            loss = loss + self.options.reclassify_hinge * self.view.hinge_loss(outputs, add=add, remove=remove)
         with torch.no_grad():
             _, hard = self.hard_similarities(outputs)
-            success = hard_reclassify(hard) != labels.squeeze(1)
-            hard_gap = hard.scatter(1, labels, float("-inf")).amax(1) - hard.gather(1, labels).squeeze(1)
-            failure_key = -hard_gap - 1e-3 * gap.detach()
+            success = hard_reclassify(hard) != labels
+            hard_gap = hard.scatter(1, labels.view(-1, 1), float("-inf")).amax(1) - hard.gather(
+                1, labels.view(-1, 1)).squeeze(1)
+            failure_key = (-hard_gap - 1e-3 * loss.detach()).double()
         return Evaluation(success, torch.zeros_like(failure_key), failure_key, loss=loss)
 
     def judged(self, batch: Batch, run: Run, verdict: Verdict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

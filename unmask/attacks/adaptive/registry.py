@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from unmask.attacks.adaptive.classifier_only import ClassifierAttack
 from unmask.attacks.adaptive.detector import FabricateAttack, VanishAttack
 from unmask.attacks.adaptive.engine import AdaptiveAttack, AdaptiveAttackInfo, AdaptiveResult
 from unmask.attacks.adaptive.joint import JointAttack
@@ -18,23 +19,25 @@ from unmask.attacks.adaptive.options import AdaptiveOptions
 from unmask.attacks.adaptive.orthogonal import OrthogonalAttack
 from unmask.attacks.adaptive.reclassify import ReclassifyAttack
 from unmask.attacks.adaptive.target import DefenseTarget
+from unmask.attacks.adaptive.transplant import TransplantAttack
 from unmask.attacks.base import AttackRegistry, AttackVector
 
 FULL_ADAPTIVE: tuple[str, ...] = (
-    "joint_linf:8", "joint_linf:16", "joint_linf:32", "joint_linf:64",
-    "joint_l2:300", "joint_l2:600", "joint_l2:1200", "joint_l2:2400",
-    "orthogonal_linf:8", "orthogonal_linf:16", "orthogonal_l2:300", "orthogonal_l2:600",
-    "reclassify_linf:8", "reclassify_linf:16", "reclassify_l2:300", "reclassify_l2:600",
+    *(f"{name}_{norm}:{epsilon}" for norm, budgets in (("linf", (8, 16, 32, 64)), ("l2", (300, 600, 1200, 2400)))
+      for epsilon in budgets for name in ("joint", "orthogonal", "reclassify", "transplant")),
     "k_vanish_linf:64", "k_fabricate_linf:64", "hsj_linf:8", "hsj_linf:16", "hsj_l2:300", "hsj_l2:600",
 )
-"""``full``: every adaptive attack at the paper's budgets (L-inf 8 and 16, L2 300 and 600), the
-joint attack further out (L-inf 32 and 64, L2 1200 and 2400: where it should reach 100%), and
-K-only sanity attacks at 64."""
+"""``full``: every attack on UnMask's outputs (joint and orthogonal at evading detection,
+reclassify at the re-classification, transplant at the deployed decision) at the paper's budgets
+(L-inf 8 and 16, L2 300 and 600) and further out (L-inf 32 and 64, L2 1200 and 2400: where they
+should reach 100%), K-only sanity attacks at 64 and the label-only check."""
 
 ADAPTIVE_ATTACKS = AttackRegistry("adaptive attack", (
     *JointAttack.describe(),
     *OrthogonalAttack.describe(),
     *ReclassifyAttack.describe(),
+    *TransplantAttack.describe(),
+    *ClassifierAttack.describe(),
     *VanishAttack.describe(),
     *FabricateAttack.describe(),
     *HopSkipJump.describe(),

@@ -68,6 +68,12 @@ class Verdict:
         """(N,) bool: M is wrong (``m_prediction != labels``) and the image is not flagged."""
         return (self.m_prediction != labels.cpu()) & ~self.flagged
 
+    @property
+    def deployed(self) -> torch.Tensor:
+        """(N,) int64: the class UnMask answers: M's unless the image is flagged, else the
+        re-classified one (``NO_PREDICTION`` when that has none)."""
+        return torch.where(self.flagged, self.unmask_prediction, self.m_prediction)
+
 
 Judge = Callable[[torch.Tensor], Verdict]
 """Images (N, 3, H, W) in [0, 1] (8-bit quantised by the attacks) -> the hard pipeline's Verdict."""
@@ -80,7 +86,8 @@ class DefenseTarget:
     - ``classifier``: M, [0, 1] images -> logits over the class set.
     - ``part_model``: a torchvision ``MaskRCNN`` part extractor (label = part index + 1). It is
       the attacker's K: the real one (white-box) or a surrogate K' (transfer threat model).
-      Nothing here assumes it is the K inside ``judge``.
+      Nothing here assumes it is the K inside ``judge``. None: the defense is M alone (an
+      undefended or adversarially trained M), which only the attacks on M alone can attack.
     - ``class_parts`` (C, 44) float 0/1: V[c] per class, class-set order (M's label indices).
     - ``k_score_threshold``: the score threshold of ``part_model``'s detection rule.
     - ``detection_threshold``: the detection-score threshold (flagged: score >= it).
@@ -88,7 +95,7 @@ class DefenseTarget:
     """
 
     classifier: nn.Module
-    part_model: MaskRCNN
+    part_model: MaskRCNN | None
     class_parts: torch.Tensor
     k_score_threshold: float
     detection_threshold: float
