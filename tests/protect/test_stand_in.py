@@ -10,7 +10,7 @@ import torch
 
 from unmask.constants import NO_PREDICTION
 from unmask.models.part_extractor import PartExtractor
-from unmask.protect import StandIn, UnMask, quantize
+from unmask.protect import StandIn, UnMask, to_8bit
 
 from .conftest import CLASS_SET, Says, numbered, one_hot, sharpened_k
 
@@ -35,7 +35,7 @@ def images(count: int, *, seed: int = 0) -> torch.Tensor:
     """8-bit smooth random images in [0, 1]."""
     generator = torch.Generator().manual_seed(seed)
     base = torch.rand(count, 3, SIZE // 8, SIZE // 8, generator=generator)
-    return quantize(torch.nn.functional.interpolate(base, size=(SIZE, SIZE), mode="bilinear", align_corners=False))
+    return to_8bit(torch.nn.functional.interpolate(base, size=(SIZE, SIZE), mode="bilinear", align_corners=False))
 
 
 @pytest.fixture(scope="module")

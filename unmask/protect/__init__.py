@@ -13,9 +13,10 @@ This package comes after the experiment in the one-way import order (it reads ru
 ``unmask`` exports its names lazily: ``import unmask`` stays light.
 """
 
-from unmask.protect.pipeline import DECISIONS, Explanation, UnMask, UnMaskResult, quantize
+from unmask.attacks.norms import to_8bit
+from unmask.protect.pipeline import DECISIONS, Explanation, UnMask, UnMaskResult
 from unmask.protect.run import FinishedRun, RunFolderError, SavedClassifier, load_classifier
 from unmask.protect.stand_in import StandIn
 
 __all__ = ["DECISIONS", "Explanation", "FinishedRun", "RunFolderError", "SavedClassifier", "StandIn", "UnMask",
-           "UnMaskResult", "load_classifier", "quantize"]
+           "UnMaskResult", "load_classifier", "to_8bit"]

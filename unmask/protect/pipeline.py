@@ -15,14 +15,14 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from unmask.attacks.adaptive.target import Verdict
-from unmask.constants import GREY_LEVELS, NO_PREDICTION
+from unmask.attacks.norms import to_8bit
+from unmask.constants import NO_PREDICTION
 from unmask.defense import part_matrix
 from unmask.experiment.stages import hard_verdict
 from unmask.metrics import threshold_at_fpr
@@ -36,18 +36,13 @@ DECISIONS: tuple[str, ...] = ("reclassify", "reject")
 """What UnMask does with a flagged image: give its re-classified class (the paper's defense), or
 no class at all (``NO_PREDICTION``: the image is rejected, as a detector would)."""
 
-PartSets = Union[np.ndarray, torch.Tensor, Sequence[Iterable[str]]]  # noqa: UP007 (a runtime alias)
+PartSets = np.ndarray | torch.Tensor | Sequence[Iterable[str]]
 """K's answer for N images: a bool (N, 44) part matrix (columns in ``unmask.parts.PARTS``'s
 order), or one collection of part names per image."""
 
-PartSource = Union[PartExtractor, Callable[[torch.Tensor], PartSets]]  # noqa: UP007
+PartSource = PartExtractor | Callable[[torch.Tensor], PartSets]
 """K: a ``PartExtractor`` (its detection rule applies), or any function of images (N, 3, H, W)
 in [0, 1] that returns their ``PartSets``."""
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """``images`` in [0, 1] on the 8-bit grid (``round(x * 255) / 255``): what a saved image is."""
-    return torch.round(images.clamp(0, 1) * GREY_LEVELS) / GREY_LEVELS
 
 
 @dataclass(frozen=True)
@@ -138,7 +133,7 @@ class UnMask:
         """The UnMask of a finished ``python main.py`` run (its folder, or a ``FinishedRun``): its
         M (the adversarially trained one with ``--m-adv-trained``), K with its detection rule,
         class set, and the detection threshold it fixed at ``fpr`` (None: the run's
-        ``--detection-fpr``), on ``device``."""
+        ``--detection-fpr``), on ``device`` (a ``FinishedRun`` keeps its own)."""
         run = run if isinstance(run, FinishedRun) else FinishedRun.open(run, device=device)
         return cls(run.classifier, run.part_extractor, run.class_set, threshold=run.threshold(fpr), decision=decision)
 
@@ -165,7 +160,7 @@ class UnMask:
     def verdict(self, images: torch.Tensor, threshold: float | None = None) -> Verdict:
         """M's classes, K's parts and UnMask's rules on ``images`` as given, against ``threshold``
         (default: this UnMask's)."""
-        threshold = self._threshold() if threshold is None else threshold
+        threshold = self.required_threshold() if threshold is None else threshold
         return hard_verdict(self.classifier.predict(images).cpu().numpy(), self.parts(images), self.class_set,
                             threshold)
 
@@ -177,12 +172,12 @@ class UnMask:
             torch.full_like(verdict.unmask_prediction, NO_PREDICTION)
         decision = torch.where(verdict.flagged, reclassified, verdict.m_prediction)
         return UnMaskResult(verdict.m_prediction, verdict.detection_score, verdict.flagged, verdict.unmask_prediction,
-                            verdict.parts, decision, self.class_set, self._threshold())
+                            verdict.parts, decision, self.class_set, self.required_threshold())
 
     def judge(self, images: torch.Tensor) -> UnMaskResult:
         """The real pipeline on ``images`` rounded to 8 bits, as an attacked image is once saved:
         how the project judges every attack (``result.evades(labels)``: M wrong and not flagged)."""
-        return self(quantize(images))
+        return self(to_8bit(images))
 
     def fix_threshold(self, clean_images: torch.Tensor, *, fpr: float = 0.1) -> float:
         """Fix the detection threshold on ``clean_images`` so that at most ``fpr`` of them are
@@ -197,7 +192,8 @@ class UnMask:
         libraries (``StandIn``; ``options`` are its keyword options)."""
         return StandIn(self, **options)
 
-    def _threshold(self) -> float:
+    def required_threshold(self) -> float:
+        """The detection threshold; a ``ValueError`` says how to fix one when there is none yet."""
         if self.threshold is None:
             raise ValueError("UnMask has no detection threshold yet: fix it on clean images with "
                              "fix_threshold(images, fpr=...), or pass threshold=")

@@ -119,7 +119,7 @@ class StandIn(nn.Module):
         similarities = soft_jaccard(self.soft_parts(images.to(device)).float(), self.class_parts)
         logits = m + self.weight * torch.log(similarities + self.delta)
         if self.unmask.decision == "reject":
-            no_class = math.log(1 + self.m_floor) + self.weight * math.log(max(1 - self.unmask._threshold(), 0.0)
+            no_class = math.log(1 + self.m_floor) + self.weight * math.log(max(1 - self.unmask.required_threshold(), 0.0)
                                                                            + self.delta)
         else:
             no_class = math.log(self.m_floor) + self.weight * math.log(self.delta)
