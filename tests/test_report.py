@@ -11,6 +11,7 @@ from unmask.report import (
     plot_accuracy,
     plot_examples,
     plot_roc,
+    plot_training,
 )
 
 
@@ -81,3 +82,25 @@ def test_figures_are_written_as_png_and_pdf(tmp_path):
     for path in written:
         assert path.stat().st_size > 1000
         assert path.read_bytes()[:4] in (b"\x89PNG", b"%PDF")
+
+
+def test_training_curves_plot_each_models_loss_and_validation_metrics(tmp_path):
+    m = [{"epoch": 1, "train_loss": 1.2, "train_accuracy": 0.5, "val_accuracy": 0.6, "score": 0.6, "seconds": 3.0},
+         {"epoch": 2, "train_loss": 0.7, "train_accuracy": 0.8, "val_accuracy": 0.75, "score": 0.75, "seconds": 3.0}]
+    adversarial = [{"epoch": 1, "train_loss": 1.5, "val_accuracy": 0.4, "val_adversarial_accuracy": 0.2},
+                   {"epoch": 2, "train_loss": 1.1, "val_accuracy": 0.5, "val_adversarial_accuracy": 0.3},
+                   {"epoch": 3, "train_loss": 0.9, "val_accuracy": 0.625, "val_adversarial_accuracy": 0.375}]
+    k = [{"epoch": 1, "loss_classifier": 0.8, "loss": 2.1, "lr": 0.04, "val_part_precision": 0.9,
+          "val_part_recall": 0.5, "seconds": 100.0}]
+    drawn = plot_training({"M": m, "adversarial M": adversarial, "K": k, "imported M": None}, tmp_path / "training")
+    assert drawn == {
+        "M: training loss": {"train loss": ([1, 2], [1.2, 0.7])},
+        "M: validation": {"accuracy": ([1, 2], [60.0, 75.0])},
+        "adversarial M: training loss": {"train loss": ([1, 2, 3], [1.5, 1.1, 0.9])},
+        "adversarial M: validation": {"accuracy": ([1, 2, 3], [40.0, 50.0, 62.5]),
+                                      "adversarial accuracy": ([1, 2, 3], [20.0, 30.0, 37.5])},
+        "K: training loss": {"loss": ([1], [2.1])},
+        "K: validation": {"part precision": ([1], [90.0]), "part recall": ([1], [50.0])},
+    }
+    for extension in ("png", "pdf"):
+        assert (tmp_path / f"training.{extension}").stat().st_size > 1000

@@ -372,3 +372,41 @@ def plot_examples(panels: Sequence[ExamplePanel], path_stem: Path) -> list[Path]
         axis.set_xticks([])
         axis.set_yticks([])
     return _save(figure, path_stem)
+
+
+TRAINING_LOSSES: tuple[str, ...] = ("train_loss", "loss")
+"""The record keys of a training's loss per epoch: M's mean training loss, K's total loss."""
+
+
+def plot_training(histories: Mapping[str, Sequence[Mapping[str, float]] | None],
+                  path_stem: Path) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Training curves, one column per model (``histories``: a name -> its per-epoch records, as
+    ``history.json`` keeps them; None or empty: not trained by this run, left out): the training
+    loss on top (``TRAINING_LOSSES``), every validation metric (``val_*`` keys: M's accuracy and
+    adversarial accuracy, K's part precision and recall) below, against the epoch. Returns what
+    was drawn, read back from the figure: {panel title: {line label: (epochs, values)}}."""
+    trained = {name: list(records) for name, records in histories.items() if records}
+    figure, axes = plt.subplots(2, max(1, len(trained)), figsize=(4.4 * max(1, len(trained)), 6.2), squeeze=False,
+                                sharex="col")
+    for column, (name, records) in enumerate(trained.items()):
+        epochs = [record["epoch"] for record in records]
+        loss_key = next((key for key in TRAINING_LOSSES if key in records[0]), None)
+        loss_axis, metric_axis = axes[0, column], axes[1, column]
+        if loss_key is not None:
+            loss_axis.plot(epochs, [record[loss_key] for record in records], "o-", color="tab:red",
+                           label=loss_key.replace("_", " "))
+        metrics = [key for key in records[0] if key.startswith("val_")]
+        for index, key in enumerate(metrics):
+            metric_axis.plot(epochs, [100 * record[key] for record in records], "o-", color=f"C{index}",
+                             label=key.removeprefix("val_").replace("_", " "))
+        loss_axis.set(title=f"{name}: training loss", ylabel="loss")
+        metric_axis.set(title=f"{name}: validation", xlabel="epoch", ylabel="%", ylim=(0, 102))
+        for axis in (loss_axis, metric_axis):
+            axis.grid(alpha=0.3)
+            if axis.lines:
+                axis.legend(fontsize=8)
+    drawn = {axis.get_title(): {line.get_label(): ([float(x) for x in line.get_xdata()],
+                                                   [float(y) for y in line.get_ydata()]) for line in axis.lines}
+             for axis in axes.flat if axis.get_title()}
+    _save(figure, path_stem)
+    return drawn

@@ -58,6 +58,12 @@ class ImageSet:
             names = tuple(names[index] for index in chosen)
         return cls(images, labels, fingerprint, names)
 
+    @classmethod
+    def sample(cls, dataset: ClassFolderDataset, count: int, *, seed: int) -> ImageSet:
+        """A seeded, class-stratified sample of ``count`` of ``dataset``'s images (0: all of them),
+        in the dataset's order: the test images a run with ``--eval-max-images count`` evaluates."""
+        return cls.of(dataset, stratified_sample(dataset.labels.numpy(), count, seed=seed))
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -84,10 +90,8 @@ class Evaluator:
               k: TrainedPartExtractor) -> Evaluator:
         """The evaluation of M (and the baseline) and K on ``data``'s test split (a seeded,
         class-stratified sample of ``spec.max_images`` of it) and validation split."""
-        labels = data["test"].tensors()[1].numpy()
-        chosen = stratified_sample(labels, spec.max_images, seed=spec.seed)
-        return cls(folder, runtime, spec, class_set, m, adv_trained, k, ImageSet.of(data["test"], chosen),
-                   ImageSet.of(data["val"]))
+        return cls(folder, runtime, spec, class_set, m, adv_trained, k,
+                   ImageSet.sample(data["test"], spec.max_images, seed=spec.seed), ImageSet.of(data["val"]))
 
     @property
     def labels(self) -> np.ndarray:
@@ -112,6 +116,32 @@ class Evaluator:
         ``path`` when it was made from ``key``, else computed (sharded, resumable) and saved."""
         return resumable_result(path, key, count=count, batch_size=batch_size or self.spec.batch_size,
                                 compute=compute, runtime=self.runtime, what=what, finish=finish)
+
+    def weights_files(self) -> dict[str, str | None]:
+        """The file each model's weights were read from (M, the baseline, K), for ``metrics.json``:
+        relative to the output folder (``models/<kind>-<hash>/weights.pt``) when inside it, so a
+        moved results folder still names them; None for a model the run does not have."""
+
+        def recorded(path: Path | None) -> str | None:
+            if path is None:
+                return None
+            output = self.folder.path.parent.resolve()
+            path = path.resolve()
+            return path.relative_to(output).as_posix() if path.is_relative_to(output) else str(path)
+
+        return {"m": recorded(self.m.weights_file),
+                "adv_trained": recorded(self.adv_trained.weights_file) if self.adv_trained is not None else None,
+                "k": recorded(self.k.weights_file)}
+
+    def training_histories(self) -> dict[str, list[dict[str, float]] | None]:
+        """Each model's per-epoch training records, by the name the training figure gives it
+        (None: not trained by this run's cache, e.g. ``--m-checkpoint``); with ``--m-adv-trained``
+        M is the baseline itself, shown once."""
+        histories = {"M": self.m.history}
+        if self.adv_trained is not None and self.adv_trained is not self.m:
+            histories["adversarially trained M (baseline)"] = self.adv_trained.history
+        histories["K"] = self.k.history
+        return histories
 
     def baseline(self) -> ClassifierInference | None:
         """The adversarially trained M as it runs (None without the baseline)."""

@@ -36,6 +36,7 @@ from unmask.report import (
     plot_examples,
     plot_roc,
     plot_threat_models,
+    plot_training,
 )
 
 RESULT_FORMAT = 3
@@ -53,13 +54,15 @@ def write_report(evaluator: Evaluator, results: Mapping[str, Any], attacked: dic
     labels, clean, class_set, folder = evaluator.labels, evaluator.clean(), evaluator.class_set, evaluator.folder
     curves = {vector: detection_curves(labels, clean, scored) for vector, scored in attacked.items()}
     models = {"m": evaluator.m.description,
-              "adv_trained": evaluator.adv_trained.description if evaluator.adv_trained is not None else None}
+              "adv_trained": evaluator.adv_trained.description if evaluator.adv_trained is not None else None,
+              "weights": evaluator.weights_files()}
     metrics = {**build_metrics(results, class_set, labels, clean, attacked, curves, thresholds, k_metrics, models),
                **adaptive}
     write_per_image(folder.path / "per_image.csv", list(evaluator.test.names), labels, class_set, clean, attacked)
     tables = format_tables(metrics)
     atomic_write_text(folder.path / "tables.md", tables)
-    write_figures(folder, metrics, labels, class_set, clean, attacked, curves, evaluator.k.extractor)
+    write_figures(folder, metrics, labels, class_set, clean, attacked, curves, evaluator.k.extractor,
+                  evaluator.training_histories())
     return metrics, tables
 
 
@@ -68,7 +71,7 @@ def write_report(evaluator: Evaluator, results: Mapping[str, Any], attacked: dic
 
 def build_metrics(results: Mapping[str, Any], class_set: ClassSet, labels: np.ndarray, clean: Scored,
                   attacked: dict[AttackVector, Scored], curves: dict[AttackVector, DetectionCurves],
-                  thresholds: Thresholds, k_metrics: dict[str, Any], models: dict[str, str | None]) -> dict[str, Any]:
+                  thresholds: Thresholds, k_metrics: dict[str, Any], models: dict[str, Any]) -> dict[str, Any]:
     """Every figure of the run (``metrics.json`` less its timing); ``results`` is the
     configuration that determined them."""
     entries = [{"name": vector.name, "norm": vector.norm.name, "epsilon": vector.epsilon,
@@ -122,14 +125,15 @@ def write_per_image(path: Path, image_names: list[str], labels: np.ndarray, clas
 
 def write_figures(folder: RunFolder, metrics: dict[str, Any], labels: np.ndarray, class_set: ClassSet,
                   clean: Scored, attacked: dict[AttackVector, Scored], curves: dict[AttackVector, DetectionCurves],
-                  extractor: PartExtractor) -> None:
-    """The ROC curves, the accuracy bars and the example panel (K's parts on the strongest PGD
-    vector's example, clean and attacked)."""
+                  extractor: PartExtractor, histories: Mapping[str, list[dict[str, float]] | None]) -> None:
+    """The ROC curves, the accuracy bars, the training curves and the example panel (K's parts on
+    the strongest PGD vector's example, clean and attacked)."""
     plot_roc([RocSeries(v.label, c.set_jaccard.fpr, c.set_jaccard.tpr, c.set_jaccard.auc) for v, c in curves.items()],
              [RocSeries(v.label, c.soft_jaccard.fpr, c.soft_jaccard.tpr, c.soft_jaccard.auc)
               for v, c in curves.items()],
              folder.path / "roc")
     plot_accuracy(metrics, folder.path / "accuracy")
+    plot_training(histories, folder.path / "training")
     if metrics.get("adaptive"):
         plot_threat_models(metrics, folder.path / "threat_models")
     if attacked:

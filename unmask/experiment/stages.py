@@ -9,6 +9,7 @@ results the run stores. The ``train-m`` and ``train-k`` commands use the same st
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from unmask.parts import ClassSet
 from unmask.provenance import bytes_digest, cached, digest, files_digest, tensors_digest
 from unmask.runtime import Runtime, seed_everything
 from unmask.train.classifier import ClassifierSpec, load_trained_classifier, train_or_load_classifier
-from unmask.train.loop import ModelCache
+from unmask.train.loop import WEIGHTS_FILE, ModelCache, read_history
 from unmask.train.part_extractor import (
     PartExtractorSpec,
     evaluate_part_extractor,
@@ -72,11 +73,15 @@ def load_classifier_data(spec: DataSpec) -> dict[str, ClassFolderDataset]:
 
 @dataclass
 class TrainedClassifier:
-    """A trained M as the evaluation runs it, with where it came from and its training time."""
+    """A trained M as the evaluation runs it, with where it came from and its training time;
+    ``weights_file`` is the file its weights were read from, ``history`` its training's
+    per-epoch records (None when it came from ``--m-checkpoint``: no training of this run's)."""
 
     inference: ClassifierInference
     description: str
     seconds: float
+    weights_file: Path | None = None
+    history: list[dict[str, float]] | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -106,13 +111,14 @@ def trained_classifiers(m: ClassifierSpec, adv_trained: ClassifierSpec | None, d
             description = (f"{spec.architecture} (models/{result.checkpoint_dir.name}), best epoch "
                            f"{result.best_epoch} of {spec.training.epochs}")
             trained[spec] = TrainedClassifier(ClassifierInference(result.model, inference), description,
-                                              sum(r["seconds"] for r in result.history))
+                                              sum(r["seconds"] for r in result.history),
+                                              result.checkpoint_dir / WEIGHTS_FILE, result.history)
         return trained[spec]
 
     if m_checkpoint is not None:
         model = load_trained_classifier(m_checkpoint, m, device=cache.runtime.device, log=cache.runtime.log)
         standard = TrainedClassifier(ClassifierInference(model, inference), f"{m.architecture} from {m_checkpoint}",
-                                     0.0)
+                                     0.0, m_checkpoint)
     else:
         standard = train_or_load(m)
     return standard, train_or_load(adv_trained) if adv_trained is not None else None
@@ -128,6 +134,10 @@ class TrainedPartExtractor:
     """The folder of K's weights (its cache folder, or the folder of ``--k-checkpoint``)."""
     fingerprint: dict[str, Any]
     """Digest of the weights and the detection rule: what K's saved outputs are stamped with."""
+    weights_file: Path | None = None
+    """The file K's weights were read from."""
+    history: list[dict[str, float]] | None = None
+    """K's training's per-epoch records (None when it came from ``--k-checkpoint``)."""
 
 
 def part_data_fingerprint(root: Path, split: str) -> str:
@@ -153,16 +163,25 @@ def trained_part_extractor(spec: PartExtractorSpec, data: DataSpec, cache: Model
     loaded from ``checkpoint``; extracting in ``precision``."""
     seed_everything(spec.training.seed)
     if checkpoint is not None:
-        model = replace(spec, pretrained=False).build()  # the weights come from the user's file
-        load_part_extractor_weights(model, checkpoint, spec, log=cache.runtime.log)
-        directory = checkpoint.parent
-    else:
-        model, directory = train_or_load_part_extractor(
-            spec, train_set=lambda: _training_images(data),
-            val_set=lambda: PartSegmentationDataset(*split_paths(data.root, "val")),
-            data_fingerprint=digest({"dataset": data.dataset, "train": part_data_fingerprint(data.root, "train")}),
-            cache=cache)
-    return _part_extractor(model, directory, spec, cache.runtime, precision)
+        return load_part_extractor(spec, checkpoint, device=cache.runtime.device, precision=precision,
+                                   log=cache.runtime.log)
+    model, directory = train_or_load_part_extractor(
+        spec, train_set=lambda: _training_images(data),
+        val_set=lambda: PartSegmentationDataset(*split_paths(data.root, "val")),
+        data_fingerprint=digest({"dataset": data.dataset, "train": part_data_fingerprint(data.root, "train")}),
+        cache=cache)
+    return _part_extractor(model, directory / WEIGHTS_FILE, spec, cache.runtime.device, precision,
+                           history=read_history(directory))
+
+
+def load_part_extractor(spec: PartExtractorSpec, weights_file: Path, *, device: torch.device | str,
+                        precision: str = "float32", log: Callable[[str], None] = print) -> TrainedPartExtractor:
+    """K as ``spec`` describes it with the weights of ``weights_file`` (``--k-checkpoint``, or a
+    cache folder's ``weights.pt``; weights recorded for another architecture or image size are
+    refused), extracting on ``device`` in ``precision``; nothing is trained or written."""
+    model = replace(spec, pretrained=False).build()  # the weights come from the file
+    load_part_extractor_weights(model, weights_file, spec, log=log)
+    return _part_extractor(model, weights_file, spec, device, precision)
 
 
 def trained_surrogate_part_extractor(spec: PartExtractorSpec, data: DataSpec, cache: ModelCache, *,
@@ -179,16 +198,16 @@ def trained_surrogate_part_extractor(spec: PartExtractorSpec, data: DataSpec, ca
         data_fingerprint=digest({"dataset": data.dataset, "train": part_data_fingerprint(data.root, "train"),
                                  "half": digest(half.tolist())}),
         cache=cache)
-    return _part_extractor(model, directory, spec, cache.runtime, precision)
+    return _part_extractor(model, directory / WEIGHTS_FILE, spec, cache.runtime.device, precision,
+                           history=read_history(directory))
 
 
-def _part_extractor(model: torch.nn.Module, directory: Path, spec: PartExtractorSpec, runtime: Runtime,
-                    precision: str) -> TrainedPartExtractor:
+def _part_extractor(model: torch.nn.Module, weights_file: Path, spec: PartExtractorSpec, device: torch.device | str,
+                    precision: str, *, history: list[dict[str, float]] | None = None) -> TrainedPartExtractor:
     """K's detection rule and inference precision around trained weights, and their fingerprint."""
-    extractor = PartExtractor(model, score_threshold=spec.rule.score_threshold, device=runtime.device,
-                              precision=precision)
+    extractor = PartExtractor(model, score_threshold=spec.rule.score_threshold, device=device, precision=precision)
     fingerprint = {"weights": tensors_digest(model.state_dict()), "rule": asdict(spec.rule), "precision": precision}
-    return TrainedPartExtractor(extractor, directory, fingerprint)
+    return TrainedPartExtractor(extractor, weights_file.parent, fingerprint, weights_file, history)
 
 
 def part_extractor_metrics(k: TrainedPartExtractor, data: DataSpec, cache: ModelCache) -> tuple[dict[str, Any], Path]:
@@ -244,6 +263,16 @@ def attacked_predictions(vector: AttackVector, images: torch.Tensor, labels: tor
     return predictions, adversarial
 
 
+def hard_verdict(m_prediction: np.ndarray, parts: np.ndarray, class_set: ClassSet,
+                 detection_threshold: float) -> Verdict:
+    """UnMask's rules on M's classes (N,) and K's part matrix (N, 44): the set-Jaccard detection
+    score against M's class, flagged when it is at least ``detection_threshold``, and the
+    re-classification from the parts."""
+    scores = detection_scores(parts, m_prediction, class_set)
+    return Verdict(m_prediction=m_prediction, detection_score=scores, flagged=scores >= detection_threshold,
+                   unmask_prediction=reclassify_batch(parts, class_set), parts=parts)
+
+
 def hard_judge(m: ClassifierInference, extractor: PartExtractor, class_set: ClassSet,
                detection_threshold: float) -> Judge:
     """The real, non-differentiable pipeline as the adaptive attacks' judge: M's argmax, K's
@@ -252,9 +281,7 @@ def hard_judge(m: ClassifierInference, extractor: PartExtractor, class_set: Clas
 
     def judge(images: torch.Tensor) -> Verdict:
         predictions = clean_predictions(images, m, None, extractor)
-        scores = detection_scores(predictions.parts, predictions.m, class_set)
-        return Verdict(m_prediction=predictions.m, detection_score=scores, flagged=scores >= detection_threshold,
-                       unmask_prediction=reclassify_batch(predictions.parts, class_set), parts=predictions.parts)
+        return hard_verdict(predictions.m, predictions.parts, class_set, detection_threshold)
 
     return judge
 

@@ -351,6 +351,23 @@ def load_trained_classifier(path: str | Path, spec: ClassifierSpec, *, device: s
     return model.to(device).eval()
 
 
+def load_classifier_file(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ClassifierSpec]:
+    """A trained M from a weights file this project wrote (a cache folder's ``weights.pt``, or
+    ``import-m``'s file), built from what the file records (architecture, classes in label
+    order, image size, input normalisation), in eval mode on ``device``; with the spec read off
+    the file (its ``training`` is the default: the file does not record how it was trained)."""
+    _, metadata = load_weights(path)
+    if not metadata or metadata.get("model") != "classifier" or not {"architecture", "classes", "image_size"} <= set(
+            metadata):
+        raise CheckpointError(f"{path} does not record which classifier it holds (architecture, classes, image "
+                              "size); expected a weights file of python main.py (models/m-*/weights.pt) or of "
+                              "import-m. A plain state dict needs its architecture and classes: build the model and "
+                              "load it yourself")
+    spec = ClassifierSpec(str(metadata["architecture"]), tuple(metadata["classes"]), int(metadata["image_size"]),
+                          ClassifierTraining())
+    return load_trained_classifier(path, spec, device=device), spec
+
+
 INPUT_NORMALIZATION_KEY = "input_normalization"
 """The metadata field of a weights file that says what M does first to its images; a file without
 it (every M this project trained before the field existed) normalises with ImageNet's mean/std."""

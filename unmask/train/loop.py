@@ -209,8 +209,7 @@ def describe_cache(folder: Path, identity: Mapping[str, Any], *, epochs: int, wh
     fingerprint, starting weights) holds a finished training, a resumable one, or none, and
     return its finished epochs; record ``identity`` there in readable form so that two folders
     can be compared by eye."""
-    history = folder / HISTORY_FILE
-    done = len(json.loads(history.read_text(encoding="utf-8"))["history"]) if history.is_file() else 0
+    done = len(read_history(folder) or [])
     if done >= epochs:
         log(f"{what}: reusing models/{folder.name} (trained with the same options and data)")
     elif done:
@@ -220,6 +219,13 @@ def describe_cache(folder: Path, identity: Mapping[str, Any], *, epochs: int, wh
     if not (folder / IDENTITY_FILE).is_file():
         atomic_write_json(folder / IDENTITY_FILE, dict(identity))
     return done
+
+
+def read_history(folder: Path) -> list[dict[str, float]] | None:
+    """The per-epoch records of the training in ``folder`` (``history.json``; the finished epochs
+    only), or None when it holds none."""
+    path = Path(folder) / HISTORY_FILE
+    return list(json.loads(path.read_text(encoding="utf-8"))["history"]) if path.is_file() else None
 
 
 def save_weights(path: str | Path, model: nn.Module, metadata: Mapping[str, Any] | None = None) -> None:

@@ -1,0 +1,200 @@
+"""UnMask in front of any classifier: ``UnMask(classifier, part_extractor, class_set)``.
+
+Freitas et al. 2020 (UnMask, IEEE Big Data; arXiv 2002.09576): a classifier M says "bird"; a
+part extractor K lists the parts it sees; when they do not fit M's class (detection score
+s = 1 - J(V[M's class], K's parts) at least a threshold fixed on clean images at a stated
+false-positive rate) the image is flagged, and re-classified as argmax_c J(V[c], K's parts).
+The rules are the experiment's (``unmask.defense``, through ``experiment.stages.hard_verdict``),
+M runs as the experiment runs it (``ClassifierInference``) and K is a ``PartExtractor`` (or any
+function of images that returns part sets), so the numbers are those of ``per_image.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unmask.attacks.adaptive.target import Verdict
+from unmask.attacks.norms import to_8bit
+from unmask.constants import NO_PREDICTION
+from unmask.defense import part_matrix
+from unmask.experiment.stages import hard_verdict
+from unmask.metrics import threshold_at_fpr
+from unmask.models.classifier import ClassifierInference
+from unmask.models.part_extractor import PartExtractor
+from unmask.parts import PARTS, ClassSet
+from unmask.protect.run import FinishedRun
+from unmask.protect.stand_in import StandIn
+
+DECISIONS: tuple[str, ...] = ("reclassify", "reject")
+"""What UnMask does with a flagged image: give its re-classified class (the paper's defense), or
+no class at all (``NO_PREDICTION``: the image is rejected, as a detector would)."""
+
+PartSets = np.ndarray | torch.Tensor | Sequence[Iterable[str]]
+"""K's answer for N images: a bool (N, 44) part matrix (columns in ``unmask.parts.PARTS``'s
+order), or one collection of part names per image."""
+
+PartSource = PartExtractor | Callable[[torch.Tensor], PartSets]
+"""K: a ``PartExtractor`` (its detection rule applies), or any function of images (N, 3, H, W)
+in [0, 1] that returns their ``PartSets``."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why UnMask decided what it did about one image: M's class, the parts K found, those M's
+    class is expected to show (V[M's class]), the expected ones missing and the unexpected ones
+    found; the detection score (1 - J(expected, found)), whether it flagged the image, and the
+    deployed decision (None: no class)."""
+
+    m_class: str
+    found: tuple[str, ...]
+    expected: tuple[str, ...]
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    detection_score: float
+    flagged: bool
+    decision: str | None
+
+    def __str__(self) -> str:
+        verdict = f"flagged, decision {self.decision or 'no class'}" if self.flagged else f"not flagged: {self.decision}"
+        return (f"M says {self.m_class}; K found {', '.join(self.found) or 'no parts'}; missing "
+                f"{', '.join(self.missing) or 'none'}; unexpected {', '.join(self.unexpected) or 'none'}; detection "
+                f"score {self.detection_score:.3f} ({verdict})")
+
+
+@dataclass(frozen=True)
+class UnMaskResult(Verdict):
+    """UnMask's answer for N images (CPU tensors): the hard ``Verdict`` (M's class, detection
+    score, flagged, re-classified class or ``NO_PREDICTION``, K's parts (N, 44)) and
+
+    - ``decision`` (N,) int64: the deployed class, M's unless the image is flagged, then the
+      re-classified one (``reclassify``) or ``NO_PREDICTION`` (``reject``);
+    - ``class_set``: what the class indices mean; ``threshold``: the detection threshold used.
+    """
+
+    decision: torch.Tensor
+    class_set: ClassSet
+    threshold: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        decision = torch.as_tensor(self.decision).detach().to("cpu", torch.int64)
+        if decision.shape != self.m_prediction.shape:
+            raise ValueError(f"UnMaskResult.decision must have shape {tuple(self.m_prediction.shape)}, got "
+                             f"{tuple(decision.shape)}")
+        object.__setattr__(self, "decision", decision)
+
+    def names(self, classes: torch.Tensor) -> list[str | None]:
+        """Class names of class indices (e.g. ``result.decision``); None for ``NO_PREDICTION``."""
+        return [None if int(c) == NO_PREDICTION else self.class_set.classes[int(c)] for c in classes]
+
+    def explain(self, index: int) -> Explanation:
+        """The parts behind image ``index``'s verdict."""
+        m_class = self.class_set.classes[int(self.m_prediction[index])]
+        found = {PARTS[j] for j in np.flatnonzero(self.parts[index].numpy())}
+        expected = self.class_set.expected_parts(m_class)
+        return Explanation(m_class, tuple(sorted(found)), tuple(sorted(expected)), tuple(sorted(expected - found)),
+                           tuple(sorted(found - expected)), float(self.detection_score[index]),
+                           bool(self.flagged[index]), self.names(self.decision[index:index + 1])[0])
+
+
+class UnMask:
+    """UnMask protecting ``classifier`` (M: [0, 1] images -> logits over ``class_set``'s classes
+    in its order; or a ``ClassifierInference``) with ``part_extractor`` (K, a ``PartSource``).
+
+    ``threshold``: the detection threshold (flagged: score >= it); None until ``fix_threshold``
+    fixes it on clean images. ``decision``: what a flagged image gets (``DECISIONS``). Calls run
+    batched on the models' devices without gradients and return an ``UnMaskResult``.
+    """
+
+    def __init__(self, classifier: nn.Module | ClassifierInference, part_extractor: PartSource,
+                 class_set: ClassSet | str | Sequence[str], *, threshold: float | None = None,
+                 decision: str = "reclassify") -> None:
+        if decision not in DECISIONS:
+            raise ValueError(f"unknown decision {decision!r}; expected one of: {', '.join(DECISIONS)}")
+        if threshold is not None and not math.isfinite(threshold):
+            raise ValueError(f"the detection threshold must be a finite number, got {threshold}")
+        self.classifier = classifier if isinstance(classifier, ClassifierInference) else ClassifierInference(classifier)
+        self.part_extractor = part_extractor
+        self.class_set = class_set if isinstance(class_set, ClassSet) else (
+            ClassSet.named(class_set) if isinstance(class_set, str) else ClassSet.of(class_set))
+        self.threshold = threshold
+        self.decision = decision
+
+    @classmethod
+    def from_run(cls, run: FinishedRun | str | Path, *, fpr: float | None = None, device: str | torch.device = "cpu",
+                 decision: str = "reclassify") -> UnMask:
+        """The UnMask of a finished ``python main.py`` run (its folder, or a ``FinishedRun``): its
+        M (the adversarially trained one with ``--m-adv-trained``), K with its detection rule,
+        class set, and the detection threshold it fixed at ``fpr`` (None: the run's
+        ``--detection-fpr``), on ``device`` (a ``FinishedRun`` keeps its own)."""
+        run = run if isinstance(run, FinishedRun) else FinishedRun.open(run, device=device)
+        return cls(run.classifier, run.part_extractor, run.class_set, threshold=run.threshold(fpr), decision=decision)
+
+    # --- the pipeline -----------------------------------------------------------------------
+
+    def parts(self, images: torch.Tensor) -> np.ndarray:
+        """K's parts of ``images``: a bool (N, 44) matrix, columns in ``PARTS``'s order."""
+        if isinstance(self.part_extractor, PartExtractor):
+            return self.part_extractor.extract(images).parts
+        with torch.no_grad():
+            found = self.part_extractor(images)
+        if isinstance(found, torch.Tensor):
+            found = found.detach().cpu().numpy()
+        if isinstance(found, np.ndarray):
+            if found.shape != (len(images), len(PARTS)):
+                raise ValueError(f"the part extractor returned a matrix of shape {found.shape}; expected "
+                                 f"({len(images)}, {len(PARTS)}) (images, parts in unmask.parts.PARTS' order)")
+            return found.astype(bool)
+        found = list(found)
+        if len(found) != len(images):
+            raise ValueError(f"the part extractor returned {len(found)} part sets for {len(images)} images")
+        return part_matrix(found)
+
+    def verdict(self, images: torch.Tensor, threshold: float | None = None) -> Verdict:
+        """M's classes, K's parts and UnMask's rules on ``images`` as given, against ``threshold``
+        (default: this UnMask's)."""
+        threshold = self.required_threshold() if threshold is None else threshold
+        return hard_verdict(self.classifier.predict(images).cpu().numpy(), self.parts(images), self.class_set,
+                            threshold)
+
+    def __call__(self, images: torch.Tensor) -> UnMaskResult:
+        """UnMask's answer for ``images`` (N, 3, H, W) in [0, 1], as given (``judge`` rounds
+        them to 8 bits first)."""
+        verdict = self.verdict(images)
+        reclassified = verdict.unmask_prediction if self.decision == "reclassify" else \
+            torch.full_like(verdict.unmask_prediction, NO_PREDICTION)
+        decision = torch.where(verdict.flagged, reclassified, verdict.m_prediction)
+        return UnMaskResult(verdict.m_prediction, verdict.detection_score, verdict.flagged, verdict.unmask_prediction,
+                            verdict.parts, decision, self.class_set, self.required_threshold())
+
+    def judge(self, images: torch.Tensor) -> UnMaskResult:
+        """The real pipeline on ``images`` rounded to 8 bits, as an attacked image is once saved:
+        how the project judges every attack (``result.evades(labels)``: M wrong and not flagged)."""
+        return self(to_8bit(images))
+
+    def fix_threshold(self, clean_images: torch.Tensor, *, fpr: float = 0.1) -> float:
+        """Fix the detection threshold on ``clean_images`` so that at most ``fpr`` of them are
+        flagged (the smallest such threshold: ``unmask.metrics.threshold_at_fpr``), scored against
+        M's own predictions, as the experiment does on its clean validation images; returns it."""
+        scores = self.verdict(clean_images, threshold=math.inf).detection_score.numpy()
+        self.threshold = threshold_at_fpr(scores, fpr)
+        return self.threshold
+
+    def stand_in(self, **options: float) -> StandIn:
+        """A differentiable ``nn.Module`` whose logits follow this UnMask's decision, for attack
+        libraries (``StandIn``; ``options`` are its keyword options)."""
+        return StandIn(self, **options)
+
+    def required_threshold(self) -> float:
+        """The detection threshold; a ``ValueError`` says how to fix one when there is none yet."""
+        if self.threshold is None:
+            raise ValueError("UnMask has no detection threshold yet: fix it on clean images with "
+                             "fix_threshold(images, fpr=...), or pass threshold=")
+        return self.threshold
