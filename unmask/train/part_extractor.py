@@ -18,7 +18,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,33 @@ class PartExtractorTrainingResult:
         return len(self.step_losses)
 
 
+class TrainingStep:
+    """What one batch of K's training trains on: the losses of each optimiser step the batch
+    takes. This class is standard training (one step on the batch's own losses);
+    ``unmask.train.robust_part_extractor.AdversarialStep`` trains on adversarial images."""
+
+    replays: int = 1
+    """Optimiser steps per batch (free adversarial training replays each batch)."""
+    title: str = "K"
+    """How progress bars and epoch lines name the model."""
+
+    def settings(self) -> dict[str, object]:
+        """What a resumed training must share with the interrupted one, beyond ``PartExtractorTraining``."""
+        return {}
+
+    def losses(self, network: nn.Module, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], *,
+               batch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """For each optimiser step on this batch (``replays`` of them), the named losses whose sum it
+        minimises, with their graph; the loop steps the optimiser after each item, before asking
+        for the next. ``batch``: the batch's number over the whole training (from 0)."""
+        yield network(images, targets)
+
+    def validate(self, model: nn.Module, val_set: PartSegmentationDataset, *, device: torch.device,
+                 score_threshold: float) -> dict[str, float]:
+        """Figures of the epoch's model beside the validation part precision and recall."""
+        return {}
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int, *, warmup_factor: float = 0.001) -> Callable[[int], float]:
     """Learning-rate factor per step: linear warm-up from ``warmup_factor`` to 1, then cosine to 0."""
 
@@ -185,13 +212,16 @@ def train_part_extractor(
     score_threshold: float = 0.5,
     progress: bool = True,
     metadata: Mapping[str, object] | None = None,
+    step: TrainingStep | None = None,
 ) -> PartExtractorTrainingResult:
     """Train K (a torchvision ``MaskRCNN``) on ``train_set`` items ``(image, target)`` as
     ``training`` says; after every epoch, part-set precision/recall on ``val_set`` at
     ``score_threshold``. ``checkpoint_dir`` holds the per-epoch state (``unmask.train.loop``):
     a rerun resumes exactly, and a finished training is not repeated; the final weights are
-    ``weights.pt``, with ``metadata``.
+    ``weights.pt``, with ``metadata``. ``step`` says what one batch trains on (None: the batch
+    itself, ``TrainingStep``; adversarial training: ``unmask.train.robust_part_extractor``).
     """
+    step = step or TrainingStep()
     device = torch.device(device)
     distributed = init_distributed(device)
     torch.manual_seed(training.seed)
@@ -212,8 +242,8 @@ def train_part_extractor(
     if len(loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of "
                          f"{training.batch_size} per process; lower the batch size")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(training.epochs * len(loader),
-                                                                           training.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        training.epochs * len(loader) * step.replays, training.warmup_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     network: nn.Module = model
     if distributed.enabled:
@@ -228,44 +258,50 @@ def train_part_extractor(
             sampler.generator.manual_seed(training.seed * 1_000_003 + epoch - 1)  # the same order after a resume
         network.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"K epoch {epoch}/{training.epochs}", disable=not show, leave=False,
+        bar = tqdm(loader, desc=f"{step.title} epoch {epoch}/{training.epochs}", disable=not show, leave=False,
                    dynamic_ncols=True)
-        for images, targets in bar:
+        for number, (images, targets) in enumerate(bar):
             images = [image.to(device, non_blocking=True) for image in images]
             targets = [{key: value.to(device, non_blocking=True) for key, value in t.items()} for t in targets]
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                losses = network(images, targets)
-                loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"K's training loss became {loss.item()} at epoch {epoch} "
-                                         f"({_format_losses(losses)}); lower --k-lr or raise --k-warmup-steps")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if training.max_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(parameters, training.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step_losses.append(loss.item())
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value.item()
-            sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            bar.set_postfix_str(_format_losses({"loss": loss, **losses}))
+            updates = step.losses(network, images, targets, batch=(epoch - 1) * len(loader) + number)
+            while True:  # one optimiser step per item (several for free adversarial training's replays)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    losses = next(updates, None)
+                    if losses is None:
+                        break
+                    loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"K's training loss became {loss.item()} at epoch {epoch} "
+                                             f"({_format_losses(losses)}); lower --k-lr or raise --k-warmup-steps")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if training.max_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(parameters, training.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step_losses.append(loss.item())
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + value.item() / step.replays
+                sums["loss"] = sums.get("loss", 0.0) + loss.item() / step.replays
+                bar.set_postfix_str(_format_losses({"loss": loss, **losses}))
         bar.close()
         record = {**{key: value / len(loader) for key, value in sums.items()}, "lr": optimizer.param_groups[0]["lr"]}
         if val_set is not None and distributed.is_main:
-            record.update(_val_part_metrics(loop.unwrap(network), val_set, device=device, score_threshold=score_threshold))
+            trained = loop.unwrap(network)
+            record.update(_val_part_metrics(trained, val_set, device=device, score_threshold=score_threshold))
+            record.update(step.validate(trained, val_set, device=device, score_threshold=score_threshold))
             network.train()
         return record
 
     def describe(record: dict[str, float]) -> str:
-        return f"K epoch {record['epoch']}/{training.epochs}: " + ", ".join(
+        return f"{step.title} epoch {record['epoch']}/{training.epochs}: " + ", ".join(
             f"{key} {value:.4g}" for key, value in record.items() if key != "epoch")
 
     result = loop.fit(model, epochs=training.epochs, run_epoch=run_epoch, optimizer=optimizer, scheduler=scheduler,
                  scaler=scaler, checkpoint_dir=checkpoint_dir, distributed=distributed,
-                 settings={**dataclasses.asdict(training), "world_size": distributed.world_size},
+                 settings={**dataclasses.asdict(training), "world_size": distributed.world_size, **step.settings()},
                  describe=describe if show else None, metadata=metadata)
     return PartExtractorTrainingResult(result.history, step_losses, result.resumed_epochs, result.weights_path,
                                        result.seconds)
