@@ -46,8 +46,9 @@ def draw_shape_world(root: Path, split: str, *, images: int, size: int, seed: in
 
 @pytest.fixture(scope="session")
 def shape_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Root of a 64-pixel shape world: 24 training and 8 test images."""
+    """Root of a 64-pixel shape world: 24 training, 4 validation and 8 test images."""
     root = tmp_path_factory.mktemp("shape-world")
     draw_shape_world(root, "train", images=24, size=64, seed=0)
+    draw_shape_world(root, "val", images=4, size=64, seed=2)
     draw_shape_world(root, "test", images=8, size=64, seed=1)
     return root
