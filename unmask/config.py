@@ -200,6 +200,45 @@ class Config:
                                    to="k_rule.max_detections")
     amp: bool = option(True, "Mixed precision when training on a GPU (ignored on the CPU).")
 
+    # --- adversarial training of K (UnMask-R's robust K) ---------------------------------------
+    k_adv_training: bool = option(False, "Also train UnMask-R's robust K: the clean K fine-tuned adversarially, "
+                                  "its inner attack aimed at K's part decisions as the white-box attacks aim "
+                                  "(unmask/train/robust_part_extractor.py; cached like K).",
+                                  group="adversarial training of K")
+    k_adv_epsilon: float = option(8.0, "L-inf epsilon of K's training perturbations, 0-255 scale.", above=0,
+                                  at_most=GREY_LEVELS, reason="255 is the whole 0-255 pixel range",
+                                  to="k_adversarial.epsilon")
+    k_adv_recipe: str = option("fgsm", "K's inner loop: pgd (random start, --k-adv-steps steps), fgsm (FGSM with "
+                               "a random start, one step of 1.25 epsilon; Wong et al. 2020) or free (each batch "
+                               "replayed --k-adv-steps times, the perturbation following each update's gradient; "
+                               "Shafahi et al. 2019; needs --k-adv-losses training).",
+                               choices=Choices("unmask.train.robust_part_extractor:INNER_LOOPS", "inner loop"),
+                               to="k_adversarial.inner_loop")
+    k_adv_steps: int = option(1, "PGD steps (pgd) or replays per batch (free) of K's inner loop.", at_least=1,
+                              to="k_adversarial.steps")
+    k_adv_step_size: float = option(0.0, "Step of K's inner loop, 0-255 scale (0: pgd 2.5 epsilon / steps, fgsm "
+                                    "1.25 epsilon, free epsilon).", at_least=0, to="k_adversarial.step_size")
+    k_adv_losses: tuple[str, ...] = option(("vanish", "transplant"), "What K's inner attack maximises, one loss per "
+                                           "image in turn: training (K's Mask R-CNN losses; Zhang & Wang 2019), "
+                                           "vanish (the white-box hinges that make every part vanish), transplant "
+                                           "(the hinges towards another class's parts).",
+                                           choices=Choices("unmask.train.robust_part_extractor:INNER_LOSSES",
+                                                           "inner loss"), to="k_adversarial.losses")
+    k_adv_target: str = option("random", "The transplant loss's class: random, nearest or farthest (the other "
+                               "class whose parts overlap most or least with the image's annotated parts).",
+                               choices=Choices("unmask.train.robust_part_extractor:TRANSPLANT_TARGETS", "target"),
+                               to="k_adversarial.transplant_target")
+    k_adv_clean_weight: float = option(0.0, "Weight w of the clean images in K's update: (1 - w) x K's losses on "
+                                       "the adversarial images + w x on the clean ones.", at_least=0, at_most=1,
+                                       to="k_adversarial.clean_weight")
+    k_adv_trades: float = option(0.0, "Weight of the TRADES-style consistency of K's part probabilities, clean "
+                                 "against adversarial, on the clean image's proposals (0: none).", at_least=0,
+                                 to="k_adversarial.trades")
+    k_adv_epochs: int = option(2, "Epochs of K's adversarial fine-tune from the clean K.", at_least=1,
+                               to="k_adversarial.epochs")
+    k_adv_lr: float = option(0.004, "Peak SGD learning rate of K's adversarial fine-tune (warm-up, then cosine "
+                             "decay to 0).", at_least=0, to="k_adversarial.lr")
+
     # --- attacks ---------------------------------------------------------------------------
     attacks: tuple[str, ...] = option(("paper",), "Gray-box attack vectors on M, name:epsilon (0-255 scale), "
                                       "comma-separated; 'paper' is the paper's eight.", group="attacks",

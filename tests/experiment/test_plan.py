@@ -24,26 +24,43 @@ CHANGED = {
     "k_score_threshold": 0.25, "k_nms_threshold": 0.4, "k_max_detections": 50, "attack_steps": 9,
     "attack_original_step": True, "mim_decay": 0.5, "attack_batch_size": 16, "adaptive_steps": 11,
     "adaptive_restarts": 3, "adaptive_targets": 0, "adaptive_relative_step": 4.0, "adaptive_batch_size": 8,
+    "k_adv_epsilon": 4.0, "k_adv_recipe": "pgd", "k_adv_steps": 3, "k_adv_step_size": 1.5,
+    "k_adv_losses": ("training", "vanish"), "k_adv_target": "nearest", "k_adv_clean_weight": 0.5, "k_adv_trades": 2.0,
+    "k_adv_epochs": 3, "k_adv_lr": 0.01,
 }
+SWITCHED_ON = {"k_adv_training": True}
+"""The options without a component field that make a component exist (the robust K's recipe)."""
 COMPONENTS = {
     "inference": lambda plan: plan.inference, "m_training": lambda plan: plan.m.training,
     "adversarial": lambda plan: plan.adv_trained.training.adversarial, "k_training": lambda plan: plan.k.training,
     "k_rule": lambda plan: plan.k.rule, "attack": lambda plan: plan.attack, "adaptive": lambda plan: plan.adaptive.options,
+    "k_adversarial": lambda plan: plan.k_robust,
 }
 
 
 def test_every_option_declared_for_a_component_reaches_it():
     declared = {f.name: f.metadata["to"] for f in dataclasses.fields(Config) if "to" in f.metadata}
     assert set(declared) == set(CHANGED), "give each new option a changed value here"
-    plan = build_plan(resolve_config(overrides=CHANGED))
+    plan = build_plan(resolve_config(overrides={**CHANGED, **SWITCHED_ON}))
     for name, target in declared.items():
         component, field = target.split(".")
         assert getattr(COMPONENTS[component](plan), field) == CHANGED[name], name
     # the defaults reach them just the same
-    default = build_plan(resolve_config())
+    default = build_plan(resolve_config(overrides=SWITCHED_ON))
     for name, target in declared.items():
         component, field = target.split(".")
         assert getattr(COMPONENTS[component](default), field) == getattr(Config(), name), name
+
+
+def test_the_robust_k_is_planned_only_when_asked_for_and_trains_from_a_checkpoint_on_ks_splits():
+    assert build_plan(resolve_config()).k_robust is None
+    plan = build_plan(resolve_config(overrides={"k_adv_training": True, "k_checkpoint": "k.pt"}))
+    assert plan.k_robust is not None and plan.k_splits == ("train", "val", "test")
+    assert build_plan(resolve_config(overrides={"k_checkpoint": "k.pt"})).k_splits == ("test",)
+    with pytest.raises(ConfigError, match="free replays .* need losses"):
+        build_plan(resolve_config(overrides={"k_adv_training": True, "k_adv_recipe": "free"}))
+    with pytest.raises(ConfigError, match="--k-adv-losses: unknown inner loss 'nope'"):
+        build_plan(resolve_config(overrides={"k_adv_training": True, "k_adv_losses": ("vanish", "nope")}))
 
 
 def test_the_full_profile_is_the_full_budget_on_every_attack_both_threat_models_and_fprs():

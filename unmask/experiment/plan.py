@@ -2,7 +2,8 @@
 
 ``build_plan(config)`` checks every option's declared choices (``unmask.config.Choices``) and
 every name against its registry, and builds one options object per component: the data, M and
-the adversarially trained M (``ClassifierSpec``), K (``PartExtractorSpec``), the attacks
+the adversarially trained M (``ClassifierSpec``), K (``PartExtractorSpec``) and the robust K's
+adversarial training (``PartExtractorAdversarialTraining``), the attacks
 (``AttackVector``s and one ``AttackOptions``), the evaluation and the adaptive evaluation.
 Options declared ``to="<component>.<field>"`` reach their component through
 ``Config.options_for``. Everything downstream takes these objects; the plan does not carry the
@@ -29,6 +30,7 @@ from unmask.parts import ClassSet, UnknownNameError
 from unmask.runtime import Runtime, resolve_device
 from unmask.train.classifier import AdversarialTraining, ClassifierSpec, ClassifierTraining
 from unmask.train.part_extractor import PartExtractorSpec, PartExtractorTraining
+from unmask.train.robust_part_extractor import PartExtractorAdversarialTraining
 
 T = TypeVar("T")
 
@@ -152,6 +154,8 @@ class Plan:
 
     ``m`` is the classifier UnMask protects (the adversarially trained one with
     ``--m-adv-trained``); ``adv_trained`` the adversarial-training baseline (None without it).
+    ``k_robust``: the recipe of UnMask-R's robust K, K fine-tuned adversarially from ``k``
+    (None without ``--k-adv-training``).
     ``m_checkpoint`` / ``k_checkpoint`` replace training by a user's weights file. ``results``
     is the configuration that determines the run's numbers (saved with them, hashed into
     ``run_name``); ``grid`` the plans of ``--grid``, in order.
@@ -180,6 +184,7 @@ class Plan:
     inference: InferenceOptions = InferenceOptions()
     """How the evaluation runs M (``ClassifierInference``) and K (``PartExtractor``'s precision)."""
     grid: tuple[Plan, ...] = ()
+    k_robust: PartExtractorAdversarialTraining | None = None
 
     @property
     def class_set(self) -> ClassSet:
@@ -196,8 +201,10 @@ class Plan:
 
     @property
     def k_splits(self) -> tuple[str, ...]:
-        """K's splits a run reads: the test split, and train and val when K is to be trained."""
-        return ("test",) if self.k_checkpoint is not None else ("train", "val", "test")
+        """K's splits a run reads: the test split, and train and val when K is to be trained
+        (from scratch, or adversarially from ``--k-checkpoint``)."""
+        trained = self.k_checkpoint is None or self.k_robust is not None
+        return ("train", "val", "test") if trained else ("test",)
 
     @property
     def title(self) -> str:
@@ -263,6 +270,11 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
         rule=_checked("k_score_threshold", lambda: DetectionRule(**config.options_for("k_rule"))),
         pretrained=config.k_pretrained, weights_path=config.k_weights_path))
 
+    k_robust = None
+    if config.k_adv_training:
+        k_robust = _checked(None, lambda: PartExtractorAdversarialTraining(
+            **config.options_for("k_adversarial")))
+
     adaptive_options = _checked("adaptive_steps", lambda: AdaptiveOptions(**config.options_for("adaptive"),
                                                                           seed=config.seed))
     adaptive = AdaptiveSpec(
@@ -297,4 +309,5 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
         pascal=PascalPartSpec(Path(config.pascal_root) if config.pascal_root else None, config.pascal_merge,
                               config.seed),
         grid_shard=grid_shard, inference=InferenceOptions(**config.options_for("inference")), grid=grid,
+        k_robust=k_robust,
     )

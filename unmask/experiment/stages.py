@@ -41,6 +41,7 @@ from unmask.train.part_extractor import (
     load_part_extractor_weights,
     train_or_load_part_extractor,
 )
+from unmask.train.robust_part_extractor import PartExtractorAdversarialTraining, train_or_load_robust_part_extractor
 
 # --- data ---------------------------------------------------------------------------------------
 
@@ -151,6 +152,11 @@ def part_data_fingerprint(root: Path, split: str) -> str:
     return digest({"annotations": bytes_digest(annotation_file), "images": files_digest(images, image_dir)})
 
 
+def _training_fingerprint(data: DataSpec) -> str:
+    """What K's training data is, for its cache key: the dataset and its training split's contents."""
+    return digest({"dataset": data.dataset, "train": part_data_fingerprint(data.root, "train")})
+
+
 def _training_images(data: DataSpec) -> PartSegmentationDataset:
     # a mirrored photo of a car's left side shows a right side; the synthetic sides differ in colour
     return PartSegmentationDataset(*split_paths(data.root, "train"), hflip_prob=0.5,
@@ -168,8 +174,25 @@ def trained_part_extractor(spec: PartExtractorSpec, data: DataSpec, cache: Model
     model, directory = train_or_load_part_extractor(
         spec, train_set=lambda: _training_images(data),
         val_set=lambda: PartSegmentationDataset(*split_paths(data.root, "val")),
-        data_fingerprint=digest({"dataset": data.dataset, "train": part_data_fingerprint(data.root, "train")}),
-        cache=cache)
+        data_fingerprint=_training_fingerprint(data), cache=cache)
+    return _part_extractor(model, directory / WEIGHTS_FILE, spec, cache.runtime.device, precision,
+                           history=read_history(directory))
+
+
+def trained_robust_part_extractor(spec: PartExtractorSpec, recipe: PartExtractorAdversarialTraining, data: DataSpec,
+                                  cache: ModelCache, *, checkpoint: Path | None = None,
+                                  precision: str = "float32") -> TrainedPartExtractor:
+    """UnMask-R's robust K: the clean K of ``spec`` (trained first when the cache lacks it, or
+    ``checkpoint``) fine-tuned adversarially as ``recipe`` says on ``data``'s K training split,
+    with per-epoch validation on its val split (resuming or reusing its own cache folder,
+    ``k-adv-<hash>`` of the clean weights and the recipe); ``spec``'s detection rule, extracting
+    in ``precision``, stamped with its own weights' digest like every K."""
+    clean = trained_part_extractor(spec, data, cache, checkpoint=checkpoint, precision=precision)
+    seed_everything(spec.training.seed)
+    model, directory = train_or_load_robust_part_extractor(
+        spec, recipe, start=clean.extractor.model.state_dict(), train_set=lambda: _training_images(data),
+        val_set=lambda: PartSegmentationDataset(*split_paths(data.root, "val")),
+        data_fingerprint=_training_fingerprint(data), cache=cache)
     return _part_extractor(model, directory / WEIGHTS_FILE, spec, cache.runtime.device, precision,
                            history=read_history(directory))
 
