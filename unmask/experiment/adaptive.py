@@ -155,7 +155,7 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
         for norm, epsilon in budgets:
             vector = ADAPTIVE_ATTACKS.vector(f"m_apgd_{norm}", epsilon)
             alone[defense.name, norm, epsilon] = _attacked(evaluator, spec, sample, np.arange(len(sample)), vector,
-                                                           defense, "white-box", None, None, math.nan, math.nan)
+                                                           defense, "white-box", None, None, None, None)
     rows: list[Row] = []
     for fpr in spec.fprs:
         threshold = evaluator.thresholds(fpr).set_jaccard
@@ -250,10 +250,11 @@ def _sequence(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, labe
 
 def _attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, positions: np.ndarray,
               vector: AttackVector, defense: Defense, threat_model: str, attacker: TrainedPartExtractor | None,
-              fpr: float | None, threshold: float, attacker_threshold: float) -> Judged:
+              fpr: float | None, threshold: float | None, attacker_threshold: float | None) -> Judged:
     """The hard verdicts on sample images ``positions`` attacked by ``vector`` against ``defense``,
     crafted with ``attacker`` (K, K', or None for M alone) at ``attacker_threshold`` and judged
-    on the real pipeline at ``threshold``, fixed at ``fpr`` (saved and resumable like every result)."""
+    on the real pipeline at ``threshold``, fixed at ``fpr`` (saved and resumable like every result;
+    M alone has no threshold: None, which survives the saved key's JSON where NaN would not)."""
     class_set, m = evaluator.class_set, defense.m.inference
     chosen = sample[positions]
     if defense.k is None:
