@@ -98,3 +98,15 @@ def test_the_tables_and_the_figure_show_each_defense_under_its_own_worst_case(me
     assert series["UnMask: system (deployed decision)"].y == [50.0]
     assert series["adversarial training: accuracy"].y == [75.0]
     assert all(line.low[0] <= line.y[0] <= line.high[0] for line in series.values())
+
+
+def test_the_worst_case_at_a_budget_counts_what_a_smaller_budget_of_the_same_norm_broke():
+    # at 8 joint evades on 0 and 1; at 16 (on the other images) it evades on 2 only; an image within 8 is within 16
+    small = unmask_row("joint_linf", [1, 0, 2, 0, 1, 2, 0, 1], [0.1] * 8, [1, 0, 2, 0, 1, 2, 0, 1])
+    large = unmask_row("joint_linf", [1, 0, 1, 2, 0, 1], [0.1] * 6, [2, 0, 1, 2, 0, 1],
+                       positions=np.array([2, 3, 4, 5, 6, 7]), epsilon=16.0)
+    summary = summarise([small, large], LABELS, CLEAN_DETECTION, PARTS, seed=0)["adaptive_summary"]
+    at = {row["epsilon"]: row for row in summary if row["defense"] == "UnMask" and row["over"] == "all attacks"}
+    assert at[8.0]["success_rate"] == 2 / 8 and at[16.0]["success_rate"] == 3 / 8
+    assert at[16.0]["attacks"] == ["white-box joint_linf:8", "white-box joint_linf"]
+    assert at[16.0]["strongest"]["success_rate"] == "white-box joint_linf:8"  # two images against one

@@ -23,9 +23,11 @@ Threat models (every row names its own):
 - ``white-box``: crafted against M, K, the part table and the real thresholds.
 
 UnMask's attacks run in the order given, each aimed at one output (``AdaptiveAttack.aims``):
-an image whose aimed-at output an earlier attack of the same budget and threat model already
-broke is not attacked again (AutoAttack's sequence), so the per-image worst case over the
-attacks costs far less than every attack on every image. Per row: each figure of
+an image whose aimed-at output an earlier attack of the same threat model already broke, at
+this budget or a smaller one of the same norm, is not attacked again (AutoAttack's sequence; an
+image within L-inf 8 of the clean one is also within 16), so the per-image worst case over the
+attacks costs far less than every attack on every image, and the worst case at a budget is
+taken over every attack at that budget or below (named ``attack:epsilon`` when below). Per row: each figure of
 ``evaluation.Outcomes`` (success, robust accuracy with detection, re-classification, deployed
 decision, M) on the images it attacked, with a Wilson 95% interval, and K's part precision and
 recall against its clean parts. The summary is, per defense, budget and false-positive rate,
@@ -155,10 +157,11 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
         for norm, epsilon in budgets:
             vector = ADAPTIVE_ATTACKS.vector(f"m_apgd_{norm}", epsilon)
             alone[defense.name, norm, epsilon] = _attacked(evaluator, spec, sample, np.arange(len(sample)), vector,
-                                                           defense, "white-box", None, None, math.nan, math.nan)
+                                                           defense, "white-box", None, None, None, None)
     rows: list[Row] = []
     for fpr in spec.fprs:
         threshold = evaluator.thresholds(fpr).set_jaccard
+        broken: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}  # per defense, threat model and norm
         for norm, epsilon in budgets:
             rows += _gray_box_rows(evaluator, gray_box, gray_box_options, sample, defenses, NORMS[norm], epsilon,
                                    fpr, threshold)
@@ -173,8 +176,10 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
                     if threat_model == "transfer":
                         attacker, attacker_threshold = surrogate, fix_thresholds(surrogate_validation, fpr).set_jaccard
                     vectors = [v for v in spec.vectors if (v.norm.name, v.epsilon) == (norm, epsilon)]
+                    carried = broken.setdefault((defense.name, threat_model, norm), {
+                        figure: np.zeros(len(sample), dtype=bool) for figure in FIGURES})
                     rows += _sequence(evaluator, spec, sample, label_only, vectors, defense, threat_model, fpr,
-                                      threshold, attacker, attacker_threshold, clean.detection[sample])
+                                      threshold, attacker, attacker_threshold, clean.detection[sample], carried)
     return summarise(rows, labels[sample], clean.detection[sample], clean.predictions.parts[sample],
                      seed=evaluator.spec.seed)
 
@@ -219,11 +224,12 @@ def _gray_box_rows(evaluator: Evaluator, gray_box: dict[AttackVector, Scored], o
 
 def _sequence(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, label_only: np.ndarray,
               vectors: list[AttackVector], defense: Defense, threat_model: str, fpr: float, threshold: float,
-              attacker: TrainedPartExtractor, attacker_threshold: float, clean_detection: np.ndarray) -> list[Row]:
+              attacker: TrainedPartExtractor, attacker_threshold: float, clean_detection: np.ndarray,
+              broken: dict[str, np.ndarray]) -> list[Row]:
     """UnMask's attacks at one budget, in order: each skips the images whose output it aims at
-    an earlier one already broke (the label-only check runs on its own sub-sample)."""
+    an earlier one, at this budget or a smaller one of the same norm, already broke (``broken``,
+    per figure, updated in place; the label-only check runs on its own sub-sample)."""
     labels = evaluator.labels[sample]
-    broken = {figure: np.zeros(len(sample), dtype=bool) for figure in FIGURES}
     rows = []
     for vector in vectors:
         info = vector.attack
@@ -250,10 +256,11 @@ def _sequence(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, labe
 
 def _attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, positions: np.ndarray,
               vector: AttackVector, defense: Defense, threat_model: str, attacker: TrainedPartExtractor | None,
-              fpr: float | None, threshold: float, attacker_threshold: float) -> Judged:
+              fpr: float | None, threshold: float | None, attacker_threshold: float | None) -> Judged:
     """The hard verdicts on sample images ``positions`` attacked by ``vector`` against ``defense``,
     crafted with ``attacker`` (K, K', or None for M alone) at ``attacker_threshold`` and judged
-    on the real pipeline at ``threshold``, fixed at ``fpr`` (saved and resumable like every result)."""
+    on the real pipeline at ``threshold``, fixed at ``fpr`` (saved and resumable like every result;
+    M alone has no threshold: None, which survives the saved key's JSON where NaN would not)."""
     class_set, m = evaluator.class_set, defense.m.inference
     chosen = sample[positions]
     if defense.k is None:
@@ -375,7 +382,8 @@ def _worst_cases(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarra
     and, over every attack, each UnMask figure minus each baseline's accuracy on the same images."""
     summary, comparisons = [], []
     for key in sorted({(row.fpr, row.norm.name, row.epsilon) for row in rows}):
-        group = [row for row in rows if (row.fpr, row.norm.name, row.epsilon) == key]
+        # an adversarial image within a smaller budget of the same norm is one within this budget too
+        group = [row for row in rows if (row.fpr, row.norm.name) == key[:2] and row.epsilon <= key[2]]
         headline: dict[str, Outcomes] = {}
         for defense in dict.fromkeys(row.defense for row in group):
             members = [row for row in group if row.defense == defense]
@@ -384,8 +392,8 @@ def _worst_cases(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarra
             for scope, scoped in scopes:
                 if not scoped:
                     continue
-                named = {f"{row.threat_model} {row.attack}": _on_the_sample(row, labels, clean_detection)
-                         for row in scoped}
+                named = {f"{row.threat_model} {row.attack}" + ("" if row.epsilon == key[2] else f":{row.epsilon:g}"):
+                         _on_the_sample(row, labels, clean_detection) for row in scoped}
                 worst = worst_case(list(named.values()))
                 if scope == "all attacks":
                     headline[defense] = worst
