@@ -81,6 +81,8 @@ def format_tables(metrics: Mapping[str, Any]) -> str:
         )
     if metrics.get("adaptive"):
         lines += ["", format_threat_models(metrics).rstrip("\n")]
+        if metrics.get("k_robust") is not None and metrics.get("defenses"):
+            lines += ["", format_robust(metrics).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +103,17 @@ def _cell(row: Mapping[str, Any] | None, key: str) -> str:
     if row is None or row.get(key) is None:
         return "–"
     return _with_interval(row[key], row.get("intervals", {}).get(key))
+
+
+def _worst(summary: Sequence[Mapping[str, Any]], key: tuple, defense: str,
+           over: str = "all attacks") -> Mapping[str, Any] | None:
+    """The summary's worst case of ``defense`` at ``key`` (FPR, norm, epsilon) over ``over``'s attacks."""
+    return next((row for row in summary if (row["fpr_target"], row["norm"], row["epsilon"]) == key
+                 and row["defense"] == defense and row["over"] == over), None)
+
+
+def _summary_keys(summary: Sequence[Mapping[str, Any]]) -> list[tuple]:
+    return sorted({(row["fpr_target"], row["norm"], row["epsilon"]) for row in summary})
 
 
 def format_threat_models(metrics: Mapping[str, Any]) -> str:
@@ -132,11 +145,10 @@ def format_threat_models(metrics: Mapping[str, Any]) -> str:
             for name in unmask_names) + " |",
         "|---:|---|---:|---:|---:|" + "---:|" * (4 * len(unmask_names)),
     ]
-    keys = sorted({(row["fpr_target"], row["norm"], row["epsilon"]) for row in summary})
+    keys = _summary_keys(summary)
 
     def worst(key: tuple, defense: str, over: str = "all attacks") -> Mapping[str, Any] | None:
-        return next((row for row in summary if (row["fpr_target"], row["norm"], row["epsilon"]) == key
-                     and row["defense"] == defense and row["over"] == over), None)
+        return _worst(summary, key, defense, over)
 
     for key in keys:
         cells = [_cell(worst(key, name), "accuracy_m") for name in HEADLINE_DEFENSES]
@@ -197,6 +209,71 @@ def format_threat_models(metrics: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {_percent(key[0])} | {key[1]} | {key[2]:g} | {cells('success_rate')} | "
                          f"{cells('robust_accuracy_with_detection')} | {cells('accuracy_unmask')} | "
                          f"{cells('accuracy_system')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _defense_order(metrics: Mapping[str, Any]) -> list[str]:
+    """The defenses of a run's ``defenses`` section, the baselines (M alone) first, then the UnMask-like ones."""
+    names = list(dict.fromkeys(entry["defense"] for entry in metrics["defenses"]))
+    unmask_like = {entry["defense"] for entry in metrics["defenses"] if entry.get("flag_rate") is not None}
+    return [name for name in names if name not in unmask_like] + [name for name in names if name in unmask_like]
+
+
+K_NAMES = {"k": "K", "k_robust": "robust K"}
+"""The ``metrics.json`` section of a defense's K, as the comparison names it."""
+
+
+def format_robust(metrics: Mapping[str, Any]) -> str:
+    """UnMask-R's comparison: per defense (the baselines first), its clean figures at each
+    threshold and its K's test metrics (the price of robustness), then per budget its per-image
+    worst case over every attack (white-box and gray-box) with 95% intervals, and the K-only
+    sanity attacks (each reaching its own goal: every part gone, or another class's parts seen)."""
+    summary, order = metrics["adaptive_summary"], _defense_order(metrics)
+    lines = [
+        "### UnMask-R: the robust K against adversarial training (%)",
+        "",
+        "Clean test images: M's accuracy, the re-classification's and the deployed decision's (M's class unless "
+        "flagged, else the re-classified one), the share of clean test images flagged at the threshold fixed on "
+        "clean validation images at the FPR shown by each defense's own M and K, and its K's test metrics "
+        "(mask mAP@0.5, part-set precision and recall per image); [95% interval] (Wilson).",
+        "",
+        "| defense | FPR | threshold | M | re-classification | system | flagged (clean test) | K | K mask mAP@0.5 | "
+        "K part precision | K part recall |",
+        "|---|---:|---:|---|---|---|---|---|---:|---:|---:|",
+    ]
+    for name in order:
+        for entry in (e for e in metrics["defenses"] if e["defense"] == name):
+            k = metrics.get(entry["k"]) if entry.get("k") and entry.get("flag_rate") is not None else None
+            lines.append(
+                f"| {name} | {_percent(entry['fpr_target'])} | {_number(entry.get('detection_threshold'))} | "
+                + " | ".join(_cell(entry, figure) for figure in ("accuracy_m", "accuracy_unmask", "accuracy_system",
+                                                                 "flag_rate"))
+                + f" | {K_NAMES.get(entry['k'], '–') if k is not None else '–'} | "
+                + " | ".join("–" if k is None else _number(k.get(key)) for key in ("map_mask_50", "part_precision",
+                                                                                  "part_recall")) + " |")
+    lines += ["", "Under attack: each defense's per-image worst case over every attack at the budget or a smaller one "
+              "of the same norm (white-box: M, K, the part table and the thresholds; and the paper's gray-box PGD); "
+              "for M alone every figure is M's accuracy; [95% interval] (bootstrap over the images):", "",
+              "| FPR | norm | ε (0-255) | defense | images | robust acc. w/ detection | re-classification | system |",
+              "|---:|---|---:|---|---:|---|---|---|"]
+    for key in _summary_keys(summary):
+        for name in order:
+            row = _worst(summary, key, name)
+            if row is not None:
+                lines.append(f"| {_percent(key[0])} | {key[1]} | {key[2]:g} | {name} | {row['n_images']} | "
+                             + " | ".join(_cell(row, figure) for figure in (
+                                 "robust_accuracy_with_detection", "accuracy_unmask", "accuracy_system")) + " |")
+    sanity = [entry for entry in metrics["adaptive"] if entry["attack"].startswith("k_")]
+    if sanity:
+        lines += ["", "K-only sanity attacks (a robust K that does not fall at a huge budget hides broken gradients): "
+                  "the share of images where the attack reached its goal on the real K, and K's parts against its "
+                  "clean ones:", "",
+                  "| defense | attack | ε (0-255) | FPR | images | goal reached | K part recall | K part precision |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for entry in sanity:
+            lines.append(f"| {entry['defense']} | {entry['attack']} | {entry['epsilon']:g} | "
+                         f"{_percent(entry['fpr_target'])} | {entry['n_images']} | {_percent(entry.get('goal_rate'))} | "
+                         f"{_percent(entry.get('part_recall'))} | {_percent(entry.get('part_precision'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -313,6 +390,23 @@ def threat_model_series(metrics: Mapping[str, Any], norm: str, fpr: float, *, ov
     return series
 
 
+def _draw_series(axis: plt.Axes, series: Sequence[Series], norm: str, title: str) -> None:
+    """Lines with their 95% intervals as error bars against epsilon (log scale, the budgets as ticks)."""
+    epsilons: list[float] = []
+    for line in series:
+        errors = [[y - low for y, low in zip(line.y, line.low, strict=True)],
+                  [high - y for y, high in zip(line.y, line.high, strict=True)]]
+        axis.errorbar(line.x, line.y, yerr=errors, fmt=line.style, capsize=3, label=line.label)
+        epsilons = sorted(set(epsilons) | set(line.x))
+    symbol = NORMS[norm].symbol
+    axis.set(xscale="log", xlabel=f"ε ({symbol}, 0-255 scale)", ylabel="accuracy (%), worst case over attacks",
+             ylim=(-2, 102), title=title)
+    axis.minorticks_off()  # log-scale minor labels would collide with the budgets'
+    axis.set_xticks(epsilons or [1], [f"{e:g}" for e in epsilons] or ["1"])
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+
+
 def plot_threat_models(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
     """Accuracy against epsilon, one panel per norm, at the first detection FPR: each defense
     under its own strongest attacks (the per-image worst case over every attack), with 95%
@@ -322,19 +416,40 @@ def plot_threat_models(metrics: Mapping[str, Any], path_stem: Path) -> list[Path
     norms = [norm for norm in ("linf", "l2") if any(row["norm"] == norm for row in summary)]
     figure, axes = plt.subplots(1, len(norms), figsize=(6.0 * len(norms), 5.0), squeeze=False)
     for axis, norm in zip(axes[0], norms, strict=True):
-        epsilons: list[float] = []
-        for line in threat_model_series(metrics, norm, fpr):
-            errors = [[y - low for y, low in zip(line.y, line.low, strict=True)],
-                      [high - y for y, high in zip(line.y, line.high, strict=True)]]
-            axis.errorbar(line.x, line.y, yerr=errors, fmt=line.style, capsize=3, label=line.label)
-            epsilons = sorted(set(epsilons) | set(line.x))
-        symbol = NORMS[norm].symbol
-        axis.set(xscale="log", xlabel=f"ε ({symbol}, 0-255 scale)", ylabel="accuracy (%), worst case over attacks",
-                 ylim=(-2, 102), title=f"{symbol} attacks, white-box and every other, detection at {100 * fpr:g}% FPR")
-        axis.minorticks_off()  # log-scale minor labels would collide with the budgets'
-        axis.set_xticks(epsilons or [1], [f"{e:g}" for e in epsilons] or ["1"])
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+        _draw_series(axis, threat_model_series(metrics, norm, fpr), norm,
+                     f"{NORMS[norm].symbol} attacks, white-box and every other, detection at {100 * fpr:g}% FPR")
+    return _save(figure, path_stem)
+
+
+ROBUST_PANELS: tuple[tuple[str, str], ...] = (
+    ("robust_accuracy_with_detection", "robust accuracy with detection"),
+    ("accuracy_system", "system accuracy (the deployed decision)"),
+)
+"""The robust figure's panels: (figure, title); for M alone both are M's accuracy."""
+ROBUST_STYLES = ("o-", "s-", "^-", "v-", "D-", "P-", "X-")
+
+
+def robust_series(metrics: Mapping[str, Any], figure: str, norm: str = "linf",
+                  fpr: float | None = None) -> list[Series]:
+    """One line per defense (the baselines first): its per-image worst case over every attack
+    of ``figure`` against epsilon at ``fpr`` (default: the first), with its 95% interval."""
+    summary = metrics["adaptive_summary"]
+    fpr = min(row["fpr_target"] for row in summary) if fpr is None else fpr
+    lines = [(name, figure, name, ROBUST_STYLES[index % len(ROBUST_STYLES)])
+             for index, name in enumerate(_defense_order(metrics))]
+    return threat_model_series(metrics, norm, fpr, lines=lines)
+
+
+def plot_robust(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
+    """UnMask-R's figure: accuracy against L-inf epsilon, one line per defense, each under its
+    own worst case over every attack (white-box and gray-box), at the first detection FPR, with
+    95% intervals as error bars (``robust_series``): robust accuracy with detection, and the
+    deployed decision's accuracy."""
+    fpr = min(row["fpr_target"] for row in metrics["adaptive_summary"])
+    figure, axes = plt.subplots(1, len(ROBUST_PANELS), figsize=(6.0 * len(ROBUST_PANELS), 5.0), squeeze=False)
+    for axis, (name, title) in zip(axes[0], ROBUST_PANELS, strict=True):
+        _draw_series(axis, robust_series(metrics, name, fpr=fpr), "linf",
+                     f"{title}, detection at {100 * fpr:g}% FPR")
     return _save(figure, path_stem)
 
 
