@@ -47,13 +47,13 @@ def test_tables_hold_every_attack_and_the_summary():
 
 def test_the_tables_add_the_threat_models_when_the_run_has_them():
     from unmask.attacks import LINF
-    from unmask.experiment.adaptive import Judged, Row, summarise
+    from unmask.experiment.adaptive import CleanView, Judged, Row, summarise
 
     labels = np.array([0, 1, 2, 0])
     row = Row("UnMask", "white-box", "joint_linf", LINF, 8.0, 0.1, 0.5,
               Judged(np.array([1, 1, 2, 0]), np.zeros((4, 44), bool), np.array([0.1, 0.9, 0.1, 0.1]),
                      np.array([0, 1, 2, 0])), np.arange(4))
-    metrics = {**_metrics(), **summarise([row], labels, np.zeros(4), np.zeros((4, 44), bool), seed=0)}
+    metrics = {**_metrics(), **summarise([row], labels, {"UnMask": CleanView(np.zeros(4), np.zeros((4, 44), bool))}, seed=0)}
     tables = format_tables(metrics)
     assert "### Threat models" in tables and "| UnMask | white-box | joint_linf | 8 | 10.0 | 4 | 25.0 |" in tables
 

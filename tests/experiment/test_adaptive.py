@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unmask.attacks import LINF
-from unmask.experiment.adaptive import Judged, Row, summarise
+from unmask.experiment.adaptive import CleanView, Judged, Row, summarise
 from unmask.report import format_threat_models, threat_model_series
 
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1])
@@ -16,15 +16,17 @@ CLEAN_DETECTION = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.7])  # image 7 
 THRESHOLD = 0.5
 PARTS = np.zeros((8, 44), dtype=bool)
 EVERY = np.arange(8)
+CLEAN = {"UnMask": CleanView(CLEAN_DETECTION, PARTS)}
 
 
-def unmask_row(attack, m, detection, unmask, *, positions=EVERY, threat_model="white-box", epsilon=8.0):
-    return Row("UnMask", threat_model, attack, LINF, epsilon, 0.1, THRESHOLD,
+def unmask_row(attack, m, detection, unmask, *, positions=EVERY, threat_model="white-box", epsilon=8.0,
+               defense="UnMask", threshold=THRESHOLD):
+    return Row(defense, threat_model, attack, LINF, epsilon, 0.1, threshold,
                Judged(np.array(m), PARTS[positions], np.array(detection, dtype=float), np.array(unmask)), positions)
 
 
 def alone_row(defense, m, *, threat_model="white-box", epsilon=8.0):
-    return Row(defense, threat_model, "m_apgd_linf", LINF, epsilon, 0.1, THRESHOLD, Judged(np.array(m)), EVERY)
+    return Row(defense, threat_model, "m_apgd_linf", LINF, epsilon, 0.1, None, Judged(np.array(m)), EVERY)
 
 
 def rows():
@@ -42,7 +44,7 @@ def rows():
 
 @pytest.fixture
 def metrics():
-    return summarise(rows(), LABELS, CLEAN_DETECTION, PARTS, seed=0)
+    return summarise(rows(), LABELS, CLEAN, seed=0)
 
 
 def summary_of(metrics, defense, over="all attacks"):
@@ -105,8 +107,203 @@ def test_the_worst_case_at_a_budget_counts_what_a_smaller_budget_of_the_same_nor
     small = unmask_row("joint_linf", [1, 0, 2, 0, 1, 2, 0, 1], [0.1] * 8, [1, 0, 2, 0, 1, 2, 0, 1])
     large = unmask_row("joint_linf", [1, 0, 1, 2, 0, 1], [0.1] * 6, [2, 0, 1, 2, 0, 1],
                        positions=np.array([2, 3, 4, 5, 6, 7]), epsilon=16.0)
-    summary = summarise([small, large], LABELS, CLEAN_DETECTION, PARTS, seed=0)["adaptive_summary"]
+    summary = summarise([small, large], LABELS, CLEAN, seed=0)["adaptive_summary"]
     at = {row["epsilon"]: row for row in summary if row["defense"] == "UnMask" and row["over"] == "all attacks"}
     assert at[8.0]["success_rate"] == 2 / 8 and at[16.0]["success_rate"] == 3 / 8
     assert at[16.0]["attacks"] == ["white-box joint_linf:8", "white-box joint_linf"]
     assert at[16.0]["strongest"]["success_rate"] == "white-box joint_linf:8"  # two images against one
+
+
+# --- two UnMask-like defenses: each judged by its own threshold and its own clean images ----------
+
+
+def test_each_unmask_like_defense_is_judged_at_its_own_threshold_against_its_own_clean_images():
+    # the same attacked verdicts; UnMask-R's threshold is 0.3 and its clean images all score 0.1
+    m, detection, unmask = [1, 0, 0, 0, 1, 2, 0, 1], [0.1, 0.4, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1], [1, 0, 2, 0, 1, 2, 0, 1]
+    rows = [unmask_row("joint_linf", m, detection, unmask),
+            unmask_row("joint_linf", m, detection, unmask, defense="UnMask-R", threshold=0.3),
+            alone_row("adversarial training", [0, 1, 2, 1, 1, 2, 0, 0])]
+    clean = {**CLEAN, "UnMask-R": CleanView(np.full(8, 0.1), PARTS)}
+    metrics = summarise(rows, LABELS, clean, seed=0)
+    unmask, robust = summary_of(metrics, "UnMask"), summary_of(metrics, "UnMask-R")
+    # UnMask at 0.5: 0 and 1 evade; image 7 is flagged when clean (0.7) and is not handled
+    assert unmask["success_rate"] == 2 / 8 and unmask["robust_accuracy_with_detection"] == 5 / 8
+    # UnMask-R at 0.3 flags 1 too; with its own clean scores nothing is flagged clean (with UnMask's: 6 / 8)
+    assert robust["success_rate"] == 1 / 8 and robust["robust_accuracy_with_detection"] == 7 / 8
+    assert [entry["detection_threshold"] for entry in metrics["adaptive"]] == [0.5, 0.3, None]
+    pairs = {(c["defense"], c["baseline"]) for c in metrics["adaptive_comparisons"]}
+    assert pairs == {("UnMask", "adversarial training"), ("UnMask-R", "adversarial training")}
+    with pytest.raises(ValueError, match="UnMask-R: no clean detection scores"):
+        summarise(rows, LABELS, CLEAN, seed=0)
+
+
+def test_the_robust_comparison_and_figure_have_one_line_per_defense(tmp_path):
+    from unmask.report import format_robust, plot_robust, robust_series
+
+    m, detection, unmask = [1, 0, 0, 0, 1, 2, 0, 1], [0.1, 0.4, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1], [1, 0, 2, 0, 1, 2, 0, 1]
+    rows = [unmask_row("joint_linf", m, detection, unmask),
+            unmask_row("joint_linf", m, detection, unmask, defense="UnMask-R", threshold=0.3),
+            unmask_row("k_vanish_linf", m, detection, unmask, defense="UnMask-R", threshold=0.3, epsilon=64.0),
+            alone_row("undefended M", [1, 2, 0, 1, 2, 0, 1, 2]),
+            alone_row("adversarial training", [0, 1, 2, 1, 1, 2, 0, 0])]
+    metrics = summarise(rows, LABELS, {**CLEAN, "UnMask-R": CleanView(np.full(8, 0.1), PARTS)}, seed=0)
+    clean = {"accuracy_m": 0.9, "accuracy_unmask": 0.95, "accuracy_system": 0.92, "intervals": {}}
+    metrics["defenses"] = [
+        {"defense": "UnMask", "fpr_target": 0.1, "detection_threshold": 0.5, "k": "k", "flag_rate": 0.08, **clean},
+        {"defense": "UnMask-R", "fpr_target": 0.1, "detection_threshold": 0.3, "k": "k_robust", "flag_rate": 0.12,
+         **clean},
+        {"defense": "undefended M", "fpr_target": 0.1, "detection_threshold": None, "k": None, "flag_rate": None,
+         "accuracy_m": 0.9, "accuracy_unmask": None, "accuracy_system": 0.9, "intervals": {}},
+        {"defense": "adversarial training", "fpr_target": 0.1, "detection_threshold": None, "k": None,
+         "flag_rate": None, "accuracy_m": 0.85, "accuracy_unmask": None, "accuracy_system": 0.85, "intervals": {}}]
+    metrics["k"] = {"map_mask_50": 0.8, "part_precision": 0.98, "part_recall": 0.96}
+    metrics["k_robust"] = {"map_mask_50": 0.7, "part_precision": 0.95, "part_recall": 0.9}
+    table = format_robust(metrics)
+    assert "| UnMask-R | 10.0 | 0.300 | 90.0 | 95.0 | 92.0 | 12.0 | robust K | 0.700 | 0.950 | 0.900 |" in table
+    assert "| adversarial training | 10.0 | n/a | 85.0 | – | 85.0 | – | – | – | – | – |" in table
+    under = [line for line in table.splitlines() if line.startswith("| 10.0 | linf | 8 |")]
+    assert [line.split(" | ")[3] for line in under] == ["undefended M", "adversarial training", "UnMask", "UnMask-R"]
+    assert next(line for line in under if "| UnMask-R |" in line).split(" | ")[5].startswith("87.5 [")
+    assert "| UnMask-R | k_vanish_linf | 64 | 10.0 | 8 |" in table
+    series = {line.label: line for line in robust_series(metrics, "robust_accuracy_with_detection")}
+    assert list(series) == ["undefended M", "adversarial training", "UnMask", "UnMask-R"]
+    assert series["UnMask"].y == [62.5, 62.5] and series["UnMask-R"].y == [87.5, 87.5]  # 8, then 64 counting 8
+    assert all(path.stat().st_size > 1000 for path in plot_robust(metrics, tmp_path / "robust"))
+
+
+# --- the evaluation's wiring, on stand-ins for the models: UnMask-R is its own pipeline ----------
+
+
+class _Classifier:
+    """A stand-in M: reads each image's class off its first pixel."""
+
+    def __init__(self, name):
+        self.model, self.fingerprint = f"{name} model", {"weights": name}
+        self.inference = self
+
+    @staticmethod
+    def predict(images):
+        return (images[:, 0, 0, 0] * 10).round().long()
+
+
+class _PartExtractor:
+    """A stand-in K: the clean one sees every expected part of an image's class, the robust one only the first."""
+
+    def __init__(self, name, *, every_part):
+        self.extractor = type("Extractor", (), {"model": f"{name} model", "score_threshold": 0.5})()
+        self.fingerprint, self.every_part = {"weights": name}, every_part
+
+    def parts(self, labels, class_set):
+        expected = np.asarray(class_set.expected, dtype=bool)[labels]
+        if not self.every_part:
+            expected = expected & (np.cumsum(expected, axis=1) == 1)
+        return expected
+
+
+class _Evaluator:
+    """What ``adaptive_evaluation`` reads of an ``Evaluator``, with the stand-ins' predictions."""
+
+    def __init__(self, path):
+        from types import SimpleNamespace
+
+        import torch
+
+        from unmask.parts import ClassSet
+
+        self.class_set = ClassSet.named("cs3-1")
+        labels = torch.tensor([0, 1, 2, 0, 1, 2])
+        images = torch.zeros(6, 3, 4, 4)
+        images[:, 0, 0, 0] = labels / 10
+        self.test = SimpleNamespace(images=images, labels=labels, fingerprint={"data": "test"})
+        self.validation_images = SimpleNamespace(images=images, labels=labels, fingerprint={"data": "val"})
+        self.m, self.adv_trained = _Classifier("M"), None
+        self.k, self.k_robust = _PartExtractor("K", every_part=True), _PartExtractor("robust K", every_part=False)
+        self.folder, self.spec, self.clean_files = SimpleNamespace(path=path), SimpleNamespace(seed=0, batch_size=4), []
+
+    @property
+    def labels(self):
+        return self.test.labels.numpy()
+
+    def scored(self, labels, m_classes, k):
+        from unmask.evaluation import Predictions, Scored
+
+        parts = k.parts(labels, self.class_set)
+        return Scored.of(Predictions(m=m_classes, parts=parts, part_scores=parts.astype(float)), self.class_set)
+
+    def clean_predictions(self, images, path, *, baseline=True, m=None, k=None, what):
+        self.clean_files.append((path.name, m or self.m, k or self.k))
+        return self.scored(images.labels.numpy(), images.labels.numpy(), k or self.k)
+
+    def clean(self):
+        return self.clean_predictions(self.test, self.folder.path / "clean.npz", what="clean")
+
+    def validation(self):
+        return self.clean_predictions(self.validation_images, self.folder.path / "validation.npz", what="validation")
+
+    def attacked(self, vector, options, *, sample=None, path=None, what=None, m=None, k=None):
+        labels = self.labels[sample]
+        return self.scored(labels, (labels + 1) % 3, k or self.k)  # PGD fools M on every image
+
+    def key(self, images=None, **computation):
+        return computation
+
+    def result(self, path, key, count, compute, *, what, batch_size=None):
+        return compute(0, np.arange(count))[0]
+
+
+def test_unmask_r_is_attacked_and_judged_with_its_own_k_and_thresholds(tmp_path, monkeypatch):
+    import torch
+
+    from unmask.attacks import AttackOptions
+    from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, AdaptiveOptions, Verdict
+    from unmask.evaluation import fix_thresholds
+    from unmask.experiment import adaptive
+    from unmask.experiment.plan import AdaptiveSpec
+
+    evaluator = _Evaluator(tmp_path)
+    attacked_with, judged_by = [], []
+
+    def hard_judge(m, extractor, class_set, threshold):
+        judged_by.append((extractor.model, threshold))
+
+        def judge(images):
+            n = len(images)
+            return Verdict(m.predict(images), torch.full((n,), 0.5), torch.zeros(n, dtype=torch.bool),
+                           m.predict(images), torch.zeros(n, 44, dtype=torch.bool))
+
+        return judge
+
+    def adaptive_attack(target, images, labels, vector, options, *, indices):
+        attacked_with.append((vector.name, target.part_model, target.detection_threshold))
+        return type("Result", (), {"verdict": target.judge(images), "images": images, "distances": None,
+                                   "success": torch.zeros(len(images), dtype=torch.bool)})()
+
+    monkeypatch.setattr(adaptive, "hard_judge", hard_judge)
+    monkeypatch.setattr(adaptive, "adaptive_attack", adaptive_attack)
+    spec = AdaptiveSpec(vectors=ADAPTIVE_ATTACKS.parse(["joint_linf:8", "k_vanish_linf:64"]),
+                        threat_models=("white-box",), fprs=(0.1,), max_images=0, options=AdaptiveOptions(),
+                        batch_size=4)
+    metrics = adaptive.adaptive_evaluation(evaluator, spec, {}, gray_box_options=AttackOptions())
+
+    own = {name: fix_thresholds(evaluator.scored(evaluator.labels, evaluator.labels, k), 0.1).set_jaccard
+           for name, k in (("UnMask", evaluator.k), ("UnMask-R", evaluator.k_robust))}
+    assert own["UnMask"] != own["UnMask-R"]
+    assert ("unmask-r-validation.npz", evaluator.m, evaluator.k_robust) in evaluator.clean_files
+    # every adaptive attack runs against each UnMask-like defense, crafted and judged with its own K and threshold
+    assert sorted(attacked_with, key=str) == sorted(
+        [(name, f"{k} model", own[defense]) for name in ("joint_linf", "k_vanish_linf")
+         for defense, k in (("UnMask", "K"), ("UnMask-R", "robust K"))]
+        + [("m_apgd_linf", None, 1.0)] * 2, key=str)  # M alone, at 8 and 64
+    assert set(judged_by) == {("K model", own["UnMask"]), ("robust K model", own["UnMask-R"])}
+    for entry in metrics["adaptive"]:
+        assert entry["detection_threshold"] == own.get(entry["defense"]), entry
+    assert {(e["defense"], e["threat_model"]) for e in metrics["adaptive"]} == {
+        (d, t) for d in ("UnMask", "UnMask-R") for t in ("gray-box", "white-box")} | {
+        ("undefended M", "gray-box"), ("undefended M", "white-box")}
+    # the clean figures: each defense's own threshold, the robust K's metrics section; the robust K's clean
+    # images score above the clean K's, so a threshold fixed with the clean K would flag all of them
+    robust = next(e for e in metrics["defenses"] if e["defense"] == "UnMask-R")
+    assert robust["detection_threshold"] == own["UnMask-R"] and robust["k"] == "k_robust"
+    assert robust["flag_rate"] == 0.0 and robust["accuracy_m"] == 1.0
+    gray = next(e for e in metrics["adaptive"] if (e["defense"], e["threat_model"]) == ("UnMask-R", "gray-box"))
+    assert gray["part_recall"] == 1.0  # judged by the robust K: its parts, against its own clean parts

@@ -230,6 +230,46 @@ def test_two_processes_evaluate_to_the_same_numbers_as_one(finished_run):
 
 
 
+@pytest.mark.slow
+def test_unmask_r_is_evaluated_beside_unmask_with_its_own_k_thresholds_and_results(finished_run, monkeypatch):
+    """The robust K trained from the run's K (one epoch), UnMask-R and UnMask-R + adv. M under
+    every adaptive attack, each with its own thresholds, clean figures and saved results; a
+    second run recomputes nothing (about 3 minutes on 2 cores)."""
+    from unmask.evaluation import Predictions, Scored, fix_thresholds
+
+    plan, _ = finished_run
+    robust = _shared(plan, run_name="robust", k_adv_training=True, k_adv_epochs=1, verbosity=0,
+                     adaptive_attacks=("joint_linf:16", "k_vanish_linf:64"))
+    directory = run_experiment(robust)
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert "train_k_robust" in metrics["timing"] and set(metrics["k_robust"]) >= {"map_mask_50", "part_recall"}
+    assert metrics["models"]["weights"]["k_robust"].startswith("models/k-adv-")
+    names = ("UnMask", "UnMask-R", "UnMask-R + adv. M", "undefended M", "adversarial training")
+    assert [e["defense"] for e in metrics["defenses"]] == list(names)
+    files = {"UnMask": "validation.npz", "UnMask-R": "adaptive/unmask-r-validation.npz",
+             "UnMask-R + adv. M": "adaptive/unmask-r-adv-m-validation.npz"}
+    for entry in metrics["defenses"][:3]:
+        validation = directory / files[entry["defense"]]
+        own = fix_thresholds(Scored.of(Predictions.load(validation), robust.class_set), 0.1).set_jaccard
+        assert entry["detection_threshold"] == own and entry["k"] == ("k" if entry["defense"] == "UnMask" else "k_robust")
+        assert {e["detection_threshold"] for e in metrics["adaptive"] if e["defense"] == entry["defense"]} == {own}
+        assert {(e["threat_model"], e["attack"]) for e in metrics["adaptive"] if e["defense"] == entry["defense"]} == {
+            ("gray-box", "pgd_linf"), ("white-box", "joint_linf"), ("white-box", "k_vanish_linf")}
+    assert {(c["defense"], c["baseline"]) for c in metrics["adaptive_comparisons"]} == {
+        (defense, baseline) for defense in names[:3] for baseline in names[3:]}
+    assert "### UnMask-R" in (directory / "tables.md").read_text()
+    assert (directory / "robust.png").stat().st_size > 1000
+
+    def nothing_again(*args, **kwargs):
+        raise AssertionError("a finished run computed again")
+
+    monkeypatch.setattr(stages, "attack", nothing_again)
+    monkeypatch.setattr("unmask.experiment.adaptive.adaptive_attack", nothing_again)
+    monkeypatch.setattr("unmask.train.robust_part_extractor.train_part_extractor", nothing_again)
+    run_experiment(robust)
+    assert _numbers(json.loads((directory / "metrics.json").read_text())) == _numbers(metrics)
+
+
 def _rows(directory, attack="clean"):
     with open(directory / "per_image.csv", newline="") as handle:
         return [row for row in csv.DictReader(handle) if row["attack"] == attack]

@@ -10,16 +10,21 @@ would be saved — is judged by the hard pipeline: M's argmax, K's real detectio
 set-Jaccard detection score against the threshold, its re-classification and the decision it
 deploys (M's class unless flagged, else the re-classified one).
 
-Defenses (``Defense``): UnMask (M and K), and the same M alone ("undefended M") and the
-adversarially trained M alone ("adversarial training"), which the white-box evaluation attacks
-with the same engine, budgets and images (``m_apgd``: APGD-CE and APGD-DLR on M).
+Defenses (``Defense``): UnMask (M and K); with a robust K (``--k-adv-training``) UnMask-R (the
+robust K protecting M) and UnMask-R + adv. M (protecting the adversarially trained M); and the
+same M alone ("undefended M") and the adversarially trained M alone ("adversarial training"),
+which the white-box evaluation attacks with the same engine, budgets and images (``m_apgd``:
+APGD-CE and APGD-DLR on M). Each UnMask-like defense is its own pipeline: its thresholds are
+fixed on the clean validation images by its own M and K, its clean images are scored by them,
+and the real pipeline that judges every attack on it is its own.
 
 Threat models (every row names its own):
 
 - ``gray-box``: the paper's attacker knows M only: PGD on M (``pgd_linf`` / ``pgd_l2``) at the
   same budgets (the baseline attacked through its own gradients);
 - ``transfer``: crafted against M and a surrogate K' (K's recipe, another seed, half of K's
-  training split) with thresholds fixed the same way on K'; judged on the real K;
+  training split; for UnMask-R too: K' is not adversarially trained) with thresholds fixed the
+  same way on K' and the defense's M; judged on the defense's real K;
 - ``white-box``: crafted against M, K, the part table and the real thresholds.
 
 UnMask's attacks run in the order given, each aimed at one output (``AdaptiveAttack.aims``):
@@ -33,12 +38,15 @@ decision, M) on the images it attacked, with a Wilson 95% interval, and K's part
 recall against its clean parts. The summary is, per defense, budget and false-positive rate,
 the per-image worst case over every attack that ran (and over each threat model's), with
 bootstrap 95% intervals, the attack that did the most against each figure, and the paired
-differences between UnMask's figures and each baseline's accuracy on the same images.
+differences between each UnMask-like defense's figures and each baseline's accuracy on the
+same images; and per defense, its clean figures at each threshold (``clean_figures``).
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,7 +57,7 @@ from unmask.attacks import GRAY_BOX_ATTACKS, NORMS, PAPER_ATTACK, AttackKind, At
 from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, DefenseTarget, Verdict, adaptive_attack
 from unmask.constants import NO_PREDICTION
 from unmask.data.sampling import stratified_sample
-from unmask.evaluation import Outcomes, Scored, attack_outcomes, fix_thresholds, strongest, worst_case
+from unmask.evaluation import Outcomes, Predictions, Scored, attack_outcomes, fix_thresholds, strongest, worst_case
 from unmask.experiment.batches import Arrays
 from unmask.experiment.evaluator import Evaluator
 from unmask.experiment.plan import THREAT_MODELS, AdaptiveSpec
@@ -59,6 +67,8 @@ from unmask.provenance import digest
 from unmask.train.part_extractor import part_set_precision_recall
 
 UNMASK = "UnMask"
+UNMASK_R = "UnMask-R"
+UNMASK_R_ADV = "UnMask-R + adv. M"
 UNDEFENDED = "undefended M"
 ADVERSARIAL_TRAINING = "adversarial training"
 
@@ -69,25 +79,61 @@ FIGURES: dict[str, str] = {
 """Each figure of ``Outcomes`` and its key in ``metrics.json``."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Defense:
-    """A defended pipeline the attacks aim at: M as it runs and, for UnMask, its K (None: M alone)."""
+    """A defended pipeline the attacks aim at: M as it runs and, for an UnMask-like defense, its
+    K (None: M alone) with the pipeline's predictions on the clean test images (``clean``) and
+    on the clean validation images (``validation``, which fix its thresholds); ``k_metrics``
+    names the ``metrics.json`` section of its K's test metrics."""
 
     name: str
     m: TrainedClassifier
     k: TrainedPartExtractor | None = None
+    clean: Scored | None = None
+    validation: Scored | None = None
+    k_metrics: str | None = None
+
+    def threshold(self, fpr: float) -> float | None:
+        """The set-Jaccard detection threshold at false-positive rate ``fpr`` on its own clean
+        validation images (None: M alone flags nothing)."""
+        return None if self.validation is None else fix_thresholds(self.validation, fpr).set_jaccard
 
 
 def defenses_of(evaluator: Evaluator) -> list[Defense]:
-    """UnMask, the M it protects alone, and the adversarial-training baseline alone (once, when
-    UnMask protects that same M)."""
-    defenses = [Defense(UNMASK, evaluator.m, evaluator.k)]
-    baseline = evaluator.adv_trained
+    """UnMask; with the run's robust K, UnMask-R (it protects M) and UnMask-R + adv. M (it
+    protects the adversarially trained M, when the run has that baseline and M is not it); the
+    M UnMask protects alone; and the adversarial-training baseline alone (once, when UnMask
+    protects that same M). UnMask-R's clean predictions are saved in ``adaptive/``."""
+    defenses = [Defense(UNMASK, evaluator.m, evaluator.k, evaluator.clean(), evaluator.validation(), "k")]
+    baseline, robust = evaluator.adv_trained, evaluator.k_robust
+    if robust is not None:
+        defenses.append(_pipeline(evaluator, UNMASK_R, evaluator.m, robust))
+        if baseline is not None and baseline is not evaluator.m:
+            defenses.append(_pipeline(evaluator, UNMASK_R_ADV, baseline, robust))
     if baseline is None or baseline is not evaluator.m:
         defenses.append(Defense(UNDEFENDED, evaluator.m))
     if baseline is not None:
         defenses.append(Defense(ADVERSARIAL_TRAINING, baseline))
     return defenses
+
+
+def _pipeline(evaluator: Evaluator, name: str, m: TrainedClassifier, k: TrainedPartExtractor) -> Defense:
+    """An UnMask-like defense of ``m`` and ``k`` with its own clean test and validation predictions."""
+    folder, slug = evaluator.folder.path / "adaptive", _slug(name)
+    clean = evaluator.clean_predictions(evaluator.test, folder / f"{slug}-clean.npz", baseline=False, m=m, k=k,
+                                        what=f"{name}: clean test predictions")
+    validation = evaluator.clean_predictions(evaluator.validation_images, folder / f"{slug}-validation.npz",
+                                             baseline=False, m=m, k=k, what=f"{name}: clean validation predictions")
+    return Defense(name, m, k, clean, validation, "k_robust" if k is evaluator.k_robust else "k")
+
+
+@dataclass(frozen=True)
+class CleanView:
+    """An UnMask-like defense's pipeline on the clean versions of the adaptive sample's images:
+    their detection scores (against its M's classes) and its K's parts."""
+
+    detection: np.ndarray
+    parts: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -116,13 +162,14 @@ class Row:
     norm: Norm
     epsilon: float
     fpr: float
-    threshold: float
+    threshold: float | None
     judged: Judged
     positions: np.ndarray
     in_worst_case: bool = True
 
-    def outcomes(self, labels: np.ndarray, clean_detection: np.ndarray) -> Outcomes:
-        """Per covered image, how each figure fared (``labels`` and ``clean_detection``: of the covered images)."""
+    def outcomes(self, labels: np.ndarray, clean_detection: np.ndarray | None) -> Outcomes:
+        """Per covered image, how each figure fared (``labels`` and ``clean_detection``, the
+        defense's own detection scores of the clean images: of the covered images; None for M alone)."""
         judged = self.judged
         if judged.detection is None:
             return attack_outcomes(labels, judged.m)
@@ -137,20 +184,29 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
     ``adaptive_summary`` and ``adaptive_comparisons`` sections of ``metrics.json``.
     ``gray_box`` holds the run's gray-box vectors (reused where a budget matches; the others are
     attacked on the sample with ``gray_box_options``); ``surrogate`` is K' of the transfer
-    threat model (needed with it); ``defenses``: default ``defenses_of(evaluator)``."""
+    threat model (needed with it); ``defenses``: default ``defenses_of(evaluator)``. Also the
+    ``defenses`` section: each defense's clean figures (``clean_figures``)."""
     defenses = defenses or defenses_of(evaluator)
+    for defense in defenses:
+        if defense.k is not None and (defense.clean is None or defense.validation is None):
+            raise ValueError(f"{defense.name}: an UnMask-like defense needs its own clean test and validation "
+                             "predictions (they fix its thresholds)")
     labels, clean = evaluator.labels, evaluator.clean()
     correct = np.flatnonzero(clean.m == labels)
     sample = correct[stratified_sample(labels[correct], spec.max_images, seed=evaluator.spec.seed)]
     label_only = stratified_sample(labels[sample], spec.label_only_images, seed=evaluator.spec.seed)
     budgets = sorted({(vector.norm.name, vector.epsilon) for vector in spec.vectors})
-    surrogate_validation = None
+    surrogate_validation: dict[str, Scored] = {}  # per UnMask-like defense: K' with its M fixes the attacker's thresholds
     if "transfer" in spec.threat_models:
         if surrogate is None:
             raise ValueError("the transfer threat model needs the surrogate K'")
-        surrogate_validation = evaluator.clean_predictions(
-            evaluator.validation_images, evaluator.folder.path / "adaptive" / "surrogate-validation.npz",
-            baseline=False, k=surrogate, what="K' on the validation images")
+        for defense in (d for d in defenses if d.k is not None):
+            own = defense.m is evaluator.m
+            surrogate_validation[defense.name] = evaluator.clean_predictions(
+                evaluator.validation_images, evaluator.folder.path / "adaptive" / (
+                    "surrogate-validation.npz" if own else f"{_slug(defense.name)}-surrogate-validation.npz"),
+                baseline=False, m=None if own else defense.m, k=surrogate,
+                what="K' on the validation images" + ("" if own else f" ({defense.name}'s M)"))
 
     alone = {}  # M-only defenses do not depend on the detection threshold: attacked once per budget
     for defense in (d for d in defenses if d.k is None):
@@ -160,73 +216,136 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
                                                            defense, "white-box", None, None, None, None)
     rows: list[Row] = []
     for fpr in spec.fprs:
-        threshold = evaluator.thresholds(fpr).set_jaccard
         broken: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}  # per defense, threat model and norm
         for norm, epsilon in budgets:
-            rows += _gray_box_rows(evaluator, gray_box, gray_box_options, sample, defenses, NORMS[norm], epsilon,
-                                   fpr, threshold)
+            rows += _gray_box_rows(evaluator, gray_box, gray_box_options, sample, defenses, NORMS[norm], epsilon, fpr)
             for defense in defenses:
                 if defense.k is None:
                     judged = alone[defense.name, norm, epsilon]
-                    rows.append(Row(defense.name, "white-box", f"m_apgd_{norm}", NORMS[norm], epsilon, fpr, threshold,
+                    rows.append(Row(defense.name, "white-box", f"m_apgd_{norm}", NORMS[norm], epsilon, fpr, None,
                                     judged, np.arange(len(sample))))
                     continue
+                threshold = defense.threshold(fpr)
                 for threat_model in spec.threat_models:
                     attacker, attacker_threshold = defense.k, threshold
                     if threat_model == "transfer":
-                        attacker, attacker_threshold = surrogate, fix_thresholds(surrogate_validation, fpr).set_jaccard
+                        attacker = surrogate
+                        attacker_threshold = fix_thresholds(surrogate_validation[defense.name], fpr).set_jaccard
                     vectors = [v for v in spec.vectors if (v.norm.name, v.epsilon) == (norm, epsilon)]
                     carried = broken.setdefault((defense.name, threat_model, norm), {
                         figure: np.zeros(len(sample), dtype=bool) for figure in FIGURES})
                     rows += _sequence(evaluator, spec, sample, label_only, vectors, defense, threat_model, fpr,
-                                      threshold, attacker, attacker_threshold, clean.detection[sample], carried)
-    return summarise(rows, labels[sample], clean.detection[sample], clean.predictions.parts[sample],
-                     seed=evaluator.spec.seed)
+                                      threshold, attacker, attacker_threshold, defense.clean.detection[sample], carried)
+    views = {defense.name: CleanView(defense.clean.detection[sample], defense.clean.predictions.parts[sample])
+             for defense in defenses if defense.clean is not None}
+    return {**summarise(rows, labels[sample], views, seed=evaluator.spec.seed),
+            "defenses": clean_figures(evaluator, defenses, spec.fprs)}
 
 
-def summarise(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarray, clean_parts: np.ndarray, *,
-              seed: int) -> dict[str, Any]:
-    """The ``metrics.json`` sections of the rows of a sample with these ``labels`` (and its clean
-    images' detection scores and parts): one entry per row, the per-image worst cases and the
-    paired differences to the baselines (bootstrap intervals drawn with ``seed``)."""
-    entries = [_entry(row, labels[row.positions], clean_detection[row.positions], clean_parts[row.positions])
-               for row in rows]
-    summary, comparisons = _worst_cases([row for row in rows if row.in_worst_case], labels, clean_detection,
-                                        seed=seed)
+def summarise(rows: list[Row], labels: np.ndarray, clean: Mapping[str, CleanView], *, seed: int) -> dict[str, Any]:
+    """The ``metrics.json`` sections of the rows of a sample with these ``labels`` (``clean``:
+    each UnMask-like defense's own view of the sample's clean images): one entry per row, the
+    per-image worst cases and the paired differences to the baselines (bootstrap intervals
+    drawn with ``seed``)."""
+
+    def view(row: Row) -> CleanView | None:
+        if row.judged.detection is None:
+            return None  # M alone: nothing is flagged, clean or attacked
+        if row.defense not in clean:
+            raise ValueError(f"{row.defense}: no clean detection scores of its own pipeline were given")
+        return clean[row.defense]
+
+    entries = []
+    for row in rows:
+        own = view(row)
+        entries.append(_entry(row, labels[row.positions], None if own is None else own.detection[row.positions],
+                              None if own is None else own.parts[row.positions]))
+    summary, comparisons = _worst_cases([row for row in rows if row.in_worst_case], labels, view, seed=seed)
     return {"adaptive": entries, "adaptive_summary": summary, "adaptive_comparisons": comparisons}
+
+
+def clean_figures(evaluator: Evaluator, defenses: list[Defense], fprs: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Per defense and false-positive rate, on every evaluated clean test image (with Wilson 95%
+    intervals): M's accuracy and, for an UnMask-like defense, its threshold (fixed on its own
+    clean validation images), the share of clean test images it flags (its detection FPR on the
+    test images), its re-classification's and its deployed decision's accuracy; ``k`` names
+    the ``metrics.json`` section of its K's test metrics."""
+    labels, clean = evaluator.labels, evaluator.clean().predictions
+    entries = []
+    for defense in defenses:
+        for fpr in fprs:
+            threshold = defense.threshold(fpr)
+            if defense.clean is None:
+                m = _alone_predictions(defense, clean)
+                if m is None:
+                    continue
+                outcome, flagged = attack_outcomes(labels, m), None
+            else:
+                scored = defense.clean
+                outcome = attack_outcomes(labels, scored.m, detection=scored.detection, reclassified=scored.unmask,
+                                          threshold=threshold, clean_detection=scored.detection)
+                flagged = scored.detection >= threshold
+            values, intervals = {}, {}
+            for key, array in (("accuracy_m", outcome.m), ("accuracy_unmask", outcome.reclassification),
+                               ("accuracy_system", outcome.system), ("flag_rate", flagged)):
+                measured = None if array is None else rate(array)
+                values[key] = None if measured is None else measured.value
+                if measured is not None:
+                    intervals[key] = [measured.low, measured.high]
+            entries.append({"defense": defense.name, "fpr_target": fpr, "detection_threshold": threshold,
+                            "k": defense.k_metrics, "n_images": int(len(labels)), **values, "intervals": intervals})
+    return entries
 
 
 # --- the rows -------------------------------------------------------------------------------------
 
 
 def _gray_box_rows(evaluator: Evaluator, gray_box: dict[AttackVector, Scored], options: AttackOptions,
-                   sample: np.ndarray, defenses: list[Defense], norm: Norm, epsilon: float, fpr: float,
-                   threshold: float) -> list[Row]:
+                   sample: np.ndarray, defenses: list[Defense], norm: Norm, epsilon: float, fpr: float) -> list[Row]:
     """The paper's attack at this budget (PGD on M; the baseline attacked through its own
     gradients), from the run's vectors when it ran it, else computed on the sample: one row per
-    defense (UnMask and M alone see the same attacked images; the baseline its own)."""
+    defense (UnMask and M alone see the same attacked images; the baseline its own; another
+    UnMask-like defense, PGD on its own M attacked on the sample and judged by its own K at its
+    own threshold)."""
     vector = GRAY_BOX_ATTACKS.vector(PAPER_ATTACK[norm], epsilon)
+    folder = evaluator.folder.path / "adaptive"
     if vector in gray_box:
         scored = gray_box[vector].subset(sample)
     else:
-        scored = evaluator.attacked(
-            vector, options, sample=sample,
-            path=evaluator.folder.path / "adaptive" / f"gray-box-{vector.name}-eps{epsilon:g}.npz",
-            what=f"gray-box {vector.label} on the adaptive sample")
-    predictions = scored.predictions
-    judged = {UNMASK: Judged(predictions.m, predictions.parts, scored.detection, scored.unmask),
-              UNDEFENDED: Judged(predictions.m),
-              ADVERSARIAL_TRAINING: None if predictions.adv_trained is None else Judged(predictions.adv_trained)}
-    everything = np.arange(len(sample))
-    return [Row(defense.name, "gray-box", vector.name, norm, epsilon, fpr, threshold, judged[defense.name], everything)
-            for defense in defenses if judged.get(defense.name) is not None]
+        scored = evaluator.attacked(vector, options, sample=sample,
+                                    path=folder / f"gray-box-{vector.name}-eps{epsilon:g}.npz",
+                                    what=f"gray-box {vector.label} on the adaptive sample")
+    everything, rows = np.arange(len(sample)), []
+    for defense in defenses:
+        if defense.k is None:
+            m = _alone_predictions(defense, scored.predictions)
+            if m is None:
+                continue
+            judged = Judged(m)
+        else:
+            own = scored
+            if defense.m is not evaluator.m or defense.k is not evaluator.k:
+                own = evaluator.attacked(vector, options, sample=sample, m=defense.m, k=defense.k,
+                                         path=folder / f"gray-box-{_slug(defense.name)}-{vector.name}-eps{epsilon:g}.npz",
+                                         what=f"{defense.name}: gray-box {vector.label} on the adaptive sample")
+            judged = Judged(own.m, own.predictions.parts, own.detection, own.unmask)
+        rows.append(Row(defense.name, "gray-box", vector.name, norm, epsilon, fpr, defense.threshold(fpr), judged,
+                        everything))
+    return rows
+
+
+def _alone_predictions(defense: Defense, predictions: Predictions) -> np.ndarray | None:
+    """The classes a defense that is M alone gives, out of the run's pipeline's predictions:
+    M's for the undefended M, the baseline's (attacked through its own gradients) for it."""
+    return {UNDEFENDED: predictions.m, ADVERSARIAL_TRAINING: predictions.adv_trained}.get(defense.name)
 
 
 def _sequence(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, label_only: np.ndarray,
-              vectors: list[AttackVector], defense: Defense, threat_model: str, fpr: float, threshold: float,
+              vectors: list[AttackVector], defense: Defense, threat_model: str, fpr: float, threshold: float | None,
               attacker: TrainedPartExtractor, attacker_threshold: float, clean_detection: np.ndarray,
               broken: dict[str, np.ndarray]) -> list[Row]:
-    """UnMask's attacks at one budget, in order: each skips the images whose output it aims at
+    """An UnMask-like defense's attacks at one budget, in order (``clean_detection``: its own
+    scores of the sample's clean images): each skips the images whose output it aims at
     an earlier one, at this budget or a smaller one of the same norm, already broke (``broken``,
     per figure, updated in place; the label-only check runs on its own sub-sample)."""
     labels = evaluator.labels[sample]
@@ -275,7 +394,7 @@ def _attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, posi
             hard_judge(m, attacker.extractor, class_set, attacker_threshold))
     key = evaluator.key(sample=digest(chosen.tolist()), defense={"name": defense.name, "m": defense.m.fingerprint,
                                                                  "k": defense.k.fingerprint if defense.k else None},
-                        threat_model=threat_model, attacker_k=attacker.fingerprint if attacker else None,
+                        k=defense.k, threat_model=threat_model, attacker_k=attacker.fingerprint if attacker else None,
                         attack={"vector": vector.label, **asdict(spec.options)},
                         attacker_threshold=attacker_threshold, threshold=threshold)
     images, labels = evaluator.test.images[chosen], evaluator.test.labels[chosen]
@@ -324,7 +443,8 @@ def _class_parts(class_set: Any) -> torch.Tensor:
 
 
 def _slug(name: str) -> str:
-    return name.lower().replace(" ", "-")
+    """A defense's name in file names: "UnMask-R + adv. M" -> "unmask-r-adv-m"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 # --- figures of a row ----------------------------------------------------------------------------
@@ -343,11 +463,13 @@ def _figures(outcome: Outcomes, interval: Any) -> tuple[dict[str, float | None],
     return values, intervals
 
 
-def _entry(row: Row, labels: np.ndarray, clean_detection: np.ndarray, clean_parts: np.ndarray) -> dict[str, Any]:
+def _entry(row: Row, labels: np.ndarray, clean_detection: np.ndarray | None,
+           clean_parts: np.ndarray | None) -> dict[str, Any]:
     values, intervals = _figures(row.outcomes(labels, clean_detection), rate)
     entry = {
         "defense": row.defense, "threat_model": row.threat_model, "attack": row.attack, "norm": row.norm.name,
-        "epsilon": row.epsilon, "fpr_target": row.fpr, "detection_threshold": float(row.threshold),
+        "epsilon": row.epsilon, "fpr_target": row.fpr,
+        "detection_threshold": None if row.threshold is None else float(row.threshold),
         "n_images": int(len(labels)), "in_worst_case": row.in_worst_case, **values, "intervals": intervals,
     }
     if row.judged.parts is not None:
@@ -360,9 +482,9 @@ def _entry(row: Row, labels: np.ndarray, clean_detection: np.ndarray, clean_part
     return entry
 
 
-def _on_the_sample(row: Row, labels: np.ndarray, clean_detection: np.ndarray) -> Outcomes:
+def _on_the_sample(row: Row, labels: np.ndarray, clean_detection: np.ndarray | None) -> Outcomes:
     """The row's outcomes over the whole sample: images it did not attack count as unbroken by it."""
-    covered = row.outcomes(labels[row.positions], clean_detection[row.positions])
+    covered = row.outcomes(labels[row.positions], None if clean_detection is None else clean_detection[row.positions])
     full = {}
     for figure in Outcomes.FIGURES:
         values = getattr(covered, figure)
@@ -375,11 +497,12 @@ def _on_the_sample(row: Row, labels: np.ndarray, clean_detection: np.ndarray) ->
     return Outcomes(**full)
 
 
-def _worst_cases(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarray, *, seed: int
+def _worst_cases(rows: list[Row], labels: np.ndarray, view: Callable[[Row], CleanView | None], *, seed: int
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per false-positive rate, norm, budget and defense: the per-image worst case over every
     attack run there (every threat model: the headline) and over each threat model's attacks;
-    and, over every attack, each UnMask figure minus each baseline's accuracy on the same images."""
+    and, over every attack, each UnMask-like defense's figures minus each baseline's accuracy on
+    the same images. ``view(row)``: the row's defense's ``CleanView`` (None for M alone)."""
     summary, comparisons = [], []
     for key in sorted({(row.fpr, row.norm.name, row.epsilon) for row in rows}):
         # an adversarial image within a smaller budget of the same norm is one within this budget too
@@ -393,7 +516,7 @@ def _worst_cases(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarra
                 if not scoped:
                     continue
                 named = {f"{row.threat_model} {row.attack}" + ("" if row.epsilon == key[2] else f":{row.epsilon:g}"):
-                         _on_the_sample(row, labels, clean_detection) for row in scoped}
+                         _on_the_sample(row, labels, _detection(view(row))) for row in scoped}
                 worst = worst_case(list(named.values()))
                 if scope == "all attacks":
                     headline[defense] = worst
@@ -408,10 +531,14 @@ def _worst_cases(rows: list[Row], labels: np.ndarray, clean_detection: np.ndarra
     return summary, comparisons
 
 
+def _detection(view: CleanView | None) -> np.ndarray | None:
+    return None if view is None else view.detection
+
+
 def _comparisons(key: tuple[float, str, float], headline: dict[str, Outcomes], *, seed: int) -> list[dict[str, Any]]:
-    """UnMask's robust accuracy with detection and its deployed decision's accuracy minus each
-    baseline's accuracy, per image on the same images (paired bootstrap); ``significant`` when
-    the 95% interval excludes 0."""
+    """Each UnMask-like defense's robust accuracy with detection and its deployed decision's
+    accuracy minus each baseline's accuracy, per image on the same images (paired bootstrap);
+    ``significant`` when the 95% interval excludes 0."""
     entries = []
     for defense, outcome in headline.items():
         if outcome.reclassification is None:

@@ -1,11 +1,12 @@
 """The evaluation of one run as an object: it owns the run's folder, the runtime, the fixed
-batches, M, the baseline and K as they run, the evaluated images, and the key of every result
-it saves.
+batches, M, the baseline, K and UnMask-R's robust K (when the run has one) as they run, the
+evaluated images, and the key of every result it saves.
 
 ``Evaluator.start(...)`` draws the evaluated test sample; then ``clean()`` and ``validation()``
 are the clean predictions of the test and validation images, ``thresholds(fpr)`` the detection
 thresholds fixed on the latter, and ``gray_box(vectors, options)`` the paper's attacks on M (and
-on the baseline), K on every attacked image. Each is computed once in batches (sharded over
+on the baseline), K on every attacked image; ``clean_predictions`` and ``attacked`` also take
+another M and K (the pipeline of another defense, UnMask-R's). Each is computed once in batches (sharded over
 ``torchrun``'s processes, resumable), saved in the run's folder and stamped with its ``key``:
 what made it (the images' contents, M's, the baseline's and K's fingerprints, the batch size,
 and the computation's own options). The adaptive evaluation (``experiment.adaptive``) saves
@@ -81,17 +82,20 @@ class Evaluator:
     k: TrainedPartExtractor
     test: ImageSet
     validation_images: ImageSet
+    k_robust: TrainedPartExtractor | None = None
+    """UnMask-R's robust K (None: the run has none)."""
     _scored: dict[Path, Scored] = field(default_factory=dict, repr=False)
     _thresholds: dict[float, Thresholds] = field(default_factory=dict, repr=False)
 
     @classmethod
     def start(cls, folder: RunFolder, runtime: Runtime, spec: EvaluationSpec, class_set: ClassSet,
               data: dict[str, ClassFolderDataset], m: TrainedClassifier, adv_trained: TrainedClassifier | None,
-              k: TrainedPartExtractor) -> Evaluator:
-        """The evaluation of M (and the baseline) and K on ``data``'s test split (a seeded,
-        class-stratified sample of ``spec.max_images`` of it) and validation split."""
+              k: TrainedPartExtractor, *, k_robust: TrainedPartExtractor | None = None) -> Evaluator:
+        """The evaluation of M (and the baseline) and K (and the robust K) on ``data``'s test
+        split (a seeded, class-stratified sample of ``spec.max_images`` of it) and validation split."""
         return cls(folder, runtime, spec, class_set, m, adv_trained, k,
-                   ImageSet.sample(data["test"], spec.max_images, seed=spec.seed), ImageSet.of(data["val"]))
+                   ImageSet.sample(data["test"], spec.max_images, seed=spec.seed), ImageSet.of(data["val"]),
+                   k_robust)
 
     @property
     def labels(self) -> np.ndarray:
@@ -100,13 +104,14 @@ class Evaluator:
 
     # --- keys and results ---------------------------------------------------------------------
 
-    def key(self, images: ImageSet | None = None, *, baseline: bool = True, k: TrainedPartExtractor | None = None,
-            **computation: Any) -> Fingerprint:
+    def key(self, images: ImageSet | None = None, *, baseline: bool = True, m: TrainedClassifier | None = None,
+            k: TrainedPartExtractor | None = None, **computation: Any) -> Fingerprint:
         """What a result computed on ``images`` (default: the test sample) depends on: their
-        contents, M's fingerprint (weights and inference settings), the baseline's when it took
-        part, K's (or the given K's), the batch size, and ``computation`` (its own options)."""
+        contents, M's fingerprint (weights and inference settings; or the given M's), the
+        baseline's when it took part, K's (or the given K's), the batch size, and
+        ``computation`` (its own options)."""
         images = self.test if images is None else images
-        return {**images.fingerprint, "m": self.m.fingerprint,
+        return {**images.fingerprint, "m": (m or self.m).fingerprint,
                 "adv_trained": self.adv_trained.fingerprint if baseline and self.adv_trained is not None else None,
                 "k": (k or self.k).fingerprint, "batch_size": self.spec.batch_size, **computation}
 
@@ -131,7 +136,8 @@ class Evaluator:
 
         return {"m": recorded(self.m.weights_file),
                 "adv_trained": recorded(self.adv_trained.weights_file) if self.adv_trained is not None else None,
-                "k": recorded(self.k.weights_file)}
+                "k": recorded(self.k.weights_file),
+                "k_robust": recorded(self.k_robust.weights_file) if self.k_robust is not None else None}
 
     def training_histories(self) -> dict[str, list[dict[str, float]] | None]:
         """Each model's per-epoch training records, by the name the training figure gives it
@@ -141,6 +147,8 @@ class Evaluator:
         if self.adv_trained is not None and self.adv_trained is not self.m:
             histories["adversarially trained M (baseline)"] = self.adv_trained.history
         histories["K"] = self.k.history
+        if self.k_robust is not None:
+            histories["robust K (UnMask-R)"] = self.k_robust.history
         return histories
 
     def baseline(self) -> ClassifierInference | None:
@@ -159,14 +167,16 @@ class Evaluator:
                                       what="clean validation predictions")
 
     def clean_predictions(self, images: ImageSet, path: Path, *, baseline: bool = True,
-                          k: TrainedPartExtractor | None = None, what: str) -> Scored:
-        """Clean predictions of ``images`` by M (and the baseline), and by K (or the given K)."""
+                          m: TrainedClassifier | None = None, k: TrainedPartExtractor | None = None,
+                          what: str) -> Scored:
+        """Clean predictions of ``images`` by M (or the given M; and the baseline), and by K (or
+        the given K)."""
         if path in self._scored:
             return self._scored[path]
-        extractor = (k or self.k).extractor
+        classifier, extractor = (m or self.m).inference, (k or self.k).extractor
         adv_trained = self.baseline() if baseline else None
-        arrays = self.result(path, self.key(images, baseline=baseline, k=k), len(images),
-                             lambda number, indices: (clean_predictions(images.images[indices], self.m.inference,
+        arrays = self.result(path, self.key(images, baseline=baseline, m=m, k=k), len(images),
+                             lambda number, indices: (clean_predictions(images.images[indices], classifier,
                                                                         adv_trained, extractor).arrays(), {}),
                              what=what)
         self._scored[path] = Scored.of(Predictions.from_arrays(arrays), self.class_set)
@@ -186,11 +196,18 @@ class Evaluator:
                 tqdm(vectors, desc="attack vectors", disable=not self.runtime.progress, dynamic_ncols=True)}
 
     def attacked(self, vector: AttackVector, options: AttackOptions, *, sample: np.ndarray | None = None,
-                 path: Path | None = None, what: str | None = None) -> Scored:
-        """One gray-box vector on the test images (or on positions ``sample`` of them, saved at ``path``)."""
+                 path: Path | None = None, what: str | None = None, m: TrainedClassifier | None = None,
+                 k: TrainedPartExtractor | None = None) -> Scored:
+        """One gray-box vector on the test images (or on positions ``sample`` of them, saved at
+        ``path``); against another M and judged by another K when given (then without the
+        baseline, which belongs to the run's own pipeline)."""
         clean = self.clean()
         images, labels = self.test.images, self.test.labels
-        key = self.key(attack={"vector": vector.label, **asdict(options)}, seed=self.spec.seed)
+        own = m is None and k is None
+        classifier, extractor = (m or self.m).inference, (k or self.k).extractor
+        baseline = self.baseline() if own else None
+        key = self.key(baseline=own, m=m, k=k, attack={"vector": vector.label, **asdict(options)},
+                       seed=self.spec.seed)
         if sample is not None:
             images, labels = images[sample], labels[sample]
             key = {**key, "sample": digest(sample.tolist())}
@@ -198,7 +215,7 @@ class Evaluator:
 
         def attack_batch(number: int, indices: np.ndarray) -> tuple[Arrays, Arrays]:
             predictions, adversarial = attacked_predictions(
-                vector, images[indices], labels[indices], self.m.inference, self.baseline(), self.k.extractor,
+                vector, images[indices], labels[indices], classifier, baseline, extractor,
                 options=options, seed=self.spec.seed, batch=number)
             if sample is not None:
                 return predictions.arrays(), {}

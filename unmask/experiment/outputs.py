@@ -34,29 +34,37 @@ from unmask.report import (
     format_tables,
     plot_accuracy,
     plot_examples,
+    plot_robust,
     plot_roc,
     plot_threat_models,
     plot_training,
 )
 
-RESULT_FORMAT = 3
+RESULT_FORMAT = 4
 """2: the adaptive evaluation's sections (``adaptive``, ``adaptive_summary``), strict JSON (null
 for undefined numbers); 3: every adaptive row and worst case names its defense and carries 95%
 intervals, the deployed decision's accuracy (``accuracy_system``), the attack that did the most
-per figure (``strongest``) and the paired differences to the baselines (``adaptive_comparisons``)."""
+per figure (``strongest``) and the paired differences to the baselines (``adaptive_comparisons``);
+4: UnMask-R's defenses among them, each with its own thresholds, the robust K's test metrics
+(``k_robust``, null without one), each defense's clean figures at each threshold (``defenses``),
+and M alone's rows with no threshold (null). Every section is rebuilt from the saved results on
+each run, so a format-3 folder is re-reported in format 4 by running it again."""
 K_METRICS = ("map_mask", "map_box", "map_mask_50", "map_box_50", "part_precision", "part_recall")
 
 
 def write_report(evaluator: Evaluator, results: Mapping[str, Any], attacked: dict[AttackVector, Scored],
-                 thresholds: Thresholds, k_metrics: dict[str, Any], adaptive: dict[str, Any]) -> tuple[dict[str, Any], str]:
+                 thresholds: Thresholds, k_metrics: dict[str, Any], adaptive: dict[str, Any], *,
+                 k_robust_metrics: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
     """The run's ``per_image.csv``, ``tables.md`` and figures; returns (every figure of
-    ``metrics.json`` less its timing, the tables)."""
+    ``metrics.json`` less its timing, the tables). ``k_robust_metrics``: the robust K's test
+    metrics (None: the run has no robust K)."""
     labels, clean, class_set, folder = evaluator.labels, evaluator.clean(), evaluator.class_set, evaluator.folder
     curves = {vector: detection_curves(labels, clean, scored) for vector, scored in attacked.items()}
     models = {"m": evaluator.m.description,
               "adv_trained": evaluator.adv_trained.description if evaluator.adv_trained is not None else None,
               "weights": evaluator.weights_files()}
     metrics = {**build_metrics(results, class_set, labels, clean, attacked, curves, thresholds, k_metrics, models),
+               "k_robust": None if k_robust_metrics is None else {key: k_robust_metrics.get(key) for key in K_METRICS},
                **adaptive}
     write_per_image(folder.path / "per_image.csv", list(evaluator.test.names), labels, class_set, clean, attacked)
     tables = format_tables(metrics)
@@ -126,8 +134,9 @@ def write_per_image(path: Path, image_names: list[str], labels: np.ndarray, clas
 def write_figures(folder: RunFolder, metrics: dict[str, Any], labels: np.ndarray, class_set: ClassSet,
                   clean: Scored, attacked: dict[AttackVector, Scored], curves: dict[AttackVector, DetectionCurves],
                   extractor: PartExtractor, histories: Mapping[str, list[dict[str, float]] | None]) -> None:
-    """The ROC curves, the accuracy bars, the training curves and the example panel (K's parts on
-    the strongest PGD vector's example, clean and attacked)."""
+    """The ROC curves, the accuracy bars, the training curves, the threat-model figure (with a
+    robust K, also UnMask-R's comparison), and the example panel (K's parts on the strongest PGD
+    vector's example, clean and attacked)."""
     plot_roc([RocSeries(v.label, c.set_jaccard.fpr, c.set_jaccard.tpr, c.set_jaccard.auc) for v, c in curves.items()],
              [RocSeries(v.label, c.soft_jaccard.fpr, c.soft_jaccard.tpr, c.soft_jaccard.auc)
               for v, c in curves.items()],
@@ -136,6 +145,8 @@ def write_figures(folder: RunFolder, metrics: dict[str, Any], labels: np.ndarray
     plot_training(histories, folder.path / "training")
     if metrics.get("adaptive"):
         plot_threat_models(metrics, folder.path / "threat_models")
+        if metrics.get("k_robust") is not None:
+            plot_robust(metrics, folder.path / "robust")
     if attacked:
         vector = max(attacked, key=lambda v: (v.name == "pgd_linf", v.epsilon))  # the strongest PGD if run
         example = load_checkpoint(folder.example(vector))

@@ -30,6 +30,7 @@ from unmask.experiment.stages import (
     prepare_data,
     trained_classifiers,
     trained_part_extractor,
+    trained_robust_part_extractor,
     trained_surrogate_part_extractor,
 )
 from unmask.io import atomic_write_json, atomic_write_text
@@ -68,14 +69,22 @@ def run_experiment(plan: Plan) -> Path:
                                              inference=plan.inference)
     with timer.stage("train_k", "K: train or load from the cache"):
         k = trained_part_extractor(plan.k, plan.data, cache, checkpoint=plan.k_checkpoint, precision=k_precision)
+    k_robust, k_robust_metrics = None, None
+    if plan.k_robust is not None:
+        with timer.stage("train_k_robust", "UnMask-R's robust K: fine-tune K adversarially or load from the cache"):
+            k_robust = trained_robust_part_extractor(plan.k, plan.k_robust, plan.data, cache,
+                                                     checkpoint=plan.k_checkpoint, precision=k_precision)
     with timer.stage("eval_k", "K: COCO mAP and part precision/recall on the test split"):
         k_metrics = part_extractor_metrics(k, plan.data, cache)[0] if main else {}
+        if k_robust is not None:  # the price of robustness: the robust K's clean figures beside K's
+            k_robust_metrics = part_extractor_metrics(k_robust, plan.data, cache)[0] if main else {}
 
     folder = RunFolder(plan.output_dir / plan.run_name)
     if main:
         folder.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder.path / "config.json", {"format": RESULT_FORMAT, **plan.results})
-    evaluation = Evaluator.start(folder, runtime, plan.evaluation, plan.class_set, data, m, adv_trained, k)
+    evaluation = Evaluator.start(folder, runtime, plan.evaluation, plan.class_set, data, m, adv_trained, k,
+                                 k_robust=k_robust)
     with timer.stage("clean", f"clean predictions of M, the baseline and K ({len(evaluation.test)} test images)"):
         evaluation.clean()
         thresholds = evaluation.thresholds(plan.evaluation.detection_fpr)
@@ -95,7 +104,8 @@ def run_experiment(plan: Plan) -> Path:
     if not main:
         return folder.path  # the main process reports
     with timer.stage("report", f"metrics, tables and figures in {folder.path}"):
-        metrics, tables = write_report(evaluation, plan.results, attacked, thresholds, k_metrics, adaptive)
+        metrics, tables = write_report(evaluation, plan.results, attacked, thresholds, k_metrics, adaptive,
+                                       k_robust_metrics=k_robust_metrics)
     metrics["timing"] = {**timer.seconds, "total": sum(timer.seconds.values())}
     atomic_write_json(folder.path / "metrics.json", metrics)
     if plan.verbosity > 0:
