@@ -352,6 +352,18 @@ PROFILES: dict[str, dict[str, object]] = {
         "adaptive_fprs": (0.05, 0.10),
         **{f"adaptive_{name}": value for name, value in FULL_ADAPTIVE_BUDGET.as_dict().items()},
     },
+    # UnMask-R against adversarial training (python main.py --profile robust): the robust K beside K, every
+    # UnMask-like defense under the white-box attacks aimed at each of its outputs at L-inf 4, 8 and 16, and the
+    # K-only sanity attacks at 64 (they must still win: robustness that holds there means broken gradients);
+    # M, K and the adversarially trained M keep the defaults' options, so their cached weights are reused
+    "robust": {
+        "k_adv_training": True,
+        "adaptive_attacks": (*(f"{name}_linf:{epsilon}" for epsilon in (4, 8, 16)
+                               for name in ("joint", "reclassify", "transplant")),
+                             "k_vanish_linf:64", "k_fabricate_linf:64"),
+        "adaptive_threat_models": ("white-box",),
+        "adaptive_fprs": (0.05, 0.10),
+    },
 }
 """Named sets of overrides, applied on top of the defaults by ``--profile``."""
 

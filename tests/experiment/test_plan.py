@@ -76,6 +76,19 @@ def test_the_full_profile_is_the_full_budget_on_every_attack_both_threat_models_
     assert adaptive.threat_models == ("white-box", "transfer") and adaptive.fprs == (0.05, 0.1)
 
 
+def test_the_robust_profile_adds_the_robust_k_and_reuses_the_default_models():
+    default, robust = build_plan(resolve_config()), build_plan(resolve_config(profile="robust"))
+    assert robust.k_robust == build_plan(resolve_config(overrides={"k_adv_training": True})).k_robust is not None
+    assert (robust.m, robust.adv_trained, robust.k) == (default.m, default.adv_trained, default.k)  # cached models
+    adaptive = robust.adaptive
+    assert [vector.label for vector in adaptive.vectors] == [
+        *(f"{name}_linf:{epsilon}" for epsilon in (4, 8, 16) for name in ("joint", "reclassify", "transplant")),
+        "k_vanish_linf:64", "k_fabricate_linf:64"]
+    assert adaptive.threat_models == ("white-box",) and adaptive.fprs == (0.05, 0.1)
+    assert adaptive.options == default.adaptive.options and adaptive.max_images == default.adaptive.max_images
+    assert robust.run_name != default.run_name
+
+
 def test_none_turns_the_adaptive_evaluation_off_and_budgets_are_checked():
     _, plan, _ = parse(["run", "--adaptive-attacks", "none"])
     assert not plan.adaptive.enabled
