@@ -14,7 +14,20 @@ times, per batch size, in one run on one machine:
 - ``judge``: the hard pipeline (M forward + K's ``PartExtractor``), no gradients,
 
 and prints image-steps per second, the ratios to ``m`` and the peak memory (CPU: the process's
-peak resident size so far, so give batch sizes in increasing order). Models: the default
+peak resident size so far, so give batch sizes in increasing order).
+
+``--convergence`` instead compares the step rules on the real attack, in one run:
+
+    python bench/bench_adaptive.py --convergence --images 20 --steps 10 20 50 100
+
+the re-classification attack (the one slowest to converge: targeted towards the best-matching
+other class, one target, one run) at L-inf ``--epsilon`` on ``--images`` class-stratified test
+images M gets right, with the detection threshold fixed at 10% FPR on clean validation images,
+once per rule (``apgd``, ``cosine``) and step budget. Per rule and budget it prints the
+re-classification accuracy on the hard pipeline (lower: stronger attack), the seconds, the
+image-steps the attack ran (early stop per image) and image-steps per second; then, per rule,
+the seconds to its first budget within 2 points of the lowest accuracy any rule reached (the
+converged worst case). Models: the default
 configuration's M and K from ``--output-dir``'s model cache (``python main.py`` fills it; trained
 there first when missing, a few minutes), or random initialisation with ``--random-init``
 (the proposals differ, so the K step's cost does a little).
@@ -84,6 +97,69 @@ def time_per_image(step, images: torch.Tensor, *, repeats: int, device: torch.de
     return min(times) / len(images)
 
 
+def convergence(args: argparse.Namespace) -> None:
+    """The step rules' accuracy, seconds and image-steps per second per step budget (see the docstring)."""
+    import numpy as np
+
+    from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, AdaptiveOptions, DefenseTarget, adaptive_attack
+    from unmask.config import resolve_config
+    from unmask.data.sampling import stratified_sample
+    from unmask.evaluation import Scored, fix_thresholds
+    from unmask.experiment.plan import build_plan
+    from unmask.experiment.stages import (
+        clean_predictions,
+        hard_judge,
+        load_classifier_data,
+        prepare_data,
+        trained_classifiers,
+        trained_part_extractor,
+    )
+    from unmask.runtime import Runtime
+    from unmask.train.loop import ModelCache
+
+    plan = build_plan(resolve_config({}, "demo", {"output_dir": args.output_dir, "device": "cpu"}))
+    runtime = Runtime.start("cpu", verbosity=1)
+    cache = ModelCache(plan.models_dir, runtime, plan.allow_random_init)
+    prepare_data(plan.data, runtime, k_splits=plan.k_splits)
+    data = load_classifier_data(plan.data)
+    m, _ = trained_classifiers(plan.m, None, data, cache, inference=plan.inference)
+    k = trained_part_extractor(plan.k, plan.data, cache)
+    validation_images, _ = data["val"].tensors()
+    validation = Scored.of(clean_predictions(validation_images, m.inference, None, k.extractor), plan.class_set)
+    threshold = fix_thresholds(validation, 0.10).set_jaccard
+    images, labels = data["test"].tensors()
+    clean_m = m.inference.predict(images).cpu().numpy()
+    correct = np.flatnonzero(clean_m == labels.numpy())
+    chosen = correct[stratified_sample(labels.numpy()[correct], args.images, seed=0)]
+    x, y = images[chosen], labels[chosen]
+    target = DefenseTarget(classifier=m.model, part_model=k.extractor.model,
+                           class_parts=torch.from_numpy(np.asarray(plan.class_set.expected, dtype=np.float32)),
+                           k_score_threshold=k.extractor.score_threshold, detection_threshold=threshold,
+                           judge=hard_judge(m.inference, k.extractor, plan.class_set, threshold))
+    vector = ADAPTIVE_ATTACKS.vector("reclassify_linf", args.epsilon)
+    print(f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}); {vector.label} "
+          f"(targeted, 1 target, 1 run) on {len(chosen)} test images; threshold {threshold:.3f} at 10% FPR")
+    print(f"{'rule':>7} {'steps':>5} {'re-class. acc.':>15} {'seconds':>8} {'image-steps':>12} {'img-step/s':>11}")
+    accuracy: dict[tuple[str, int], float] = {}
+    seconds: dict[tuple[str, int], float] = {}
+    for rule in ("apgd", "cosine"):
+        for steps in args.steps:
+            options = AdaptiveOptions(steps=steps, restarts=1, targets=1, reclassify_losses=("targeted",),
+                                      step_schedule=rule)
+            started = time.perf_counter()
+            result = adaptive_attack(target, x, y, vector, options, indices=torch.from_numpy(chosen))
+            seconds[rule, steps] = time.perf_counter() - started
+            accuracy[rule, steps] = 100 * float((result.verdict.unmask_prediction == y).float().mean())
+            image_steps = result.stats["image_steps"]
+            print(f"{rule:>7} {steps:>5} {accuracy[rule, steps]:>14.1f}% {seconds[rule, steps]:>8.1f} "
+                  f"{image_steps:>12.0f} {image_steps / seconds[rule, steps]:>11.1f}", flush=True)
+    converged = min(accuracy.values())
+    for rule in ("apgd", "cosine"):
+        within = [steps for steps in args.steps if accuracy[rule, steps] <= converged + 2]
+        reached = f"{seconds[rule, within[0]]:.1f} s ({within[0]} steps)" if within else "not within the budgets run"
+        print(f"{rule}: converged worst case ({converged:.1f}% + 2 points) reached in {reached}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -93,9 +169,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", default="results", help="the run's results folder (its models/ cache)")
     parser.add_argument("--random-init", action="store_true", help="random M and K instead of trained ones")
     parser.add_argument("--k-score-threshold", type=float, default=0.5)
+    parser.add_argument("--convergence", action="store_true", help="compare the step rules on the real attack")
+    parser.add_argument("--images", type=int, default=20, help="--convergence: test images")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100], help="--convergence: budgets")
+    parser.add_argument("--epsilon", type=float, default=8.0, help="--convergence: L-inf epsilon, 0-255 scale")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.convergence:
+        convergence(args)
+        return
     device = torch.device(args.device)
     classifier, part_model, sources = load_models(None if args.random_init else args.output_dir, device=device)
     for model in (classifier, part_model):

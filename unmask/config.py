@@ -279,6 +279,11 @@ class Config:
     adaptive_targets: int = option(_REDUCED.targets, "Target classes the targeted adaptive attacks try per image, "
                                    "best-ranked first (0: every class but the true one).", at_least=0,
                                    to="adaptive.targets")
+    adaptive_reclassify_losses: tuple[str, ...] = option(
+        _REDUCED.reclassify_losses, "The re-classification attack's runs, in order: targeted (towards each of "
+        "--adaptive-targets best-matching other classes), dlr and ce (untargeted, APGD's losses on K's soft Jaccards "
+        "as logits).", choices=Choices("unmask.attacks.adaptive.options:RECLASSIFY_LOSSES", "loss"),
+        to="adaptive.reclassify_losses")
     adaptive_label_only_images: int = option(20, "The label-only attack (HopSkipJump, a check against gradient "
                                              "masking) runs on a seeded, class-stratified sub-sample of this many of "
                                              "the adaptive sample's images (0: all): about a minute per image on a "

@@ -183,8 +183,9 @@ def format_threat_models(metrics: Mapping[str, Any]) -> str:
                                  f"{100 * c['interval'][1]:+.1f}]{' *' if c['significant'] else ''}")
                 lines.append(f"| {_percent(key[0])} | {key[2]:g} | {defense} | {baseline} | " + " | ".join(cells) + " |")
 
-    lines += ["", "Every attack (each on the images no earlier attack of its budget had already broken for the "
-              "output it aims at; the label-only check on its own sub-sample, outside the worst case):", "",
+    lines += ["", "Every attack (each on the images no earlier attack of its budget or a smaller one had already "
+              "broken for the output it aims at; the label-only check on its own sub-sample, outside the worst "
+              "case):", "",
               "| defense | threat model | attack | ε (0-255) | FPR | images | success | robust acc. w/ detection | "
               "re-classification | system | M | K part recall | parts changed |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

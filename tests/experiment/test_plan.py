@@ -70,9 +70,9 @@ def test_the_full_profile_is_the_full_budget_on_every_attack_both_threat_models_
     assert {vector.attack.attack_class for vector in adaptive.vectors} == {
         info.attack_class for info in ADAPTIVE_ATTACKS.values() if info.attack_class.needs_part_model}
     options = adaptive.options
-    assert (options.steps, options.restarts, options.targets, options.relative_step) == (
+    assert (options.steps, options.restarts, options.targets, options.relative_step, options.reclassify_losses) == (
         FULL_ADAPTIVE_BUDGET.steps, FULL_ADAPTIVE_BUDGET.restarts, FULL_ADAPTIVE_BUDGET.targets,
-        FULL_ADAPTIVE_BUDGET.relative_step)
+        FULL_ADAPTIVE_BUDGET.relative_step, ("targeted", "dlr", "ce"))
     assert adaptive.threat_models == ("white-box", "transfer") and adaptive.fprs == (0.05, 0.1)
 
 

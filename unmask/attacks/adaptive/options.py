@@ -79,7 +79,7 @@ class AdaptiveOptions:
     part_kappa: float = 0.5
     tau: float = 0.05
     temperature: float = 0.05
-    reclassify_losses: tuple[str, ...] = ("targeted", "dlr", "ce")
+    reclassify_losses: tuple[str, ...] = REDUCED.reclassify_losses
     reclassify_temperature: float = 0.05
     reclassify_hinge: float = 0.1
     clean_proposals: bool = False
