@@ -279,6 +279,11 @@ class Config:
     adaptive_targets: int = option(_REDUCED.targets, "Target classes the targeted adaptive attacks try per image, "
                                    "best-ranked first (0: every class but the true one).", at_least=0,
                                    to="adaptive.targets")
+    adaptive_step_schedule: str = option("apgd", "Step rule of the adaptive attacks: apgd (APGD's step-size "
+                                         "control, Croce & Hein 2020), cosine (from twice the base step down to 0) "
+                                         "or constant.",
+                                         choices=Choices("unmask.attacks.adaptive.options:STEP_SCHEDULES", "rule"),
+                                         to="adaptive.step_schedule")
     adaptive_reclassify_losses: tuple[str, ...] = option(
         _REDUCED.reclassify_losses, "The re-classification attack's runs, in order: targeted (towards each of "
         "--adaptive-targets best-matching other classes), dlr and ce (untargeted, APGD's losses on K's soft Jaccards "
