@@ -24,6 +24,7 @@ CHANGED = {
     "k_score_threshold": 0.25, "k_nms_threshold": 0.4, "k_max_detections": 50, "attack_steps": 9,
     "attack_original_step": True, "mim_decay": 0.5, "attack_batch_size": 16, "adaptive_steps": 11,
     "adaptive_restarts": 3, "adaptive_targets": 0, "adaptive_relative_step": 4.0, "adaptive_batch_size": 8,
+    "adaptive_step_schedule": "cosine", "adaptive_reclassify_losses": ("dlr", "ce"),
     "k_adv_epsilon": 4.0, "k_adv_recipe": "pgd", "k_adv_steps": 3, "k_adv_step_size": 1.5,
     "k_adv_losses": ("training", "vanish"), "k_adv_target": "nearest", "k_adv_clean_weight": 0.5, "k_adv_trades": 2.0,
     "k_adv_epochs": 3, "k_adv_lr": 0.01,
