@@ -4,10 +4,14 @@ differences, and the tables and figure drawn from them."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from unmask.attacks import LINF
+from unmask.attacks.adaptive import ADAPTIVE_ATTACKS
+from unmask.experiment import adaptive
 from unmask.experiment.adaptive import CleanView, Judged, Row, summarise
 from unmask.report import format_threat_models, threat_model_series
 
@@ -307,3 +311,22 @@ def test_unmask_r_is_attacked_and_judged_with_its_own_k_and_thresholds(tmp_path,
     assert robust["flag_rate"] == 0.0 and robust["accuracy_m"] == 1.0
     gray = next(e for e in metrics["adaptive"] if (e["defense"], e["threat_model"]) == ("UnMask-R", "gray-box"))
     assert gray["part_recall"] == 1.0  # judged by the robust K: its parts, against its own clean parts
+
+
+def test_an_image_broken_at_a_smaller_budget_is_not_attacked_again(monkeypatch):
+    attacked = []
+
+    def evades_on_the_first_image(evaluator, spec, sample, positions, vector, *rest):
+        attacked.append((vector.label, positions.tolist()))
+        m = LABELS[positions].copy()
+        m[:1] = (m[:1] + 1) % 3  # M fooled, not flagged: the first covered image is evaded
+        return Judged(m, PARTS[positions], np.full(len(positions), 0.1), LABELS[positions])
+
+    monkeypatch.setattr(adaptive, "_attacked", evades_on_the_first_image)
+    broken = {figure: np.zeros(8, dtype=bool) for figure in adaptive.FIGURES}
+    for epsilon in (8, 16):
+        adaptive._sequence(SimpleNamespace(labels=LABELS), None, EVERY, np.arange(0),
+                           [ADAPTIVE_ATTACKS.vector("joint_linf", epsilon)], SimpleNamespace(name="UnMask"),
+                           "white-box", 0.1, THRESHOLD, None, THRESHOLD, CLEAN_DETECTION, broken)
+    assert attacked == [("joint_linf:8", list(range(8))), ("joint_linf:16", list(range(1, 8)))]
+    assert broken["evaded"].tolist() == [True, True] + [False] * 6
