@@ -108,15 +108,10 @@ def test_rerun_recomputes_nothing_and_gives_the_same_numbers(finished_run, monke
     plan, directory = finished_run
     before = json.loads((directory / "metrics.json").read_text())
 
-    def no_attacks(*args, **kwargs):
-        raise AssertionError("a finished run attacked again")
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a cached model was trained again")
-
-    monkeypatch.setattr(stages, "attack", no_attacks)
-    monkeypatch.setattr("unmask.train.part_extractor.train_part_extractor", no_training)
-    monkeypatch.setattr("unmask.train.classifier._train_epoch", no_training)
+    monkeypatch.setattr(stages, "attack", _forbidden("a finished run attacked again"))
+    monkeypatch.setattr("unmask.train.part_extractor.train_part_extractor",
+                        _forbidden("a cached model was trained again"))
+    monkeypatch.setattr("unmask.train.classifier._train_epoch", _forbidden("a cached model was trained again"))
     run_experiment(plan)
     after = json.loads((directory / "metrics.json").read_text())
     assert _numbers(after) == _numbers(before)
@@ -260,9 +255,7 @@ def test_unmask_r_is_evaluated_beside_unmask_with_its_own_k_thresholds_and_resul
     assert "### UnMask-R" in (directory / "tables.md").read_text()
     assert (directory / "robust.png").stat().st_size > 1000
 
-    def nothing_again(*args, **kwargs):
-        raise AssertionError("a finished run computed again")
-
+    nothing_again = _forbidden("a finished run computed again")
     monkeypatch.setattr(stages, "attack", nothing_again)
     monkeypatch.setattr("unmask.experiment.adaptive.adaptive_attack", nothing_again)
     monkeypatch.setattr("unmask.train.robust_part_extractor.train_part_extractor", nothing_again)
@@ -273,6 +266,15 @@ def test_unmask_r_is_evaluated_beside_unmask_with_its_own_k_thresholds_and_resul
 def _rows(directory, attack="clean"):
     with open(directory / "per_image.csv", newline="") as handle:
         return [row for row in csv.DictReader(handle) if row["attack"] == attack]
+
+
+def _forbidden(what: str):
+    """A stand-in that fails the test if the run calls it: ``what`` happened again."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError(what)
+
+    return fail
 
 
 def _shared(plan, **overrides):
