@@ -293,9 +293,9 @@ class Config:
                                              "masking) runs on a seeded, class-stratified sub-sample of this many of "
                                              "the adaptive sample's images (0: all): about a minute per image on a "
                                              "CPU.", at_least=0)
-    adaptive_relative_step: float = option(_REDUCED.relative_step, "Base step of the adaptive attacks: this x "
-                                           "epsilon / steps (cosine schedule from twice that down to 0; 8 at 20 "
-                                           "steps: a first step of 0.8 epsilon).", above=0,
+    adaptive_relative_step: float = option(_REDUCED.relative_step, "Base step of the cosine and constant step "
+                                           "rules: this x epsilon / steps (cosine from twice that down to 0; APGD "
+                                           "sets its own steps).", above=0,
                                            to="adaptive.relative_step")
     adaptive_batch_size: int = option(32, "Images per adaptive-attack batch (the unit of sharding and resume).",
                                       at_least=1, to="adaptive.batch_size")
