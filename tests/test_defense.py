@@ -16,6 +16,7 @@ from unmask.defense import (
     soft_detection_score,
     soft_jaccard,
     soft_reclassify,
+    unflagged_wrong_class,
 )
 from unmask.parts import CLASS_PARTS, CLASS_SETS, PARTS, ClassSet, UnknownNameError
 
@@ -80,6 +81,36 @@ def test_reclassify_ties_go_to_the_earlier_class():
     assert reclassify(shared, ClassSet.of(["horse", "cow", "bird"])) == "horse"
     assert reclassify(shared, ClassSet.of(["bird", "cow", "horse"])) == "cow"
     assert reclassify_batch(part_matrix([shared]), ClassSet.of(["bird", "cow", "horse"])).tolist() == [1]
+
+
+def test_unflagged_wrong_class_hand_examples():
+    # cow and sheep expect the same parts: a cow whose parts K sees perfectly is still a sheep to
+    # detection, at any threshold above 0; a bird's parts leave no other class of these close
+    same = ClassSet.of(["cow", "sheep", "bird"])
+    parts = part_matrix([CLASS_PARTS["cow"], CLASS_PARTS["bird"]])
+    assert unflagged_wrong_class(parts, np.array([0, 2]), same, 0.1).tolist() == [True, False]
+    # its own class never counts: a bird labelled bird passes, but that is not a wrong class
+    assert not unflagged_wrong_class(part_matrix([CLASS_PARTS["bird"]]), np.array([2]), same, 0.01)[0]
+    # the flag is score >= threshold: a wrong class whose score equals the threshold is flagged
+    matrix = part_matrix([{"coach_left", "wheel"}])
+    car_score = 1.0 - jaccard_matrix(matrix, CS5_2)[0, CS5_2.classes.index("car")]
+    train = np.array([CS5_2.classes.index("train")])
+    others = [1.0 - jaccard_matrix(matrix, CS5_2)[0, i] for i in range(len(CS5_2.classes)) if i != train[0]]
+    assert car_score == min(others)
+    assert not unflagged_wrong_class(matrix, train, CS5_2, car_score)[0]
+    assert unflagged_wrong_class(matrix, train, CS5_2, np.nextafter(car_score, 2.0))[0]
+
+
+@given(st.lists(part_set, min_size=1, max_size=6), class_sets, st.floats(0, 1), st.data())
+def test_unflagged_wrong_class_agrees_with_detection_of_every_other_class(sets, class_set, threshold, data):
+    labels = np.array(data.draw(st.lists(st.integers(0, len(class_set.classes) - 1), min_size=len(sets),
+                                         max_size=len(sets))))
+    matrix = part_matrix(sets)
+    got = unflagged_wrong_class(matrix, labels, class_set, threshold)
+    for row, label in enumerate(labels):
+        others = [c for c in range(len(class_set.classes)) if c != label]
+        scores = detection_scores(np.repeat(matrix[row:row + 1], len(others), axis=0), np.array(others), class_set)
+        assert got[row] == bool((scores < threshold).any())
 
 
 def test_reclassify_without_shared_parts_is_no_prediction():

@@ -22,7 +22,8 @@ from unmask.constants import NO_PREDICTION
 from unmask.parts import PART_INDEX, PARTS, ClassSet, UnknownNameError
 
 __all__ = ["NO_PREDICTION", "detection_score", "detection_scores", "jaccard", "jaccard_matrix", "part_matrix",
-           "part_sets", "reclassify", "reclassify_batch", "soft_detection_score", "soft_jaccard", "soft_reclassify"]
+           "part_sets", "reclassify", "reclassify_batch", "soft_detection_score", "soft_jaccard", "soft_reclassify",
+           "unflagged_wrong_class"]
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
@@ -126,6 +127,21 @@ def detection_scores(
     if predicted.size and (predicted.min() < 0 or predicted.max() >= n_classes):
         raise ValueError(f"predicted class indices must lie in [0, {n_classes}); got {predicted}")
     return 1.0 - similarities[np.arange(len(predicted)), predicted]
+
+
+def unflagged_wrong_class(parts: np.ndarray, labels: np.ndarray, class_set: ClassSet,
+                          threshold: float) -> np.ndarray:
+    """Per image: whether some class other than its label would pass detection with these
+    parts (1 - J(V[c], parts) < ``threshold``). On such an image an attacker who only moves M
+    to that class is not flagged even if K's parts do not move at all: a robust K cannot
+    defend it at this threshold."""
+    similarities = jaccard_matrix(parts, class_set)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (similarities.shape[0],):
+        raise ValueError(f"labels must have shape ({similarities.shape[0]},), got {labels.shape}")
+    others = similarities.copy()
+    others[np.arange(len(labels)), labels] = -np.inf
+    return 1.0 - others.max(axis=1, initial=-np.inf) < threshold
 
 
 def reclassify_batch(parts: np.ndarray, class_set: ClassSet) -> np.ndarray:

@@ -264,6 +264,21 @@ def format_robust(metrics: Mapping[str, Any]) -> str:
                 lines.append(f"| {_percent(key[0])} | {key[1]} | {key[2]:g} | {name} | {row['n_images']} | "
                              + " | ".join(_cell(row, figure) for figure in (
                                  "robust_accuracy_with_detection", "accuracy_unmask", "accuracy_system")) + " |")
+    ceilings = metrics.get("unflagged_wrong_class") or []
+    if ceilings:
+        lines += ["", "What no K can defend: the share of the sample's clean images on which another class passes "
+                  "detection with the defense's own K's clean parts at its threshold. An M made to say that class is "
+                  "not flagged even if K's parts never move, so 100 minus it bounds robust acc. w/ detection and "
+                  "system accuracy for any K (against an M that can be made to say every class); [95% interval] "
+                  "(Wilson):", "",
+                  "| defense | FPR | threshold | images | another class passes detection | bound for any K |",
+                  "|---|---:|---:|---:|---|---:|"]
+        for entry in ceilings:
+            low, high = entry["interval"]
+            lines.append(f"| {entry['defense']} | {_percent(entry['fpr_target'])} | "
+                         f"{_number(entry['detection_threshold'])} | {entry['n_images']} | "
+                         f"{_percent(entry['rate'])} [{_percent(low)}, {_percent(high)}] | "
+                         f"{_percent(None if entry['rate'] is None else 1 - entry['rate'])} |")
     sanity = [entry for entry in metrics["adaptive"] if entry["attack"].startswith("k_")]
     if sanity:
         lines += ["", "K-only sanity attacks (a robust K that does not fall at a huge budget hides broken gradients): "

@@ -162,7 +162,10 @@ def test_the_robust_comparison_and_figure_have_one_line_per_defense(tmp_path):
          "flag_rate": None, "accuracy_m": 0.85, "accuracy_unmask": None, "accuracy_system": 0.85, "intervals": {}}]
     metrics["k"] = {"map_mask_50": 0.8, "part_precision": 0.98, "part_recall": 0.96}
     metrics["k_robust"] = {"map_mask_50": 0.7, "part_precision": 0.95, "part_recall": 0.9}
+    metrics["unflagged_wrong_class"] = [{"defense": "UnMask-R", "fpr_target": 0.1, "detection_threshold": 0.3,
+                                         "n_images": 8, "rate": 0.25, "interval": [0.07, 0.59]}]
     table = format_robust(metrics)
+    assert "| UnMask-R | 10.0 | 0.300 | 8 | 25.0 [7.0, 59.0] | 75.0 |" in table
     assert "| UnMask-R | 10.0 | 0.300 | 90.0 | 95.0 | 92.0 | 12.0 | robust K | 0.700 | 0.950 | 0.900 |" in table
     assert "| adversarial training | 10.0 | n/a | 85.0 | – | 85.0 | – | – | – | – | – |" in table
     under = [line for line in table.splitlines() if line.startswith("| 10.0 | linf | 8 |")]
@@ -311,6 +314,16 @@ def test_unmask_r_is_attacked_and_judged_with_its_own_k_and_thresholds(tmp_path,
     assert robust["flag_rate"] == 0.0 and robust["accuracy_m"] == 1.0
     gray = next(e for e in metrics["adaptive"] if (e["defense"], e["threat_model"]) == ("UnMask-R", "gray-box"))
     assert gray["part_recall"] == 1.0  # judged by the robust K: its parts, against its own clean parts
+    # what no K could defend: each defense's own clean parts, at its own threshold, on the sample
+    from unmask.defense import unflagged_wrong_class
+
+    ceilings = {e["defense"]: e for e in metrics["unflagged_wrong_class"]}
+    assert set(ceilings) == {"UnMask", "UnMask-R"}
+    for name, k in (("UnMask", evaluator.k), ("UnMask-R", evaluator.k_robust)):
+        expected = unflagged_wrong_class(k.parts(evaluator.labels, evaluator.class_set), evaluator.labels,
+                                         evaluator.class_set, own[name])
+        assert ceilings[name]["detection_threshold"] == own[name] and ceilings[name]["n_images"] == 6
+        assert ceilings[name]["rate"] == expected.mean()
 
 
 def test_an_image_broken_at_a_smaller_budget_is_not_attacked_again(monkeypatch):

@@ -39,7 +39,9 @@ recall against its clean parts. The summary is, per defense, budget and false-po
 the per-image worst case over every attack that ran (and over each threat model's), with
 bootstrap 95% intervals, the attack that did the most against each figure, and the paired
 differences between each UnMask-like defense's figures and each baseline's accuracy on the
-same images; and per defense, its clean figures at each threshold (``clean_figures``).
+same images; per defense, its clean figures at each threshold (``clean_figures``); and per
+UnMask-like defense, the share of the sample no K could defend at its threshold
+(``unflagged_wrong_classes``).
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ from unmask.attacks import GRAY_BOX_ATTACKS, NORMS, PAPER_ATTACK, AttackKind, At
 from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, DefenseTarget, Verdict, adaptive_attack
 from unmask.constants import NO_PREDICTION
 from unmask.data.sampling import stratified_sample
+from unmask.defense import unflagged_wrong_class
 from unmask.evaluation import Outcomes, Predictions, Scored, attack_outcomes, fix_thresholds, strongest, worst_case
 from unmask.experiment.batches import Arrays
 from unmask.experiment.evaluator import Evaluator
 from unmask.experiment.plan import THREAT_MODELS, AdaptiveSpec
 from unmask.experiment.stages import TrainedClassifier, TrainedPartExtractor, hard_judge
 from unmask.metrics import bootstrap_rate, rate
+from unmask.parts import ClassSet
 from unmask.provenance import digest
 from unmask.train.part_extractor import part_set_precision_recall
 
@@ -239,7 +243,9 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
     views = {defense.name: CleanView(defense.clean.detection[sample], defense.clean.predictions.parts[sample])
              for defense in defenses if defense.clean is not None}
     return {**summarise(rows, labels[sample], views, seed=evaluator.spec.seed),
-            "defenses": clean_figures(evaluator, defenses, spec.fprs)}
+            "defenses": clean_figures(evaluator, defenses, spec.fprs),
+            "unflagged_wrong_class": unflagged_wrong_classes(evaluator.class_set, defenses, views, labels[sample],
+                                                             spec.fprs)}
 
 
 def summarise(rows: list[Row], labels: np.ndarray, clean: Mapping[str, CleanView], *, seed: int) -> dict[str, Any]:
@@ -262,6 +268,24 @@ def summarise(rows: list[Row], labels: np.ndarray, clean: Mapping[str, CleanView
                               None if own is None else own.parts[row.positions]))
     summary, comparisons = _worst_cases([row for row in rows if row.in_worst_case], labels, view, seed=seed)
     return {"adaptive": entries, "adaptive_summary": summary, "adaptive_comparisons": comparisons}
+
+
+def unflagged_wrong_classes(class_set: ClassSet, defenses: list[Defense], clean: Mapping[str, CleanView],
+                            labels: np.ndarray, fprs: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Per UnMask-like defense and false-positive rate, on the adaptive sample's clean images
+    (with ``labels``): the share on which another class passes detection with the clean parts of
+    the defense's K (``unflagged_wrong_class``), with its Wilson interval. An attacker who makes
+    M say that class is not flagged even by a K whose parts never move, so one minus it bounds
+    the robust accuracy with detection and the system accuracy of any K at that threshold
+    (against an M that can be pushed to every class, as undefended M can)."""
+    entries = []
+    for defense in (d for d in defenses if d.k is not None):
+        for fpr in fprs:
+            threshold = defense.threshold(fpr)
+            measured = rate(unflagged_wrong_class(clean[defense.name].parts, labels, class_set, threshold))
+            entries.append({"defense": defense.name, "fpr_target": fpr, "detection_threshold": threshold,
+                            "n_images": measured.n, "rate": measured.value, "interval": [measured.low, measured.high]})
+    return entries
 
 
 def clean_figures(evaluator: Evaluator, defenses: list[Defense], fprs: tuple[float, ...]) -> list[dict[str, Any]]:
