@@ -271,7 +271,7 @@ def format_robust(metrics: Mapping[str, Any]) -> str:
                   "not flagged even if K's parts never move, so 100 minus it bounds robust acc. w/ detection and "
                   "system accuracy for any K (against an M that can be made to say every class); [95% interval] "
                   "(Wilson):", "",
-                  "| defense | FPR | threshold | images | another class passes detection | bound for any K |",
+                  "| defense | FPR | threshold | images | another class passes detection | bound for any K, if M can be made to say any class |",
                   "|---|---:|---:|---:|---|---:|"]
         for entry in ceilings:
             low, high = entry["interval"]
