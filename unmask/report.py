@@ -274,10 +274,9 @@ def format_robust(metrics: Mapping[str, Any]) -> str:
                   "| defense | FPR | threshold | images | another class passes detection | bound for any K, if M can be made to say any class |",
                   "|---|---:|---:|---:|---|---:|"]
         for entry in ceilings:
-            low, high = entry["interval"]
             lines.append(f"| {entry['defense']} | {_percent(entry['fpr_target'])} | "
                          f"{_number(entry['detection_threshold'])} | {entry['n_images']} | "
-                         f"{_percent(entry['rate'])} [{_percent(low)}, {_percent(high)}] | "
+                         f"{_with_interval(entry['rate'], entry['interval'])} | "
                          f"{_percent(None if entry['rate'] is None else 1 - entry['rate'])} |")
     sanity = [entry for entry in metrics["adaptive"] if entry["attack"].startswith("k_")]
     if sanity:
