@@ -343,3 +343,12 @@ def test_an_image_broken_at_a_smaller_budget_is_not_attacked_again(monkeypatch):
                            "white-box", 0.1, THRESHOLD, None, THRESHOLD, CLEAN_DETECTION, broken)
     assert attacked == [("joint_linf:8", list(range(8))), ("joint_linf:16", list(range(1, 8)))]
     assert broken["evaded"].tolist() == [True, True] + [False] * 6
+
+
+def test_an_attack_s_revision_keys_its_saved_results() -> None:
+    """A change to what an attack computes bumps its revision, and the saved key with it; an attack
+    at revision 0 keeps the key it had before revisions existed."""
+    fabricate, vanish = ADAPTIVE_ATTACKS.vector("k_fabricate_linf", 64), ADAPTIVE_ATTACKS.vector("k_vanish_linf", 64)
+    assert fabricate.attack.attack_class.revision >= 1
+    assert adaptive._revision(fabricate) == {"revision": fabricate.attack.attack_class.revision}
+    assert adaptive._revision(vanish) == {}

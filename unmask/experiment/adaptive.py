@@ -419,7 +419,7 @@ def _attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, posi
     key = evaluator.key(sample=digest(chosen.tolist()), defense={"name": defense.name, "m": defense.m.fingerprint,
                                                                  "k": defense.k.fingerprint if defense.k else None},
                         k=defense.k, threat_model=threat_model, attacker_k=attacker.fingerprint if attacker else None,
-                        attack={"vector": vector.label, **asdict(spec.options)},
+                        attack={"vector": vector.label, **asdict(spec.options), **_revision(vector)},
                         attacker_threshold=attacker_threshold, threshold=threshold)
     images, labels = evaluator.test.images[chosen], evaluator.test.labels[chosen]
 
@@ -448,6 +448,12 @@ def _attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, posi
         return Judged(arrays["m"], goal=arrays["goal"].astype(bool))
     return Judged(arrays["m"], arrays["parts"].astype(bool), arrays["detection"], arrays["unmask"],
                   arrays["goal"].astype(bool), arrays.get("distance"))
+
+
+def _revision(vector: AttackVector) -> dict[str, int]:
+    """The attack's revision for its saved key, left out at 0 (the keys saved before revisions)."""
+    revision = vector.attack.attack_class.revision
+    return {"revision": revision} if revision else {}
 
 
 def _classifier_judge(m: Any) -> Any:

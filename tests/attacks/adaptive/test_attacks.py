@@ -16,6 +16,7 @@ from unmask.attacks.adaptive import (
     adaptive_attack,
     build_adaptive_attack,
 )
+from unmask.attacks.adaptive.part_view import soft_jaccard
 from unmask.parts import CLASS_PARTS, PART_INDEX, UnknownNameError
 
 from .conftest import images, make_target, tiny_k, tiny_m
@@ -97,6 +98,11 @@ def test_every_attack_returns_8_bit_images_in_the_ball_with_the_judges_verdict(t
         assert torch.equal(result.success, again.deployed != labels)
     elif aims == "reclassification":
         assert torch.equal(result.success, again.unmask_prediction != labels)
+    elif name == "k_vanish_linf":
+        assert torch.equal(result.success, ~again.parts.any(1))
+    elif name == "k_fabricate_linf":  # the target class would pass UnMask's detection
+        overlap = soft_jaccard(again.parts.double(), target.class_parts.double())[torch.arange(3), result.targets]
+        assert torch.equal(result.success, 1 - overlap < target.detection_threshold)
     if ADAPTIVE_ATTACKS[name].kind.minimises:
         assert result.distances.shape == (3,)
     # the models come back as they were

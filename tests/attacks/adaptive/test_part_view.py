@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unmask.attacks.adaptive.part_view import NUM_LABELS, PartView, soft_jaccard
+from unmask.attacks.adaptive.part_view import _NEG, NUM_LABELS, PartOutputs, PartView, soft_jaccard
 from unmask.defense import jaccard_matrix
 from unmask.models.part_extractor import PartExtractor
 from unmask.parts import PART_INDEX, PARTS
@@ -95,3 +95,33 @@ def test_soft_jaccard_is_the_set_jaccard_on_0_1_presence() -> None:
     np.testing.assert_allclose(soft_jaccard(torch.from_numpy(parts).float(), torch.from_numpy(table)).numpy(),
                                jaccard_matrix(parts, ClassSet.named("cs5-2")), rtol=1e-6)
     assert ours.shape == (20, 5) and (ours[0] == 0).all()
+
+
+def test_parts_to_add_get_proposals_of_their_own() -> None:
+    """One proposal is every part's best; ``distinct`` matches each part to another proposal,
+    highest margin first, since a proposal reports only one class."""
+    view = PartView(tiny_k(), score_threshold=0.5)
+    wheel, eye, beak = PART_INDEX["wheel"] + 1, PART_INDEX["eye"] + 1, PART_INDEX["beak"] + 1
+    logits = torch.zeros(1, 4, NUM_LABELS)
+    logits[0, 0, [wheel, eye, beak]] = torch.tensor([9.0, 8.8, 8.6])  # nearly all three: the best for each
+    logits[0, 1, [0, eye]] = torch.tensor([5.0, 2.0])  # background, then eye
+    logits[0, 2, beak] = 9.5  # invalid (a degenerate box): never matched
+    logits[0, 3, [0, beak]] = torch.tensor([5.0, 1.0])
+    outputs = PartOutputs(logits, torch.ones(1, 4, dtype=torch.bool), torch.tensor([[True, True, False, True]]),
+                          [torch.zeros(4, 4)])
+    add = torch.zeros(1, 44)
+    add[0, [wheel - 1, eye - 1, beak - 1]] = 1
+    per_proposal = view._add_margins_per_proposal(outputs)
+    best = view.add_margins(outputs)
+    distinct = view.distinct_add_margins(outputs, add)
+    for part in (wheel, eye, beak):  # each part's best is proposal 0 (proposal 2 is invalid)
+        assert best[0, part - 1] == per_proposal[0, 0, part - 1]
+    assert distinct[0, wheel - 1] == per_proposal[0, 0, wheel - 1]  # the highest margin keeps proposal 0
+    assert distinct[0, eye - 1] == per_proposal[0, 1, eye - 1]
+    assert distinct[0, beak - 1] == per_proposal[0, 3, beak - 1]
+    assert (distinct[0, add[0] == 0] == _NEG).all()
+    # with more parts to add than valid proposals, the last ones get none
+    add[0, [PART_INDEX["hand"], PART_INDEX["foot"]]] = 1
+    assert (view.distinct_add_margins(outputs, add)[0] > _NEG).sum() == 3
+    loss = view.hinge_loss(outputs, add=add[:, :], distinct=True)
+    assert loss.shape == (1,) and loss > view.hinge_loss(outputs, add=add)

@@ -46,19 +46,29 @@ class VanishAttack(GradientAttack):
 
 
 class FabricateAttack(GradientAttack):
-    """K sees every part of a chosen class: PGD on K's "add" hinges (TOG fabrication; a sanity check).
+    """K sees a chosen class's parts, enough for UnMask to accept that class (TOG fabrication; a sanity check).
 
-    TOG's fabrication (Chow et al. 2020), targeted like DAG's mislabelling: PGD on K's "add"
-    hinge for every part of a target class, the class (other than the true one) whose parts
-    overlap least with K's clean detections (set Jaccard; ties: the earlier class). Success: the
-    judge sees every part of the target class; the kept image has the most of them. Norm: L-inf
+    TOG's fabrication (Chow et al. 2020), targeted like DAG's mislabelling (Xie et al. 2017,
+    which gives each proposal an adversarial label of its own): PGD on K's "add" hinges for the
+    parts of a target class, each part matched to a proposal of its own
+    (``PartView.distinct_add_margins``), and K's "remove" hinges for every other part. The target
+    is the class (other than the true one) whose parts overlap least with K's clean detections
+    (set Jaccard; ties: the earlier class). Success: the judge's parts pass UnMask's detection for
+    the target class (1 - J(V[target], parts) below the detection threshold), so an M moved to
+    that class would not be flagged; the kept image has the highest Jaccard. Norm: L-inf
     (``k_fabricate_linf``); ``options.restarts`` runs.
+
+    Revision 1. Revision 0 asked for every part of the target class (7 to 13 on the default
+    world) through each part's best proposal, with no loss on the other parts; at L-inf 64 that
+    held on 16% (clean K) and 24% (robust K) of the images: several parts pulled the same
+    proposal their own ways, and all of them at once is more than UnMask needs.
     """
 
     family = "k_fabricate"
     norms = (LINF,)
     aims = None
     targeted = True
+    revision = 1
 
     def runs(self, batch: Batch) -> Iterator[Run]:
         clean_parts = (batch.clean.presence >= self.view.effective_threshold).float()
@@ -68,16 +78,27 @@ class FabricateAttack(GradientAttack):
             yield Run((restart,), self.options.random_start or restart > 0, targets)
 
     def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
-        expected = self.class_parts[run.targets[rows].to(self.device)]
+        targets = run.targets[rows].to(self.device)
+        expected = self.class_parts[targets]
         outputs = self.outputs(batch, x_q, rows)
-        loss = self.view.hinge_loss(outputs, add=expected)
-        missing = (expected.bool() & ~self.view.hard_presence(outputs)).sum(1).double()
-        return Evaluation(missing == 0, torch.zeros_like(missing), missing + 1e-6 * loss.detach().double(), loss=loss)
+        loss = self.view.hinge_loss(outputs, add=expected, remove=1 - expected, distinct=True)
+        jaccard = self._jaccard(self.view.hard_presence(outputs), self.class_parts, targets.cpu()).to(loss.device)
+        return Evaluation(self._accepted(jaccard), -jaccard, -jaccard + 1e-6 * loss.detach().double(), loss=loss)
 
     def judged(self, batch: Batch, run: Run, verdict: Verdict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        expected = self.target.class_parts[run.targets[rows]].bool()
-        return (expected & ~verdict.parts).sum(1) == 0, torch.zeros(len(rows), dtype=torch.float64)
+        jaccard = self._jaccard(verdict.parts, self.target.class_parts, run.targets[rows])
+        return self._accepted(jaccard), -jaccard
 
     def final_success(self, verdict: Verdict, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        expected = self.target.class_parts[targets.clamp(min=0)].bool()
-        return ((expected & ~verdict.parts).sum(1) == 0) & (targets >= 0)
+        jaccard = self._jaccard(verdict.parts, self.target.class_parts, targets.clamp(min=0))
+        return self._accepted(jaccard) & (targets >= 0)
+
+    @staticmethod
+    def _jaccard(parts: torch.Tensor, class_parts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(n,) float64 set Jaccard of each image's parts (n, 44 bool) with its target class's."""
+        overlap = soft_jaccard(parts.double(), class_parts.to(parts.device).double())
+        return overlap.gather(1, targets.to(parts.device).view(-1, 1)).squeeze(1)
+
+    def _accepted(self, jaccard: torch.Tensor) -> torch.Tensor:
+        """UnMask's detection would pass the target class: its score 1 - J is below the threshold."""
+        return 1 - jaccard < self.target.detection_threshold

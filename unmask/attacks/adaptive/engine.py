@@ -169,6 +169,9 @@ class AdaptiveAttack:
     targeted: ClassVar[bool] = False
     needs_part_model: ClassVar[bool] = True
     aims: ClassVar[str | None] = "evaded"
+    revision: ClassVar[int] = 0
+    """Bumped when a change to the attack changes what it computes: saved results of an earlier
+    revision are not reused (revision 0 leaves the saved keys as they were before revisions)."""
 
     def __init__(self, target: DefenseTarget, *, epsilon: float, norm: Norm, options: AdaptiveOptions) -> None:
         if norm not in self.norms:

@@ -181,11 +181,15 @@ class PartView:
 
     # --- hinge losses -------------------------------------------------------------------------
 
-    def add_margins(self, outputs: PartOutputs) -> torch.Tensor:
-        """(N, 44): max_r min(log q_rp - log t_add, m_rp - kappa); >= 0 when p is detected with margin."""
+    def _add_margins_per_proposal(self, outputs: PartOutputs) -> torch.Tensor:
+        """(N, R, 44): min(log q_rp - log t_add, m_rp - kappa); ``_NEG`` for invalid proposals."""
         log_q = outputs.log_probabilities[..., 1:]
         a = torch.minimum(log_q - self.log_add, outputs.part_margins() - self.kappa)
-        a = a.masked_fill(~outputs.valid.unsqueeze(-1), _NEG)
+        return a.masked_fill(~outputs.valid.unsqueeze(-1), _NEG)
+
+    def add_margins(self, outputs: PartOutputs) -> torch.Tensor:
+        """(N, 44): max_r min(log q_rp - log t_add, m_rp - kappa); >= 0 when p is detected with margin."""
+        a = self._add_margins_per_proposal(outputs)
         if a.shape[1] == 0:
             return a.new_full((a.shape[0], len(PARTS)), _NEG)
         return a.amax(dim=1)
@@ -196,14 +200,48 @@ class PartView:
         b = torch.minimum(log_q - self.log_remove, outputs.part_margins() + self.kappa)
         return b.masked_fill(~outputs.valid.unsqueeze(-1), _NEG)
 
+    def distinct_add_margins(self, outputs: PartOutputs, add: torch.Tensor) -> torch.Tensor:
+        """(N, 44): for each part in ``add`` (N, 44 0/1), the add margin of a proposal of its own.
+
+        A proposal reports one class, so two parts cannot both be added through it; but
+        ``add_margins`` takes each part's best proposal, and when many parts are to be added,
+        several pick the same one and pull it their own ways. Here the parts are matched to
+        distinct proposals greedily, highest margin first (DAG's one target label per proposal),
+        the matching recomputed at every step and not differentiated. A part left without a
+        valid proposal gets ``_NEG``."""
+        a = self._add_margins_per_proposal(outputs)
+        n, r, parts = a.shape
+        chosen = torch.full((n, parts), -1, dtype=torch.long, device=a.device)
+        if r > 0:
+            with torch.no_grad():
+                free = a.detach().masked_fill(~(add.to(a.device).bool().unsqueeze(1) & outputs.valid.unsqueeze(-1)),
+                                              -math.inf)
+                everyone = torch.arange(n, device=a.device)
+                for _ in range(int(add.sum(-1).max().item()) if n else 0):
+                    best, index = free.flatten(1).max(1)
+                    found = everyone[best > -math.inf]
+                    if len(found) == 0:
+                        break
+                    proposal, part = index[found] // parts, index[found] % parts
+                    chosen[found, part] = proposal
+                    free[found, proposal, :] = -math.inf
+                    free[found, :, part] = -math.inf
+        if r == 0:
+            return a.new_full((n, parts), _NEG)
+        margins = a.gather(1, chosen.clamp(min=0).unsqueeze(1)).squeeze(1)
+        return torch.where(chosen >= 0, margins, torch.full_like(margins, _NEG))
+
     def hinge_loss(self, outputs: PartOutputs, add: torch.Tensor | None = None,
-                   remove: torch.Tensor | None = None) -> torch.Tensor:
+                   remove: torch.Tensor | None = None, *, distinct: bool = False) -> torch.Tensor:
         """(N,) loss: sum over parts in ``add`` (N, 44 0/1) of relu(-add margin), plus sum over
-        parts in ``remove`` and proposals of relu(remove violation). 0 once all are satisfied."""
+        parts in ``remove`` and proposals of relu(remove violation). 0 once all are satisfied.
+        ``distinct``: each added part's margin is that of a proposal of its own
+        (``distinct_add_margins``), not its best one."""
         n = outputs.logits.shape[0]
         loss = outputs.logits.new_zeros(n)
         if add is not None:
-            loss = loss + (torch.relu(-self.add_margins(outputs)) * add.to(loss)).sum(-1)
+            margins = self.distinct_add_margins(outputs, add) if distinct else self.add_margins(outputs)
+            loss = loss + (torch.relu(-margins) * add.to(loss)).sum(-1)
         if remove is not None:
             violations = torch.relu(self.remove_violations(outputs)) * remove.to(loss).unsqueeze(1)
             loss = loss + violations.sum(dim=(1, 2))
