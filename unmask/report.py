@@ -228,7 +228,8 @@ def format_robust(metrics: Mapping[str, Any]) -> str:
     """UnMask-R's comparison: per defense (the baselines first), its clean figures at each
     threshold and its K's test metrics (the price of robustness), then per budget its per-image
     worst case over every attack (white-box and gray-box) with 95% intervals, and the K-only
-    sanity attacks (each reaching its own goal: every part gone, or another class's parts seen)."""
+    sanity attacks (each reaching its own goal: every part gone, or K's parts passing detection
+    for another class)."""
     summary, order = metrics["adaptive_summary"], _defense_order(metrics)
     lines = [
         "### UnMask-R: the robust K against adversarial training (%)",

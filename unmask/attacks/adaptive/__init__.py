@@ -15,7 +15,7 @@ threshold, the detection threshold and the judge (images -> ``Verdict``).
 | ``transplant_linf``, ``transplant_l2`` | L-inf, L2 | ungated joint PGD: M says t and K's parts are t's, against UnMask's deployed decision |
 | ``m_apgd_linf``, ``m_apgd_l2`` | L-inf, L2 | APGD-CE and APGD-DLR on M alone: the same engine against an undefended or adversarially trained M |
 | ``k_vanish_linf`` | L-inf | K loses every part (TOG vanishing, DAG-style; sanity check of the surrogate) |
-| ``k_fabricate_linf`` | L-inf | K sees every part of a chosen class (TOG fabrication; sanity check) |
+| ``k_fabricate_linf`` | L-inf | K sees a chosen class's parts, enough to pass its detection (TOG fabrication; sanity check) |
 | ``hsj_l2``, ``hsj_linf`` | L2, L-inf | HopSkipJump on the hard pipeline (label-only check against gradient masking) |
 
 ``ADAPTIVE_ATTACKS`` is the registry (``ADAPTIVE_ATTACKS.describe()`` lists them with their
