@@ -82,7 +82,7 @@ class FabricateAttack(GradientAttack):
         expected = self.class_parts[targets]
         outputs = self.outputs(batch, x_q, rows)
         loss = self.view.hinge_loss(outputs, add=expected, remove=1 - expected, distinct=True)
-        jaccard = self._jaccard(self.view.hard_presence(outputs), self.class_parts, targets.cpu()).to(loss.device)
+        jaccard = self._jaccard(self.view.hard_presence(outputs), self.class_parts, targets)
         return Evaluation(self._accepted(jaccard), -jaccard, -jaccard + 1e-6 * loss.detach().double(), loss=loss)
 
     def judged(self, batch: Batch, run: Run, verdict: Verdict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

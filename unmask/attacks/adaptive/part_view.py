@@ -211,23 +211,22 @@ class PartView:
         valid proposal gets ``_NEG``."""
         a = self._add_margins_per_proposal(outputs)
         n, r, parts = a.shape
-        chosen = torch.full((n, parts), -1, dtype=torch.long, device=a.device)
-        if r > 0:
-            with torch.no_grad():
-                free = a.detach().masked_fill(~(add.to(a.device).bool().unsqueeze(1) & outputs.valid.unsqueeze(-1)),
-                                              -math.inf)
-                everyone = torch.arange(n, device=a.device)
-                for _ in range(int(add.sum(-1).max().item()) if n else 0):
-                    best, index = free.flatten(1).max(1)
-                    found = everyone[best > -math.inf]
-                    if len(found) == 0:
-                        break
-                    proposal, part = index[found] // parts, index[found] % parts
-                    chosen[found, part] = proposal
-                    free[found, proposal, :] = -math.inf
-                    free[found, :, part] = -math.inf
-        if r == 0:
+        if n == 0 or r == 0:
             return a.new_full((n, parts), _NEG)
+        chosen = torch.full((n, parts), -1, dtype=torch.long, device=a.device)
+        with torch.no_grad():
+            wanted = add.to(a.device).bool().unsqueeze(1) & outputs.valid.unsqueeze(-1)
+            free = a.detach().masked_fill(~wanted, -math.inf)
+            everyone = torch.arange(n, device=a.device)
+            for _ in range(int(add.sum(-1).max().item())):
+                best, index = free.flatten(1).max(1)
+                found = everyone[best > -math.inf]
+                if len(found) == 0:
+                    break
+                proposal, part = index[found] // parts, index[found] % parts
+                chosen[found, part] = proposal
+                free[found, proposal, :] = -math.inf
+                free[found, :, part] = -math.inf
         margins = a.gather(1, chosen.clamp(min=0).unsqueeze(1)).squeeze(1)
         return torch.where(chosen >= 0, margins, torch.full_like(margins, _NEG))
 
