@@ -352,3 +352,29 @@ def test_an_attack_s_revision_keys_its_saved_results() -> None:
     assert fabricate.attack.attack_class.revision >= 1
     assert adaptive._revision(fabricate) == {"revision": fabricate.attack.attack_class.revision}
     assert adaptive._revision(vanish) == {}
+
+
+def test_the_saved_key_carries_the_attack_s_revision(monkeypatch, tmp_path):
+    """The key a saved adaptive result is looked up by names the attack's revision (from 1 on),
+    so a result saved by an earlier revision of the attack is not reused."""
+    from pathlib import Path
+
+    from unmask.attacks.adaptive import AdaptiveOptions
+    from unmask.attacks.adaptive.classifier_only import ClassifierAttack
+    from unmask.parts import ClassSet
+
+    keys = []
+    evaluator = SimpleNamespace(
+        class_set=ClassSet.named("cs5-2"), folder=SimpleNamespace(path=Path(tmp_path)),
+        test=SimpleNamespace(images=np.zeros((8, 3, 4, 4), np.float32), labels=LABELS),
+        key=lambda **parts: parts,
+        result=lambda path, key, n, compute, **kw: keys.append(key) or {"m": LABELS[:n], "goal": np.zeros(n, bool)})
+    defense = SimpleNamespace(name="undefended M", k=None,
+                              m=SimpleNamespace(inference=SimpleNamespace(model=None), fingerprint={"weights": "m"}))
+    spec = SimpleNamespace(options=AdaptiveOptions(), batch_size=4)
+    vector = ADAPTIVE_ATTACKS.vector("m_apgd_linf", 8)
+    for revision in (0, 2):
+        monkeypatch.setattr(ClassifierAttack, "revision", revision)
+        adaptive._attacked(evaluator, spec, EVERY, np.arange(8), vector, defense, "white-box", None, None, None, None)
+    assert "revision" not in keys[0]["attack"] and keys[1]["attack"]["revision"] == 2
+    assert {name: value for name, value in keys[1]["attack"].items() if name != "revision"} == keys[0]["attack"]
