@@ -43,7 +43,8 @@ def finished_run(tmp_path_factory):
 
 
 def _numbers(metrics):
-    return {key: value for key, value in metrics.items() if key != "timing"}
+    """The run's figures: all of metrics.json but when, where and how fast it ran."""
+    return {key: value for key, value in metrics.items() if key not in ("timing", "provenance")}
 
 
 def test_outputs_of_a_run(finished_run):
@@ -62,6 +63,9 @@ def test_outputs_of_a_run(finished_run):
     assert set(metrics["summary"]) >= {"mean_accuracy_unmask", "mean_accuracy_adv_trained",
                                        "mean_gain_over_adv_training"}
     assert set(metrics["timing"]) >= {"data", "train_m", "train_k", "clean", "attacks", "adaptive", "report", "total"}
+    provenance = metrics["provenance"]
+    assert provenance["run"] == directory.name and provenance["machine"]["device"] == "cpu"
+    assert set(provenance) >= {"code", "date", "command", "libraries", "machine"}
     # the threat-model table: gray-box beside white-box at the same budget, thresholds at 10% FPR; UnMask under
     # an attack aimed at each of its outputs, the baselines (M alone) under the same engine
     adaptive = metrics["adaptive"]

@@ -40,7 +40,7 @@ from unmask.report import (
     plot_training,
 )
 
-RESULT_FORMAT = 5
+RESULT_FORMAT = 6
 """2: the adaptive evaluation's sections (``adaptive``, ``adaptive_summary``), strict JSON (null
 for undefined numbers); 3: every adaptive row and worst case names its defense and carries 95%
 intervals, the deployed decision's accuracy (``accuracy_system``), the attack that did the most
@@ -48,7 +48,8 @@ per figure (``strongest``) and the paired differences to the baselines (``adapti
 4: UnMask-R's defenses among them, each with its own thresholds, the robust K's test metrics
 (``k_robust``, null without one), each defense's clean figures at each threshold (``defenses``),
 and M alone's rows with no threshold (null); 5: per UnMask-like defense and threshold, the share of
-the adaptive sample that no K could defend (``unflagged_wrong_class``). Every section is rebuilt from the saved results on
+the adaptive sample that no K could defend (``unflagged_wrong_class``); 6: the run's ``provenance`` (its
+code's commit, date, command line, library versions and machine: ``unmask.environment``). Every section is rebuilt from the saved results on
 each run, so an older folder is re-reported in the current format by running it again."""
 K_METRICS = ("map_mask", "map_box", "map_mask_50", "map_box_50", "part_precision", "part_recall")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from unmask.environment import run_environment
 from unmask.experiment.adaptive import adaptive_evaluation
 from unmask.experiment.evaluator import Evaluator
 from unmask.experiment.folder import RunFolder
@@ -107,6 +108,8 @@ def run_experiment(plan: Plan) -> Path:
         metrics, tables = write_report(evaluation, plan.results, attacked, thresholds, k_metrics, adaptive,
                                        k_robust_metrics=k_robust_metrics)
     metrics["timing"] = {**timer.seconds, "total": sum(timer.seconds.values())}
+    # what made these figures: the code, command and machine (each stage's seconds are ``timing``)
+    metrics["provenance"] = {"run": folder.path.name, **run_environment(runtime.device)}
     atomic_write_json(folder.path / "metrics.json", metrics)
     if plan.verbosity > 0:
         print("\n" + tables)
