@@ -38,8 +38,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.models.detection import MaskRCNN
-from torchvision.ops import clip_boxes_to_image
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import clip_boxes_to_image, roi_align
 
 from unmask.parts import PARTS
 
@@ -109,41 +111,101 @@ class PartView:
     def __call__(self, images: torch.Tensor, extra_proposals: list[torch.Tensor] | None = None) -> PartOutputs:
         """Box-head logits of ``images`` (N, 3, H, W) in [0, 1] (may require grad)."""
         model = self.model
-        image_list, _ = model.transform(list(images))
-        features = model.backbone(image_list.tensors)
+        batch, image_sizes = self._transformed(images)
+        features = model.backbone(batch)
         with torch.no_grad():  # torchvision detaches proposals from the image anyway
-            proposals, _ = model.rpn(image_list, features)
+            proposals, _ = model.rpn(ImageList(batch, image_sizes), features)
         if extra_proposals is not None:
             if len(extra_proposals) != len(proposals):
                 raise ValueError(f"extra_proposals: expected {len(proposals)} tensors, got {len(extra_proposals)}")
             proposals = [torch.cat([p, e.to(p)]) for p, e in zip(proposals, extra_proposals, strict=True)]
         heads = model.roi_heads
-        # RoIAlign on channels-last maps (the lean K's backbone layout) returns channels-last RoIs
-        # that MultiScaleRoIAlign then scatters into a contiguous tensor, forward and backward:
-        # contiguous maps make the box head's forward and backward 2x faster (same values)
-        pooled = heads.box_roi_pool({name: f.contiguous() for name, f in features.items()}, proposals,
-                                    image_list.image_sizes)
+        pooled, order = self._pooled_by_level(features, proposals, image_sizes)
         box_features = heads.box_head(pooled)
         class_logits, box_regression = heads.box_predictor(box_features)
+        if order is not None:  # back to K's proposal order (a small gather of logits, not of RoI features)
+            restore = torch.empty_like(order)
+            restore[order] = torch.arange(len(order), device=order.device)
+            class_logits, box_regression = class_logits[restore], box_regression[restore]
         counts = [len(p) for p in proposals]
         width = max(counts, default=0)
         n = len(images)
-        logits = class_logits.new_zeros(n, width, NUM_LABELS)
+        # one padded copy (a per-image slice assignment would clone the whole gradient per image)
+        logits = (pad_sequence(list(class_logits.split(counts)), batch_first=True) if n
+                  else class_logits.new_zeros(0, 0, NUM_LABELS))
         mask = torch.zeros(n, width, dtype=torch.bool, device=class_logits.device)
         valid = torch.zeros_like(mask)
         with torch.no_grad():
             labels = class_logits.argmax(-1)
             boxes = heads.box_coder.decode(box_regression.detach(), proposals)
             boxes = boxes[torch.arange(len(labels), device=labels.device), labels]
-        for i, (chunk, chunk_boxes, shape) in enumerate(
-                zip(class_logits.split(counts), boxes.split(counts), image_list.image_sizes, strict=True)):
-            k = len(chunk)
-            logits[i, :k] = chunk
+        for i, (k, chunk_boxes, shape) in enumerate(zip(counts, boxes.split(counts), image_sizes, strict=True)):
             mask[i, :k] = True
             clipped = clip_boxes_to_image(chunk_boxes, shape)
             wh = clipped[:, 2:] - clipped[:, :2]
             valid[i, :k] = (wh >= MIN_BOX_SIZE).all(-1)
         return PartOutputs(logits, mask, valid, proposals)
+
+    def _transformed(self, images: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """K's input transform on a batch: the normalised images, padded, and their sizes.
+
+        torchvision's ``GeneralizedRCNNTransform`` normalises, resizes and pads one image at a
+        time and copies each into the batch; differentiated, each of those N slice copies
+        clones the whole (N, 3, H, W) gradient, O(N^2) copies that were a third of an attack
+        step at batch 32. When the transform would neither resize nor pad (the synthetic
+        world's Ks take images at their own size, a multiple of 32), the batched
+        normalisation below gives the same values, bit for bit; otherwise torchvision's
+        transform runs as it is.
+        """
+        transform = self.model.transform
+        height, width = images.shape[-2:]
+        if not self._identity_resize(height, width):
+            image_list, _ = transform(list(images))
+            return image_list.tensors, image_list.image_sizes
+        mean = torch.as_tensor(transform.image_mean, dtype=images.dtype, device=images.device)
+        std = torch.as_tensor(transform.image_std, dtype=images.dtype, device=images.device)
+        return (images - mean[:, None, None]) / std[:, None, None], [(height, width)] * len(images)
+
+    def _identity_resize(self, height: int, width: int) -> bool:
+        """Whether K's transform leaves an image of this size unresized and unpadded (eval mode)."""
+        transform = self.model.transform
+        if transform.training or transform.fixed_size is not None or len(transform.min_size) != 1:
+            return False
+        divisible = transform.size_divisible
+        if height % divisible or width % divisible:
+            return False
+        # torchvision's scale: min(min_size / shorter side, max_size / longer side), in float32
+        scale = min(float(torch.tensor(float(transform.min_size[-1])) / torch.tensor(float(min(height, width)))),
+                    float(torch.tensor(float(transform.max_size)) / torch.tensor(float(max(height, width)))))
+        return scale == 1.0
+
+    def _pooled_by_level(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                         image_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """K's box RoIAlign features of every proposal, grouped by pyramid level, and the order
+        that grouped them (None: K's own order).
+
+        ``MultiScaleRoIAlign`` scatters each level's RoIs into a zero tensor in proposal order;
+        differentiated, that scatter and its gather cost as much as the RoIAlign backward
+        itself. The box head treats each RoI alone, so the RoIs stay grouped by level here and
+        only the head's small outputs are put back in order (``__call__``). The maps are made
+        contiguous: RoIAlign on channels-last maps (the lean Ks' layout) returns channels-last
+        RoIs, which make the box head's forward and backward 2x slower (same values).
+        """
+        pool = self.model.roi_heads.box_roi_pool
+        maps = [features[name].contiguous() for name in pool.featmap_names]
+        if pool.scales is None or pool.map_levels is None or len(maps) == 1:
+            pooled = pool(dict(zip(pool.featmap_names, maps, strict=True)), proposals, image_sizes)
+            return pooled, None
+        rois = torch.cat([torch.cat([torch.full_like(boxes[:, :1], i), boxes], dim=1)
+                          for i, boxes in enumerate(proposals)])
+        levels = pool.map_levels(proposals)
+        order = torch.argsort(levels, stable=True)
+        pieces = []
+        for level, (feature_map, scale) in enumerate(zip(maps, pool.scales, strict=True)):
+            chosen = order[levels[order] == level]
+            pieces.append(roi_align(feature_map, rois[chosen], output_size=pool.output_size,
+                                    spatial_scale=scale, sampling_ratio=pool.sampling_ratio))
+        return torch.cat(pieces), order
 
     # --- presence -----------------------------------------------------------------------------
 
