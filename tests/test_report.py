@@ -104,3 +104,23 @@ def test_training_curves_plot_each_models_loss_and_validation_metrics(tmp_path):
     }
     for extension in ("png", "pdf"):
         assert (tmp_path / f"training.{extension}").stat().st_size > 1000
+
+
+def test_the_section_formatters_give_k_the_stage_times_and_the_chosen_budgets():
+    from unmask.report import k_table, threat_models_table, timing_table
+
+    metrics = {**_metrics(), "k": {"map_mask_50": 0.8, "map_mask": 0.4, "map_box_50": 0.9, "map_box": 0.5,
+                                   "part_precision": 0.97, "part_recall": 0.95},
+               "k_robust": None, "timing": {"data": 12.4, "train_k": 286.0, "total": 298.4}}
+    assert "| K | 0.800 | 0.400 | 0.900 | 0.500 | 0.970 | 0.950 |" in k_table(metrics)
+    assert "robust K" not in k_table(metrics)
+    assert "### K, the part extractor" in format_tables(metrics)
+    timing = timing_table(metrics)
+    assert "| K: train, or load from the cache | 286 |" in timing and "| **total** | 298 (5 min) |" in timing
+    summary = [{"fpr_target": 0.1, "norm": "linf", "epsilon": epsilon, "defense": defense, "over": "all attacks",
+                "accuracy_m": 0.5, "robust_accuracy_with_detection": 0.25, "success_rate": 0.5,
+                "accuracy_unmask": 0.5 if defense == "UnMask" else None, "accuracy_system": 0.5, "intervals": {}}
+               for epsilon in (8.0, 16.0, 32.0) for defense in ("UnMask", "undefended M")]
+    table = threat_models_table({"adaptive_summary": summary}, epsilons=(8, 16), note=False)
+    assert [line.split(" | ")[2] for line in table.splitlines()[2:]] == ["8", "16"]
+    assert table.startswith("| FPR | norm |")

@@ -34,14 +34,38 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def format_tables(metrics: Mapping[str, Any]) -> str:
-    """The paper-style tables (accuracy in %, detection AUC/TPR/FPR) as Markdown."""
-    clean, attacks, summary = metrics["clean"], metrics["attacks"], metrics["summary"]
+def _title(metrics: Mapping[str, Any]) -> str:
     config = metrics.get("config", {})
-    title = f"{config.get('class_set', '?')} · M = {config.get('model', '?')} · {config.get('dataset', '?')} data"
+    return f"{config.get('class_set', '?')} · M = {config.get('model', '?')} · {config.get('dataset', '?')} data"
+
+
+def format_tables(metrics: Mapping[str, Any]) -> str:
+    """The run's tables as Markdown, each under its heading: the paper-style gray-box accuracy and
+    detection tables, K's test metrics, and with the adaptive evaluation the threat-model
+    tables (and UnMask-R's comparison). The documentation generates its tables from the same
+    section formatters (``accuracy_table``, ``detection_table``, ...), so the two cannot disagree."""
+    title = _title(metrics)
+    blocks = [f"### Accuracy (%) — {title} · gray-box (the attacker knows M only)", accuracy_table(metrics),
+              f"### Detection — {title} · gray-box", detection_table(metrics)]
+    if metrics.get("k"):
+        blocks += ["### K, the part extractor, on its test split", k_table(metrics)]
+    if metrics.get("adaptive"):
+        blocks.append(format_threat_models(metrics))
+        if metrics.get("k_robust") is not None and metrics.get("defenses"):
+            blocks.append(format_robust(metrics))
+    return _blocks(blocks)
+
+
+def _blocks(blocks: Sequence[str]) -> str:
+    """Markdown blocks (headings, paragraphs, tables) one blank line apart."""
+    return "\n\n".join(block.rstrip("\n") for block in blocks) + "\n"
+
+
+def accuracy_table(metrics: Mapping[str, Any]) -> str:
+    """Gray-box accuracy (%) of undefended M, adversarial training and UnMask, clean and per attack
+    vector, their means, and UnMask's mean gain over adversarial training."""
+    clean, attacks, summary = metrics["clean"], metrics["attacks"], metrics["summary"]
     lines = [
-        f"### Accuracy (%) — {title} · gray-box (the attacker knows M only)",
-        "",
         "| attack | ε (0-255) | undefended M | adversarial training | UnMask |",
         "|---|---:|---:|---:|---:|",
         f"| none (clean) | 0 | {_percent(clean['accuracy_m'])} | {_percent(clean['accuracy_adv_trained'])} | "
@@ -62,9 +86,14 @@ def format_tables(metrics: Mapping[str, Any]) -> str:
         f"UnMask vs adversarial training, mean over the attack vectors: "
         f"{'n/a' if gain is None or math.isnan(gain) else f'{gain:+.1f}'} percentage points "
         f"({clean['n_images']} test images).",
-        "",
-        f"### Detection — {title} · gray-box",
-        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def detection_table(metrics: Mapping[str, Any]) -> str:
+    """The original's detection protocol per attack vector: pairs, AUC (set and soft Jaccard),
+    and the TPR and FPR at the threshold fixed on clean validation images."""
+    lines = [
         "Pairs: images whose adversarial version fools M, and their clean versions (the original's protocol). "
         f"Threshold fixed on clean validation images at a {_percent(metrics['thresholds']['target_fpr'])}% "
         "false-positive rate; TPR on the fooled adversarial test images, FPR on all clean test images.",
@@ -72,17 +101,53 @@ def format_tables(metrics: Mapping[str, Any]) -> str:
         "| attack | ε (0-255) | pairs | AUC | AUC (soft) | TPR @ thr | FPR @ thr | TPR (soft) | FPR (soft) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for entry in attacks:
+    for entry in metrics["attacks"]:
         detection = entry["detection"]
         lines.append(
             f"| {entry['name']} | {entry['epsilon']:g} | {detection['n_pairs']} | {_number(detection['auc'])} | "
             f"{_number(detection['auc_soft'])} | {_percent(detection['tpr'])} | {_percent(detection['fpr'])} | "
             f"{_percent(detection.get('tpr_soft'))} | {_percent(detection.get('fpr_soft'))} |"
         )
-    if metrics.get("adaptive"):
-        lines += ["", format_threat_models(metrics).rstrip("\n")]
-        if metrics.get("k_robust") is not None and metrics.get("defenses"):
-            lines += ["", format_robust(metrics).rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def k_table(metrics: Mapping[str, Any]) -> str:
+    """K's test metrics (and the robust K's, with one): COCO mask and box mAP (at IoU 0.5 and
+    averaged over 0.5:0.95), and part-set precision and recall per image."""
+    lines = ["| K | mask mAP@0.5 | mask mAP | box mAP@0.5 | box mAP | part precision | part recall |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, name in K_NAMES.items():
+        k = metrics.get(key)
+        if k:
+            lines.append(f"| {name} | " + " | ".join(_number(k.get(field)) for field in (
+                "map_mask_50", "map_mask", "map_box_50", "map_box", "part_precision", "part_recall")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+STAGE_NAMES: dict[str, str] = {
+    "data": "data: generate or check the images",
+    "train_m": "M and the adversarially trained M: train, or load from the cache",
+    "train_k": "K: train, or load from the cache",
+    "train_k_robust": "UnMask-R's robust K: fine-tune adversarially, or load from the cache",
+    "eval_k": "K's test metrics (COCO mAP, part precision and recall)",
+    "clean": "clean predictions of M, the baseline and K (test and validation images)",
+    "attacks": "gray-box attack vectors against M and the baseline, K on every attacked image",
+    "adaptive": "threat models: the adaptive (white-box) attacks and the baselines' APGD",
+    "report": "tables and figures",
+}
+"""What each stage of ``metrics.json``'s ``timing`` does (``run_experiment``'s stages)."""
+
+
+def timing_table(metrics: Mapping[str, Any]) -> str:
+    """Wall-clock seconds per stage of the run and in all (``metrics.json``'s ``timing``); a stage
+    that reused saved results (cached models, saved predictions) takes only seconds."""
+    timing = metrics["timing"]
+    lines = ["| stage | seconds |", "|---|---:|"]
+    for stage, seconds in timing.items():
+        if stage != "total":
+            lines.append(f"| {STAGE_NAMES.get(stage, stage)} | {seconds:,.0f} |")
+    total = timing.get("total", sum(value for key, value in timing.items() if key != "total"))
+    lines.append(f"| **total** | {total:,.0f} ({total / 60:.0f} min) |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,99 +177,143 @@ def _worst(summary: Sequence[Mapping[str, Any]], key: tuple, defense: str,
                  and row["defense"] == defense and row["over"] == over), None)
 
 
-def _summary_keys(summary: Sequence[Mapping[str, Any]]) -> list[tuple]:
-    return sorted({(row["fpr_target"], row["norm"], row["epsilon"]) for row in summary})
+def _summary_keys(summary: Sequence[Mapping[str, Any]], *, norms: Sequence[str] | None = None,
+                  epsilons: Sequence[float] | None = None) -> list[tuple]:
+    """The (FPR, norm, epsilon) budgets of the summary, sorted; only ``norms`` and ``epsilons``
+    when given."""
+    return sorted({(row["fpr_target"], row["norm"], row["epsilon"]) for row in summary
+                   if (norms is None or row["norm"] in norms) and (epsilons is None or row["epsilon"] in epsilons)})
+
+
+def _unmask_names(summary: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The UnMask-like defenses of a summary (those with a re-classification), in order."""
+    return list(dict.fromkeys(row["defense"] for row in summary if row.get("accuracy_unmask") is not None))
 
 
 def format_threat_models(metrics: Mapping[str, Any]) -> str:
     """The adaptive evaluation's tables: the headline (per budget, each defense under its own
     strongest attacks: the per-image worst case over every attack, with 95% intervals), the
     attack that did the most against each figure, the paired differences between UnMask and
-    the baselines, and every defense x threat model x attack x budget row."""
-    entries, summary = metrics["adaptive"], metrics["adaptive_summary"]
-    comparisons = metrics.get("adaptive_comparisons", [])
+    the baselines, every defense x threat model x attack x budget row, and UnMask's worst case
+    per threat model (the section formatters below, each under its introduction)."""
     config = metrics.get("config", {})
-    n_images = max(entry["n_images"] for entry in entries)
-    unmask_names = list(dict.fromkeys(row["defense"] for row in summary if row.get("accuracy_unmask") is not None))
-    lines = [
-        f"### Threat models (%) — {config.get('class_set', '?')} · M = {config.get('model', '?')} · "
-        f"{n_images} test images M gets right",
-        "",
-        "gray-box: the attacker knows M (the paper's PGD); transfer: M and a surrogate K' (another seed, half of "
-        "K's data); white-box: M, K, the part table and the thresholds. Detection threshold fixed on clean "
-        "validation images at the FPR shown. Judged on the real pipeline and 8-bit images: success = M wrong and "
-        "not flagged; robust accuracy with detection = the clean image is not flagged and the attacked one is "
-        "classified right or flagged; re-classification = UnMask's re-classified class is right; system = the "
-        "decision UnMask deploys (M's class unless flagged, else the re-classified class) is right. Undefended M "
-        "and adversarial training are M alone under the same white-box engine (APGD-CE and -DLR), budgets and "
-        "images, and the paper's gray-box PGD. Each figure is the per-image worst case over every attack that "
-        "ran at that budget; [95% interval] (bootstrap over the images).",
-        "",
+    n_images = max(entry["n_images"] for entry in metrics["adaptive"])
+    blocks = [f"### Threat models (%) — {config.get('class_set', '?')} · M = {config.get('model', '?')} · "
+              f"{n_images} test images M gets right", threat_models_table(metrics),
+              "The attack that did the most against each figure (alone), over every attack of the budget:",
+              strongest_attacks_table(metrics)]
+    if metrics.get("adaptive_comparisons"):
+        blocks += ["UnMask minus each baseline on the same images (percentage points, worst case over every "
+                   "attack; [95% interval], paired bootstrap; * where the interval excludes 0):",
+                   comparisons_table(metrics)]
+    blocks += ["Every attack (each on the images no earlier attack of its budget or a smaller one had already "
+               "broken for the output it aims at; the label-only check on its own sub-sample, outside the worst "
+               "case):", adaptive_attacks_table(metrics),
+               "UnMask's worst case per image over each threat model's attacks, then over every attack; "
+               "gray-box · transfer · white-box · every attack:", threat_model_scopes_table(metrics)]
+    return _blocks(blocks)
+
+
+THREAT_MODELS_NOTE = (
+    "gray-box: the attacker knows M (the paper's PGD); transfer: M and a surrogate K' (another seed, half of "
+    "K's data); white-box: M, K, the part table and the thresholds. Detection threshold fixed on clean "
+    "validation images at the FPR shown. Judged on the real pipeline and 8-bit images: success = M wrong and "
+    "not flagged; robust accuracy with detection = the clean image is not flagged and the attacked one is "
+    "classified right or flagged; re-classification = UnMask's re-classified class is right; system = the "
+    "decision UnMask deploys (M's class unless flagged, else the re-classified class) is right. Undefended M "
+    "and adversarial training are M alone under the same white-box engine (APGD-CE and -DLR), budgets and "
+    "images, and the paper's gray-box PGD. Each figure is the per-image worst case over every attack that "
+    "ran at that budget; [95% interval] (bootstrap over the images).")
+"""What the threat-model table's figures mean (printed above it in ``tables.md``)."""
+
+
+def threat_models_table(metrics: Mapping[str, Any], *, norms: Sequence[str] | None = None,
+                        epsilons: Sequence[float] | None = None, note: bool = True) -> str:
+    """The headline: per budget (only ``norms`` and ``epsilons`` when given), the baselines'
+    accuracy and each UnMask-like defense's robust accuracy with detection, success,
+    re-classification and system accuracy, each the per-image worst case over every attack, with
+    its 95% interval; ``note``: the figures' definitions above the table."""
+    summary = metrics["adaptive_summary"]
+    unmask_names = _unmask_names(summary)
+    lines = [THREAT_MODELS_NOTE, ""] if note else []
+    lines += [
         "| FPR | norm | ε (0-255) | undefended M | adversarial training | " + " | ".join(
             f"{name}: robust acc. w/ detection | {name}: success | {name}: re-classification | {name}: system"
             for name in unmask_names) + " |",
         "|---:|---|---:|---:|---:|" + "---:|" * (4 * len(unmask_names)),
     ]
-    keys = _summary_keys(summary)
-
-    def worst(key: tuple, defense: str, over: str = "all attacks") -> Mapping[str, Any] | None:
-        return _worst(summary, key, defense, over)
-
-    for key in keys:
-        cells = [_cell(worst(key, name), "accuracy_m") for name in HEADLINE_DEFENSES]
+    for key in _summary_keys(summary, norms=norms, epsilons=epsilons):
+        cells = [_cell(_worst(summary, key, name), "accuracy_m") for name in HEADLINE_DEFENSES]
         for name in unmask_names:
-            row = worst(key, name)
+            row = _worst(summary, key, name)
             cells += [_cell(row, figure) for figure in ("robust_accuracy_with_detection", "success_rate",
                                                         "accuracy_unmask", "accuracy_system")]
         lines.append(f"| {_percent(key[0])} | {key[1]} | {key[2]:g} | " + " | ".join(cells) + " |")
-    lines += ["", "The attack that did the most against each figure (alone), over every attack of the budget:", "",
-              "| FPR | ε (0-255) | defense | success | robust acc. w/ detection | re-classification | system | M |",
-              "|---:|---:|---|---|---|---|---|---|"]
-    for key in keys:
+    return "\n".join(lines) + "\n"
+
+
+def strongest_attacks_table(metrics: Mapping[str, Any]) -> str:
+    """Per budget and defense, the attack that did the most against each figure, alone."""
+    summary = metrics["adaptive_summary"]
+    lines = ["| FPR | ε (0-255) | defense | success | robust acc. w/ detection | re-classification | system | M |",
+             "|---:|---:|---|---|---|---|---|---|"]
+    for key in _summary_keys(summary):
         for row in (r for r in summary if (r["fpr_target"], r["norm"], r["epsilon"]) == key
                     and r["over"] == "all attacks"):
             names = [row["strongest"].get(figure, "–") for figure in (
                 "success_rate", "robust_accuracy_with_detection", "accuracy_unmask", "accuracy_system", "accuracy_m")]
             lines.append(f"| {_percent(key[0])} | {key[2]:g} | {row['defense']} | " + " | ".join(names) + " |")
-    if comparisons:
-        lines += ["", "UnMask minus each baseline on the same images (percentage points, worst case over every "
-                  "attack; [95% interval], paired bootstrap; * where the interval excludes 0):", "",
-                  "| FPR | ε (0-255) | defense | baseline | robust acc. w/ detection − baseline | system − baseline |",
-                  "|---:|---:|---|---|---:|---:|"]
-        for key in keys:
-            pairs = dict.fromkeys((c["defense"], c["baseline"]) for c in comparisons
-                                  if (c["fpr_target"], c["norm"], c["epsilon"]) == key)
-            for defense, baseline in pairs:
-                cells = []
-                for figure in ("robust_accuracy_with_detection", "accuracy_system"):
-                    c = next(c for c in comparisons if (c["fpr_target"], c["norm"], c["epsilon"]) == key
-                             and (c["defense"], c["baseline"], c["figure"]) == (defense, baseline, figure))
-                    cells.append(f"{100 * c['difference']:+.1f} [{100 * c['interval'][0]:+.1f}, "
-                                 f"{100 * c['interval'][1]:+.1f}]{' *' if c['significant'] else ''}")
-                lines.append(f"| {_percent(key[0])} | {key[2]:g} | {defense} | {baseline} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
-    lines += ["", "Every attack (each on the images no earlier attack of its budget or a smaller one had already "
-              "broken for the output it aims at; the label-only check on its own sub-sample, outside the worst "
-              "case):", "",
-              "| defense | threat model | attack | ε (0-255) | FPR | images | success | robust acc. w/ detection | "
-              "re-classification | system | M | K part recall | parts changed |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for entry in entries:
+
+def comparisons_table(metrics: Mapping[str, Any], *, norms: Sequence[str] | None = None,
+                      epsilons: Sequence[float] | None = None) -> str:
+    """Each UnMask-like defense minus each baseline on the same images, per budget (only ``norms``
+    and ``epsilons`` when given): robust accuracy with detection and system accuracy, in
+    percentage points with the paired bootstrap's 95% interval."""
+    summary, comparisons = metrics["adaptive_summary"], metrics.get("adaptive_comparisons") or []
+    lines = ["| FPR | ε (0-255) | defense | baseline | robust acc. w/ detection − baseline | system − baseline |",
+             "|---:|---:|---|---|---:|---:|"]
+    for key in _summary_keys(summary, norms=norms, epsilons=epsilons):
+        pairs = dict.fromkeys((c["defense"], c["baseline"]) for c in comparisons
+                              if (c["fpr_target"], c["norm"], c["epsilon"]) == key)
+        for defense, baseline in pairs:
+            cells = []
+            for figure in ("robust_accuracy_with_detection", "accuracy_system"):
+                c = next(c for c in comparisons if (c["fpr_target"], c["norm"], c["epsilon"]) == key
+                         and (c["defense"], c["baseline"], c["figure"]) == (defense, baseline, figure))
+                cells.append(f"{100 * c['difference']:+.1f} [{100 * c['interval'][0]:+.1f}, "
+                             f"{100 * c['interval'][1]:+.1f}]{' *' if c['significant'] else ''}")
+            lines.append(f"| {_percent(key[0])} | {key[2]:g} | {defense} | {baseline} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def adaptive_attacks_table(metrics: Mapping[str, Any]) -> str:
+    """Every defense x threat model x attack x budget row of the adaptive evaluation."""
+    lines = ["| defense | threat model | attack | ε (0-255) | FPR | images | success | robust acc. w/ detection | "
+             "re-classification | system | M | K part recall | parts changed |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for entry in metrics["adaptive"]:
         lines.append(
             f"| {entry['defense']} | {entry['threat_model']} | {entry['attack']} | {entry['epsilon']:g} | "
             f"{_percent(entry['fpr_target'])} | {entry['n_images']} | {_percent(entry['success_rate'])} | "
             f"{_percent(entry['robust_accuracy_with_detection'])} | {_percent(entry.get('accuracy_unmask'))} | "
             f"{_percent(entry.get('accuracy_system'))} | {_percent(entry['accuracy_m'])} | "
             f"{_percent(entry.get('part_recall'))} | {_number(entry.get('parts_changed'), 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def threat_model_scopes_table(metrics: Mapping[str, Any]) -> str:
+    """Each UnMask-like defense's worst case per image over each threat model's attacks, then over
+    every attack."""
+    summary = metrics["adaptive_summary"]
     scopes = ("gray-box", "transfer", "white-box", "all attacks")
-    lines += ["", "UnMask's worst case per image over each threat model's attacks, then over every attack; "
-              "gray-box · transfer · white-box · every attack:", "",
-              "| defense | FPR | norm | ε (0-255) | success | robust acc. w/ detection | re-classification | system |",
-              "|---|---:|---|---:|---|---|---|---|"]
-    for name in unmask_names:
-        for key in keys:
+    lines = ["| defense | FPR | norm | ε (0-255) | success | robust acc. w/ detection | re-classification | system |",
+             "|---|---:|---|---:|---|---|---|---|"]
+    for name in _unmask_names(summary):
+        for key in _summary_keys(summary):
             def cells(field: str, key: tuple = key, name: str = name) -> str:
-                rows = {scope: worst(key, name, scope) for scope in scopes}
+                rows = {scope: _worst(summary, key, name, scope) for scope in scopes}
                 return " · ".join(_percent(rows[scope][field]) if rows[scope] else "–" for scope in scopes)
 
             lines.append(f"| {name} | {_percent(key[0])} | {key[1]} | {key[2]:g} | {cells('success_rate')} | "
