@@ -299,6 +299,24 @@ class Config:
                                            to="adaptive.relative_step")
     adaptive_batch_size: int = option(32, "Images per adaptive-attack batch (the unit of sharding and resume).",
                                       at_least=1, to="adaptive.batch_size")
+    adaptive_ladder: tuple[int, ...] = option(
+        (1,), "The budget ladder: rungs as multiples of the budget above (--adaptive-steps, --adaptive-restarts, "
+        "--adaptive-targets, --adaptive-reclassify-losses), increasing powers of 2 from 1, e.g. 1,2,4,8. Each rung "
+        "attacks, per attack, only the images whose aimed-at output every smaller rung and budget left standing, "
+        "and stops the ladder once every headline figure moved by at most --adaptive-ladder-tolerance images over "
+        "the last doubling (docs/convergence.md). 1: the run's budget alone.", at_least=1)
+    adaptive_ladder_growth: tuple[str, ...] = option(
+        ("targets", "losses", "restarts"), "How each doubling of the ladder grows an attack's budget, in order (the "
+        "last repeats): targets (twice the target classes, up to every other class), losses (the re-classification "
+        "attack's untargeted DLR and CE runs), restarts (twice the runs per target, from random starts), steps "
+        "(twice the steps); where one cannot grow an attack, its restarts double.",
+        choices=Choices("unmask.attacks.adaptive.options:LADDER_GROWTHS", "growth"))
+    adaptive_ladder_tolerance: int = option(2, "The ladder's stopping rule: a figure has converged when doubling "
+                                            "the budget moves it by at most this many images of the sample.",
+                                            at_least=0)
+    adaptive_published: str = option("results/published", "Published runs (<name>/metrics.json): a run at one rung "
+                                     "shows by how much a published ladder on the same models and sample moved each "
+                                     "white-box figure (empty: look none up).", results=False)
 
     # --- evaluation ----------------------------------------------------------------------------
     detection_fpr: float = option(0.10, "Target false-positive rate for the detection threshold, fixed on "
@@ -373,6 +391,17 @@ PROFILES: dict[str, dict[str, object]] = {
                              "k_vanish_linf:64", "k_fabricate_linf:64"),
         "adaptive_threat_models": ("white-box",),
         "adaptive_fprs": (0.05, 0.10),
+    },
+    # the converged white-box figures (python main.py --profile converged): the budget ladder 1x to 8x on the
+    # default run's models (cached, reused), white-box at L-inf 8 and 16, detection at 10% FPR, 100 images;
+    # for the robust profile's defenses: --profile robust with these adaptive options
+    "converged": {
+        "adaptive_attacks": tuple(f"{name}_linf:{epsilon}" for epsilon in (8, 16)
+                                  for name in ("joint", "reclassify", "transplant")),
+        "adaptive_threat_models": ("white-box",),
+        "adaptive_fprs": (0.10,),
+        "adaptive_max_images": 100,
+        "adaptive_ladder": (1, 2, 4, 8),
     },
 }
 """Named sets of overrides, applied on top of the defaults by ``--profile``."""

@@ -11,8 +11,7 @@ import pytest
 
 from unmask.attacks import LINF
 from unmask.attacks.adaptive import ADAPTIVE_ATTACKS
-from unmask.experiment import adaptive
-from unmask.experiment.adaptive import CleanView, Judged, Row, summarise
+from unmask.experiment.adaptive import CleanView, Judged, Row, sequence, summarise
 from unmask.report import format_threat_models, threat_model_series
 
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1])
@@ -226,6 +225,7 @@ class _Evaluator:
         self.m, self.adv_trained = _Classifier("M"), None
         self.k, self.k_robust = _PartExtractor("K", every_part=True), _PartExtractor("robust K", every_part=False)
         self.folder, self.spec, self.clean_files = SimpleNamespace(path=path), SimpleNamespace(seed=0, batch_size=4), []
+        self.runtime = SimpleNamespace(progress=False)
 
     @property
     def labels(self):
@@ -264,7 +264,7 @@ def test_unmask_r_is_attacked_and_judged_with_its_own_k_and_thresholds(tmp_path,
     from unmask.attacks import AttackOptions
     from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, AdaptiveOptions, Verdict
     from unmask.evaluation import fix_thresholds
-    from unmask.experiment import adaptive
+    from unmask.experiment.adaptive import adaptive_evaluation
     from unmask.experiment.plan import AdaptiveSpec
 
     evaluator = _Evaluator(tmp_path)
@@ -285,12 +285,12 @@ def test_unmask_r_is_attacked_and_judged_with_its_own_k_and_thresholds(tmp_path,
         return type("Result", (), {"verdict": target.judge(images), "images": images, "distances": None,
                                    "success": torch.zeros(len(images), dtype=torch.bool)})()
 
-    monkeypatch.setattr(adaptive, "hard_judge", hard_judge)
-    monkeypatch.setattr(adaptive, "adaptive_attack", adaptive_attack)
+    monkeypatch.setattr(sequence, "hard_judge", hard_judge)
+    monkeypatch.setattr(sequence, "adaptive_attack", adaptive_attack)
     spec = AdaptiveSpec(vectors=ADAPTIVE_ATTACKS.parse(["joint_linf:8", "k_vanish_linf:64"]),
                         threat_models=("white-box",), fprs=(0.1,), max_images=0, options=AdaptiveOptions(),
                         batch_size=4)
-    metrics = adaptive.adaptive_evaluation(evaluator, spec, {}, gray_box_options=AttackOptions())
+    metrics = adaptive_evaluation(evaluator, spec, {}, gray_box_options=AttackOptions())
 
     own = {name: fix_thresholds(evaluator.scored(evaluator.labels, evaluator.labels, k), 0.1).set_jaccard
            for name, k in (("UnMask", evaluator.k), ("UnMask-R", evaluator.k_robust))}
@@ -329,20 +329,28 @@ def test_unmask_r_is_attacked_and_judged_with_its_own_k_and_thresholds(tmp_path,
 def test_an_image_broken_at_a_smaller_budget_is_not_attacked_again(monkeypatch):
     attacked = []
 
-    def evades_on_the_first_image(evaluator, spec, sample, positions, vector, *rest):
+    def evades_on_the_first_image(evaluator, spec, sample, positions, vector, *rest, **options):
         attacked.append((vector.label, positions.tolist()))
         m = LABELS[positions].copy()
         m[:1] = (m[:1] + 1) % 3  # M fooled, not flagged: the first covered image is evaded
         return Judged(m, PARTS[positions], np.full(len(positions), 0.1), LABELS[positions])
 
-    monkeypatch.setattr(adaptive, "_attacked", evades_on_the_first_image)
-    broken = {figure: np.zeros(8, dtype=bool) for figure in adaptive.FIGURES}
+    monkeypatch.setattr(sequence, "attacked", evades_on_the_first_image)
+    rows = []
     for epsilon in (8, 16):
-        adaptive._sequence(SimpleNamespace(labels=LABELS), None, EVERY, np.arange(0),
-                           [ADAPTIVE_ATTACKS.vector("joint_linf", epsilon)], SimpleNamespace(name="UnMask"),
-                           "white-box", 0.1, THRESHOLD, None, THRESHOLD, CLEAN_DETECTION, broken)
+        rows += sequence.attack_sequence(
+            SimpleNamespace(labels=LABELS, class_set=SimpleNamespace(classes=("a", "b", "c"))), _spec(), EVERY,
+            np.arange(0), rows, [ADAPTIVE_ATTACKS.vector("joint_linf", epsilon)], SimpleNamespace(name="UnMask"),
+            "white-box", 0.1, 1, THRESHOLD, None, THRESHOLD, CLEAN_DETECTION)
     assert attacked == [("joint_linf:8", list(range(8))), ("joint_linf:16", list(range(1, 8)))]
-    assert broken["evaded"].tolist() == [True, True] + [False] * 6
+    assert [row.positions.tolist() for row in rows] == [list(range(8)), list(range(1, 8))]
+
+
+def _spec(rungs=(1,)):
+    from unmask.attacks.adaptive import AdaptiveOptions
+    from unmask.experiment.plan import BudgetLadder
+
+    return SimpleNamespace(options=AdaptiveOptions(), batch_size=4, ladder=BudgetLadder(rungs))
 
 
 def test_an_attack_s_revision_keys_its_saved_results() -> None:
@@ -350,8 +358,8 @@ def test_an_attack_s_revision_keys_its_saved_results() -> None:
     at revision 0 keeps the key it had before revisions existed."""
     fabricate, vanish = ADAPTIVE_ATTACKS.vector("k_fabricate_linf", 64), ADAPTIVE_ATTACKS.vector("k_vanish_linf", 64)
     assert fabricate.attack.attack_class.revision >= 1
-    assert adaptive._revision(fabricate) == {"revision": fabricate.attack.attack_class.revision}
-    assert adaptive._revision(vanish) == {}
+    assert sequence.revision(fabricate) == {"revision": fabricate.attack.attack_class.revision}
+    assert sequence.revision(vanish) == {}
 
 
 def test_the_saved_key_carries_the_attack_s_revision(monkeypatch, tmp_path):
@@ -375,6 +383,6 @@ def test_the_saved_key_carries_the_attack_s_revision(monkeypatch, tmp_path):
     vector = ADAPTIVE_ATTACKS.vector("m_apgd_linf", 8)
     for revision in (0, 2):
         monkeypatch.setattr(ClassifierAttack, "revision", revision)
-        adaptive._attacked(evaluator, spec, EVERY, np.arange(8), vector, defense, "white-box", None, None, None, None)
+        sequence.attacked(evaluator, spec, EVERY, np.arange(8), vector, defense, "white-box", None, None, None, None)
     assert "revision" not in keys[0]["attack"] and keys[1]["attack"]["revision"] == 2
     assert {name: value for name, value in keys[1]["attack"].items() if name != "revision"} == keys[0]["attack"]

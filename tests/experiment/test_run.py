@@ -261,7 +261,7 @@ def test_unmask_r_is_evaluated_beside_unmask_with_its_own_k_thresholds_and_resul
 
     nothing_again = _forbidden("a finished run computed again")
     monkeypatch.setattr(stages, "attack", nothing_again)
-    monkeypatch.setattr("unmask.experiment.adaptive.adaptive_attack", nothing_again)
+    monkeypatch.setattr("unmask.experiment.adaptive.sequence.adaptive_attack", nothing_again)
     monkeypatch.setattr("unmask.train.robust_part_extractor.train_part_extractor", nothing_again)
     run_experiment(robust)
     assert _numbers(json.loads((directory / "metrics.json").read_text())) == _numbers(metrics)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from unmask.attacks import GRAY_BOX_ATTACKS, AttackOptions, AttackVector
 from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, AdaptiveOptions
+from unmask.attacks.adaptive.options import LADDER_GROWTHS, rung_options
 from unmask.config import Config, ConfigError, check_choices, option_name
 from unmask.data.synthetic import SyntheticSpec, parse_image_size
 from unmask.io import stable_hash
@@ -77,13 +78,61 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class BudgetLadder:
+    """The white-box evaluation as rungs of growing budget: ``rungs``, multiples of the first
+    rung's budget (the run's ``AdaptiveOptions``), powers of 2 from 1 (``(1,)``: the run's budget
+    alone). Each rung's budget is the one below grown by a doubling of ``growth``
+    (``rung_options``; the i-th doubling is ``growth[i]``, the last repeating), and its attacks
+    skip the runs a smaller rung already made on the same image. The ladder stops once every
+    headline figure moved by at most ``tolerance`` images over the last doubling.
+    ``published``: the folder of published runs (``<name>/metrics.json``) whose ladders give a
+    run at one rung its measured offsets (None: none looked up)."""
+
+    rungs: tuple[int, ...] = (1,)
+    growth: tuple[str, ...] = ("targets", "losses", "restarts")
+    tolerance: int = 2
+    published: Path | None = None
+
+    def __post_init__(self) -> None:
+        rungs = tuple(self.rungs)
+        if not rungs or rungs[0] != 1 or any(rung < 1 or rung & (rung - 1) for rung in rungs) \
+                or list(rungs) != sorted(set(rungs)):
+            raise ValueError(f"expected increasing powers of 2 from 1 (multiples of the first rung's budget, "
+                             f"e.g. 1,2,4,8), got {','.join(map(str, rungs))}")
+        if not self.growth or not set(self.growth) <= set(LADDER_GROWTHS):
+            raise ValueError(f"expected doublings among {', '.join(LADDER_GROWTHS)}, got {','.join(self.growth)}")
+        if self.tolerance < 0:
+            raise ValueError(f"expected a tolerance of 0 images or more, got {self.tolerance}")
+        object.__setattr__(self, "rungs", rungs)
+        object.__setattr__(self, "growth", tuple(self.growth))
+
+    def doublings(self, rung: int) -> tuple[str, ...]:
+        """How the first rung's budget grows to ``rung``'s: one kind per doubling."""
+        return tuple(self.growth[min(index, len(self.growth) - 1)] for index in range(rung.bit_length() - 1))
+
+    def options(self, base: AdaptiveOptions, rung: int, *, targeted: bool, chooses_losses: bool,
+                classes: int) -> AdaptiveOptions:
+        """An attack's options at ``rung`` (``rung_options`` of ``base``), with the runs the rung
+        below already made on the same images (``AdaptiveOptions.already_made``)."""
+        grown = rung_options(base, self.doublings(rung), targeted=targeted, chooses_losses=chooses_losses,
+                             classes=classes)
+        below = [smaller for smaller in self.rungs if smaller < rung]
+        if not below:
+            return grown
+        made = rung_options(base, self.doublings(below[-1]), targeted=targeted, chooses_losses=chooses_losses,
+                            classes=classes)
+        return dataclasses.replace(grown, already_made=made.runs_made())
+
+
+@dataclass(frozen=True)
 class AdaptiveSpec:
     """The security evaluation beyond the paper: ``vectors`` (adaptive attacks at their budgets)
     under each of ``threat_models`` (and the gray-box M-only PGD of the same norms and budgets
     beside them), on a seeded, class-stratified sample of at most ``max_images`` test images M
     gets right when clean, with detection thresholds fixed on clean validation images at each
     of ``fprs``; the attacks' hyper-parameters are ``options``; images go in batches of
-    ``batch_size``. The label-only attacks run on a sub-sample of at most ``label_only_images``."""
+    ``batch_size``. The label-only attacks run on a sub-sample of at most ``label_only_images``.
+    The white-box attacks aimed at an output climb the budget ``ladder``."""
 
     vectors: tuple[AttackVector, ...]
     threat_models: tuple[str, ...]
@@ -92,6 +141,7 @@ class AdaptiveSpec:
     options: AdaptiveOptions
     batch_size: int
     label_only_images: int = 0
+    ladder: BudgetLadder = BudgetLadder()
 
     @property
     def enabled(self) -> bool:
@@ -283,7 +333,10 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
         threat_models=tuple(dict.fromkeys(config.adaptive_threat_models)),
         fprs=tuple(sorted(set(float(fpr) for fpr in config.adaptive_fprs))), max_images=config.adaptive_max_images,
         options=adaptive_options, batch_size=adaptive_options.batch_size,
-        label_only_images=config.adaptive_label_only_images)
+        label_only_images=config.adaptive_label_only_images,
+        ladder=_checked("adaptive_ladder", lambda: BudgetLadder(
+            tuple(config.adaptive_ladder), tuple(config.adaptive_ladder_growth), config.adaptive_ladder_tolerance,
+            Path(config.adaptive_published) if config.adaptive_published else None)))
 
     results = config.results()
     grid = ()

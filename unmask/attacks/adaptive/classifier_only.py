@@ -37,7 +37,7 @@ class ClassifierAttack(GradientAttack):
     def runs(self, batch: Batch) -> Iterator[Run]:
         for index, loss in enumerate(UNTARGETED_LOSSES):
             for restart in range(self.options.restarts):
-                yield Run((index, restart), self.options.random_start or restart > 0, loss=loss)
+                yield Run((index, restart), self.options.random_start or restart > 0, loss=loss, restart=restart)
 
     def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
         logits = self.target.classifier(x_q)

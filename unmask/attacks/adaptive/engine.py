@@ -269,13 +269,16 @@ class Batch:
 class Run:
     """One PGD run over a batch: its random-start ``stream`` (and whether it starts at random),
     the target class of each batch row (targeted attacks; CPU), the weight of K's hinges and,
-    for attacks that try several, the ``loss`` it minimises."""
+    for attacks that try several, the ``loss`` it minimises; ``rank`` (the targets' rank, -1
+    for an untargeted run) and ``restart`` say which run it is, for ``made_before``."""
 
     stream: tuple[int, ...]
     random: bool
     targets: torch.Tensor | None = None
     weight: float = 1.0
     loss: str = ""
+    rank: int = -1
+    restart: int = 0
 
 
 class GradientAttack(AdaptiveAttack):
@@ -311,14 +314,24 @@ class GradientAttack(AdaptiveAttack):
         ``options.random_start``) starts at a random point."""
         if not self.targeted:
             for restart in range(self.options.restarts):
-                yield Run((restart,), self.options.random_start or restart > 0)
+                yield Run((restart,), self.options.random_start or restart > 0, restart=restart)
             return
         ranks = self.ranked_targets(batch).cpu()
         for rank in range(min(self.options.targets or ranks.shape[1], ranks.shape[1])):
             targets = ranks[:, rank].contiguous()
             for lambda_index, weight in enumerate(self.lambdas()):
                 for restart in range(self.options.restarts):
-                    yield Run((rank, lambda_index, restart), self.options.random_start or restart > 0, targets, weight)
+                    yield Run((rank, lambda_index, restart), self.options.random_start or restart > 0, targets, weight,
+                              rank=rank, restart=restart)
+
+    def made_before(self, run: Run) -> bool:
+        """Whether a smaller rung of the budget ladder already made ``run`` on these images
+        (``options.already_made``: the same steps, a restart and target rank it made), so that it
+        would fail again and is skipped."""
+        made = self.options.already_made
+        if made is None or made.steps != self.options.steps or run.restart >= made.restarts:
+            return False
+        return run.rank < 0 or made.targets == 0 or run.rank < made.targets
 
     def lambdas(self) -> tuple[float, ...]:
         """The weights of K's hinges tried per target, in order (``options.lambdas``)."""
@@ -493,7 +506,8 @@ class GradientAttack(AdaptiveAttack):
             if len(batch):
                 batch.clean = self.clean_pass(x0)
                 for run in self.runs(batch):
-                    self.pgd(batch, run)
+                    if not self.made_before(run):
+                        self.pgd(batch, run)
         adversarial, chosen = batch.best.images, batch.best.targets
         verdict = self.target.judge(adversarial.to(self.device)) if len(adversarial) else empty_verdict()
         stats = {**batch.stats, "seconds": time.perf_counter() - started}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from unmask.constants import FULL_ADAPTIVE_BUDGET as FULL
 from unmask.constants import REDUCED_ADAPTIVE_BUDGET as REDUCED
@@ -11,6 +12,22 @@ from unmask.constants import REDUCED_ADAPTIVE_BUDGET as REDUCED
 TARGET_RANKINGS: tuple[str, ...] = ("loss", "jaccard", "logits")
 STEP_SCHEDULES: tuple[str, ...] = ("apgd", "cosine", "constant")
 RECLASSIFY_LOSSES: tuple[str, ...] = ("targeted", "dlr", "ce")
+LADDER_GROWTHS: tuple[str, ...] = ("targets", "losses", "restarts", "steps")
+"""How one doubling of the budget ladder grows an attack's budget (``rung_options``)."""
+
+
+@dataclass(frozen=True)
+class RunsMade:
+    """The runs a smaller rung of the budget ladder already made on the images an attack is
+    given: ``steps`` per run, ``restarts`` runs per target, the first ``targets`` target ranks (0:
+    every one) and the re-classification attack's ``reclassify_losses``, in that order. Each
+    image's run is deterministic (its start derives from the seed and the image's index), so a
+    run of the same steps, restart, target rank and loss would fail again: it is not made again."""
+
+    steps: int
+    restarts: int
+    targets: int
+    reclassify_losses: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,8 @@ class AdaptiveOptions:
         - ``batch_size``: images per forward/backward pass (the images still under attack
           fill each pass).
         - ``seed``: of the random starts and of HopSkipJump.
+        - ``already_made``: the runs a smaller rung of the budget ladder already made on these
+          images (``RunsMade``), which are not made again; None: every run is made.
     Steps
         - ``step_schedule``: ``apgd`` (APGD's step-size control, Croce & Hein 2020: from 2
           epsilon, momentum 0.75, halved at checkpoints where the loss stalled, restarting from
@@ -88,6 +107,7 @@ class AdaptiveOptions:
     hsj_steps: int = 16
     hsj_initial_evals: int = 50
     hsj_max_evals: int = 1000
+    already_made: RunsMade | None = None
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -128,6 +148,46 @@ class AdaptiveOptions:
             raise ValueError(f"AdaptiveOptions.judge_every must be an integer >= 0, got {self.judge_every!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"AdaptiveOptions.seed must be an integer, got {self.seed!r}")
+
+
+    def runs_made(self) -> RunsMade:
+        """The runs these options make (for the next rung of the ladder: ``already_made``)."""
+        return RunsMade(self.steps, self.restarts, self.targets, self.reclassify_losses)
+
+
+def rung_options(base: AdaptiveOptions, doublings: Sequence[str], *, targeted: bool, chooses_losses: bool,
+                 classes: int) -> AdaptiveOptions:
+    """The options of one rung of the budget ladder: ``base`` (the first rung's) grown by each
+    of ``doublings`` in turn (``LADDER_GROWTHS``), for an attack that is ``targeted`` or not and
+    ``chooses_losses`` (reads ``reclassify_losses``), on a class set of ``classes`` classes.
+
+    - ``targets``: twice the target classes, up to every other class (0);
+    - ``losses``: the re-classification attack adds its untargeted DLR and CE runs (APGD's
+      losses on K's soft Jaccards, Croce & Hein 2020);
+    - ``restarts``: twice the runs per target, the new ones from random points of the ball;
+    - ``steps``: twice the steps of every run.
+
+    Where ``targets`` or ``losses`` cannot grow an attack (an untargeted attack, every class
+    already tried, the losses already there, an attack with one loss), its restarts double
+    instead, so every doubling doubles about every attack's work.
+    """
+    options = base
+    others = classes - 1
+    for doubling in doublings:
+        if doubling not in LADDER_GROWTHS:
+            raise ValueError(f"unknown ladder growth {doubling!r}; expected one of: {', '.join(LADDER_GROWTHS)}")
+        tried = min(options.targets or others, others)
+        if doubling == "targets" and targeted and tried < others:
+            grown = min(2 * tried, others)
+            options = replace(options, targets=0 if grown == others else grown)
+        elif doubling == "losses" and chooses_losses and set(RECLASSIFY_LOSSES) - set(options.reclassify_losses):
+            missing = tuple(loss for loss in RECLASSIFY_LOSSES if loss not in options.reclassify_losses)
+            options = replace(options, reclassify_losses=options.reclassify_losses + missing)
+        elif doubling == "steps":
+            options = replace(options, steps=2 * options.steps)
+        else:
+            options = replace(options, restarts=2 * options.restarts)
+    return options
 
 
 REDUCED_BUDGET = AdaptiveOptions()

@@ -48,7 +48,15 @@ class ReclassifyAttack(GradientAttack):
             for rank in targets:
                 for restart in range(self.options.restarts):
                     yield Run((index, -1 if rank is None else rank, restart), self.options.random_start or restart > 0,
-                              None if rank is None else ranks[:, rank].contiguous(), loss=loss)
+                              None if rank is None else ranks[:, rank].contiguous(), loss=loss,
+                              rank=-1 if rank is None else rank, restart=restart)
+
+    def made_before(self, run: Run) -> bool:
+        """As every attack's, and the smaller rung ran the run's loss at the same place in its
+        order (its random starts derive from that place)."""
+        made, losses = self.options.already_made, self.options.reclassify_losses
+        return (super().made_before(run) and run.loss in made.reclassify_losses
+                and made.reclassify_losses.index(run.loss) == losses.index(run.loss))
 
     def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
         outputs = self.outputs(batch, x_q, rows)

@@ -1,0 +1,156 @@
+"""The defenses the white-box evaluation attacks, and what each gives on clean images.
+
+UnMask (M and K); with a robust K (``--k-adv-training``) UnMask-R (the robust K protecting M) and
+UnMask-R + adv. M (protecting the adversarially trained M); and the same M alone ("undefended M")
+and the adversarially trained M alone ("adversarial training"). Each UnMask-like defense is its
+own pipeline: its thresholds are fixed on the clean validation images by its own M and K, and its
+clean images are scored by them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unmask.defense import unflagged_wrong_class
+from unmask.evaluation import Predictions, Scored, attack_outcomes, fix_thresholds
+from unmask.experiment.evaluator import Evaluator
+from unmask.experiment.stages import TrainedClassifier, TrainedPartExtractor
+from unmask.metrics import rate
+from unmask.parts import ClassSet
+from unmask.provenance import digest
+
+UNMASK = "UnMask"
+UNMASK_R = "UnMask-R"
+UNMASK_R_ADV = "UnMask-R + adv. M"
+UNDEFENDED = "undefended M"
+ADVERSARIAL_TRAINING = "adversarial training"
+
+
+@dataclass(frozen=True, eq=False)
+class Defense:
+    """A defended pipeline the attacks aim at: M as it runs and, for an UnMask-like defense, its
+    K (None: M alone) with the pipeline's predictions on the clean test images (``clean``) and
+    on the clean validation images (``validation``, which fix its thresholds); ``k_metrics``
+    names the ``metrics.json`` section of its K's test metrics."""
+
+    name: str
+    m: TrainedClassifier
+    k: TrainedPartExtractor | None = None
+    clean: Scored | None = None
+    validation: Scored | None = None
+    k_metrics: str | None = None
+
+    def threshold(self, fpr: float) -> float | None:
+        """The set-Jaccard detection threshold at false-positive rate ``fpr`` on its own clean
+        validation images (None: M alone flags nothing)."""
+        return None if self.validation is None else fix_thresholds(self.validation, fpr).set_jaccard
+
+    @property
+    def fingerprint(self) -> str:
+        """What its figures depend on besides the images: its M's and K's fingerprints (weights,
+        inference settings, K's detection rule)."""
+        return digest({"m": self.m.fingerprint, "k": None if self.k is None else self.k.fingerprint})
+
+
+def defenses_of(evaluator: Evaluator) -> list[Defense]:
+    """UnMask; with the run's robust K, UnMask-R (it protects M) and UnMask-R + adv. M (it
+    protects the adversarially trained M, when the run has that baseline and M is not it); the
+    M UnMask protects alone; and the adversarial-training baseline alone (once, when UnMask
+    protects that same M). UnMask-R's clean predictions are saved in ``adaptive/``."""
+    defenses = [Defense(UNMASK, evaluator.m, evaluator.k, evaluator.clean(), evaluator.validation(), "k")]
+    baseline, robust = evaluator.adv_trained, evaluator.k_robust
+    if robust is not None:
+        defenses.append(_pipeline(evaluator, UNMASK_R, evaluator.m, robust))
+        if baseline is not None and baseline is not evaluator.m:
+            defenses.append(_pipeline(evaluator, UNMASK_R_ADV, baseline, robust))
+    if baseline is None or baseline is not evaluator.m:
+        defenses.append(Defense(UNDEFENDED, evaluator.m))
+    if baseline is not None:
+        defenses.append(Defense(ADVERSARIAL_TRAINING, baseline))
+    return defenses
+
+
+def _pipeline(evaluator: Evaluator, name: str, m: TrainedClassifier, k: TrainedPartExtractor) -> Defense:
+    """An UnMask-like defense of ``m`` and ``k`` with its own clean test and validation predictions."""
+    folder, name_in_files = evaluator.folder.path / "adaptive", slug(name)
+    clean = evaluator.clean_predictions(evaluator.test, folder / f"{name_in_files}-clean.npz", baseline=False, m=m,
+                                        k=k, what=f"{name}: clean test predictions")
+    validation = evaluator.clean_predictions(evaluator.validation_images, folder / f"{name_in_files}-validation.npz",
+                                             baseline=False, m=m, k=k, what=f"{name}: clean validation predictions")
+    return Defense(name, m, k, clean, validation, "k_robust" if k is evaluator.k_robust else "k")
+
+
+@dataclass(frozen=True)
+class CleanView:
+    """An UnMask-like defense's pipeline on the clean versions of the adaptive sample's images:
+    their detection scores (against its M's classes) and its K's parts."""
+
+    detection: np.ndarray
+    parts: np.ndarray
+
+
+def alone_predictions(defense: Defense, predictions: Predictions) -> np.ndarray | None:
+    """The classes a defense that is M alone gives, out of the run's pipeline's predictions:
+    M's for the undefended M, the baseline's (attacked through its own gradients) for it."""
+    return {UNDEFENDED: predictions.m, ADVERSARIAL_TRAINING: predictions.adv_trained}.get(defense.name)
+
+
+def slug(name: str) -> str:
+    """A defense's name in file names: "UnMask-R + adv. M" -> "unmask-r-adv-m"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def unflagged_wrong_classes(class_set: ClassSet, defenses: list[Defense], clean: Mapping[str, CleanView],
+                            labels: np.ndarray, fprs: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Per UnMask-like defense and false-positive rate, on the adaptive sample's clean images
+    (with ``labels``): the share on which another class passes detection with the clean parts of
+    the defense's K (``unflagged_wrong_class``), with its Wilson interval. An attacker who makes
+    M say that class is not flagged even by a K whose parts never move, so one minus it bounds
+    the robust accuracy with detection and the system accuracy of any K at that threshold
+    (against an M that can be pushed to every class, as undefended M can)."""
+    entries = []
+    for defense in (d for d in defenses if d.k is not None):
+        for fpr in fprs:
+            threshold = defense.threshold(fpr)
+            measured = rate(unflagged_wrong_class(clean[defense.name].parts, labels, class_set, threshold))
+            entries.append({"defense": defense.name, "fpr_target": fpr, "detection_threshold": threshold,
+                            "n_images": measured.n, "rate": measured.value, "interval": [measured.low, measured.high]})
+    return entries
+
+
+def clean_figures(evaluator: Evaluator, defenses: list[Defense], fprs: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Per defense and false-positive rate, on every evaluated clean test image (with Wilson 95%
+    intervals): M's accuracy and, for an UnMask-like defense, its threshold (fixed on its own
+    clean validation images), the share of clean test images it flags (its detection FPR on the
+    test images), its re-classification's and its deployed decision's accuracy; ``k`` names
+    the ``metrics.json`` section of its K's test metrics."""
+    labels, clean = evaluator.labels, evaluator.clean().predictions
+    entries = []
+    for defense in defenses:
+        for fpr in fprs:
+            threshold = defense.threshold(fpr)
+            if defense.clean is None:
+                m = alone_predictions(defense, clean)
+                if m is None:
+                    continue
+                outcome, flagged = attack_outcomes(labels, m), None
+            else:
+                scored = defense.clean
+                outcome = attack_outcomes(labels, scored.m, detection=scored.detection, reclassified=scored.unmask,
+                                          threshold=threshold, clean_detection=scored.detection)
+                flagged = scored.detection >= threshold
+            values, intervals = {}, {}
+            for key, array in (("accuracy_m", outcome.m), ("accuracy_unmask", outcome.reclassification),
+                               ("accuracy_system", outcome.system), ("flag_rate", flagged)):
+                measured = None if array is None else rate(array)
+                values[key] = None if measured is None else measured.value
+                if measured is not None:
+                    intervals[key] = [measured.low, measured.high]
+            entries.append({"defense": defense.name, "fpr_target": fpr, "detection_threshold": threshold,
+                            "k": defense.k_metrics, "n_images": int(len(labels)), **values, "intervals": intervals})
+    return entries
