@@ -12,6 +12,7 @@ function of images that returns part sets), so the numbers are those of ``per_im
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ from unmask.protect.stand_in import StandIn
 DECISIONS: tuple[str, ...] = ("reclassify", "reject")
 """What UnMask does with a flagged image: give its re-classified class (the paper's defense), or
 no class at all (``NO_PREDICTION``: the image is rejected, as a detector would)."""
+
+MAX_DETECTION_SCORE = 1.0
+"""The largest detection score, 1 - J = 1: no expected part of M's class found; a threshold above
+it flags nothing."""
 
 PartSets = np.ndarray | torch.Tensor | Sequence[Iterable[str]]
 """K's answer for N images: a bool (N, 44) part matrix (columns in ``unmask.parts.PARTS``'s
@@ -126,6 +131,7 @@ class UnMask:
             ClassSet.named(class_set) if isinstance(class_set, str) else ClassSet.of(class_set))
         self.threshold = threshold
         self.decision = decision
+        self._outputs_checked = False
 
     @classmethod
     def from_run(cls, run: FinishedRun | str | Path, *, fpr: float | None = None, device: str | torch.device = "cpu",
@@ -159,10 +165,49 @@ class UnMask:
 
     def verdict(self, images: torch.Tensor, threshold: float | None = None) -> Verdict:
         """M's classes, K's parts and UnMask's rules on ``images`` as given, against ``threshold``
-        (default: this UnMask's)."""
+        (default: this UnMask's). A ``ValueError`` refuses images with NaN or infinite pixels, and
+        an M whose output count is not the class set's size."""
         threshold = self.required_threshold() if threshold is None else threshold
+        self._check_images(images)
+        self._check_outputs(images)
         return hard_verdict(self.classifier.predict(images).cpu().numpy(), self.parts(images), self.class_set,
                             threshold)
+
+    @staticmethod
+    def _check_images(images: torch.Tensor) -> None:
+        """Images must be a batch of finite pixels: a NaN or infinite pixel would give M and K
+        undefined answers (and UnMask a meaningless verdict)."""
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"UnMask expects images as a tensor of shape (N, 3, H, W) in [0, 1], got {shape}")
+        broken = ~torch.isfinite(images).flatten(1).all(dim=1)
+        if bool(broken.any()):
+            where = torch.nonzero(broken).flatten()
+            raise ValueError(f"{len(where)} of {len(images)} images hold NaN or infinite pixels (the first: image "
+                             f"{int(where[0])}); expected finite pixel values in [0, 1]")
+
+    def _check_outputs(self, images: torch.Tensor) -> None:
+        """M must give one output per class of the class set (in its order): checked once, on the
+        first image UnMask sees. An M with more outputs would otherwise name classes the part
+        table does not have, or silently ignore some."""
+        if self._outputs_checked or len(images) == 0:
+            return
+        model = self.classifier.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                outputs = model(images[:1].to(self.classifier.device))
+        finally:
+            model.train(was_training)
+        count = outputs.shape[-1] if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 else None
+        if count != len(self.class_set):
+            shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+            raise ValueError(f"the classifier gives {count if count is not None else f'outputs of shape {shape}'} "
+                             f"outputs per image, but the class set {self.class_set.name} has "
+                             f"{len(self.class_set)} classes ({', '.join(self.class_set.classes)}); expected one "
+                             "logit per class, in the class set's order")
+        self._outputs_checked = True
 
     def __call__(self, images: torch.Tensor) -> UnMaskResult:
         """UnMask's answer for ``images`` (N, 3, H, W) in [0, 1], as given (``judge`` rounds
@@ -177,14 +222,28 @@ class UnMask:
     def judge(self, images: torch.Tensor) -> UnMaskResult:
         """The real pipeline on ``images`` rounded to 8 bits, as an attacked image is once saved:
         how the project judges every attack (``result.evades(labels)``: M wrong and not flagged)."""
+        self._check_images(images)  # before rounding, which would clip an infinite pixel into range
         return self(to_8bit(images))
 
     def fix_threshold(self, clean_images: torch.Tensor, *, fpr: float = 0.1) -> float:
         """Fix the detection threshold on ``clean_images`` so that at most ``fpr`` of them are
         flagged (the smallest such threshold: ``unmask.metrics.threshold_at_fpr``), scored against
-        M's own predictions, as the experiment does on its clean validation images; returns it."""
+        M's own predictions, as the experiment does on its clean validation images; returns it.
+        Warns (``UserWarning``, naming the scores' range) when the threshold can flag no image at
+        all (it is above the largest score, 1: typically an M that does not know the class set)
+        or flags every clean image."""
         scores = self.verdict(clean_images, threshold=math.inf).detection_score.numpy()
         self.threshold = threshold_at_fpr(scores, fpr)
+        flagged = int((scores >= self.threshold).sum())
+        seen = f"their detection scores range from {scores.min():.3f} to {scores.max():.3f}"
+        if self.threshold > MAX_DETECTION_SCORE:
+            warnings.warn(f"the detection threshold fixed at {fpr:g} FPR ({self.threshold:.3f}) can flag no image: "
+                          f"it is above 1, the largest detection score, because {seen} on the {len(scores)} clean "
+                          "images and more than that share score 1 (M's class and K's parts have no part in common; "
+                          "is M trained on this class set?)", UserWarning, stacklevel=2)
+        elif flagged == len(scores):
+            warnings.warn(f"the detection threshold fixed at {fpr:g} FPR ({self.threshold:.3f}) flags every one of "
+                          f"the {len(scores)} clean images: {seen}", UserWarning, stacklevel=2)
         return self.threshold
 
     def stand_in(self, **options: float) -> StandIn:

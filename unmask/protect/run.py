@@ -109,6 +109,22 @@ class FinishedRun:
         return cls(folder, plan, metrics, stamp, torch.device(device),
                    Path(data_dir) if data_dir is not None else None)
 
+    @classmethod
+    def latest(cls, output_dir: str | Path = "results", *, device: str | torch.device = "cpu",
+               data_dir: str | Path | None = None) -> FinishedRun:
+        """The run that finished last under ``output_dir`` (``python main.py``'s ``--output-dir``):
+        the run folder whose ``metrics.json``, written when a run ends, is the newest; opened as
+        ``open`` opens it. The run's folder name carries a hash of its configuration, so this is
+        how a script opens "the run I just made" without naming it."""
+        output_dir = Path(output_dir)
+        finished = [path for path in output_dir.glob("*/metrics.json") if (path.parent / "config.json").is_file()]
+        if not finished:
+            raise RunFolderError(f"no finished run in {output_dir}/ (expected {output_dir}/<run>/metrics.json and "
+                                 "config.json): run python main.py first, or open a run's folder with "
+                                 "FinishedRun.open(folder)")
+        newest = max(finished, key=lambda path: path.stat().st_mtime_ns)
+        return cls.open(newest.parent, device=device, data_dir=data_dir)
+
     @property
     def class_set(self) -> ClassSet:
         return self.plan.class_set
