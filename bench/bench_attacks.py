@@ -22,6 +22,7 @@ import time
 import torch
 
 from unmask.attacks import PAPER_VECTORS, AttackOptions, attack
+from unmask.benchmark import BenchmarkRecord, add_json_option
 from unmask.models.classifier import PAPER_IMAGE_SIZE, build_classifier, use_channels_last
 from unmask.runtime import resolve_device
 
@@ -61,7 +62,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="also time ResNet50 channels-last")
+    add_json_option(parser)
     args = parser.parse_args()
+    record = BenchmarkRecord("bench_attacks", args)
     device = resolve_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
@@ -85,7 +88,17 @@ def main() -> None:
     totals = [len(rates) / sum(1 / rate for _, rate in rates) for rates in results.values()]
     if args.channels_last:
         print(f"ratio ResNet50 channels-last / default memory format, all eight: {totals[2] / totals[1]:.2f}x")
+        record.value("resnet50_channels_last_ratio", totals[2] / totals[1])
     print(f"(load average {os.getloadavg()[0]:.1f} at the end; other processes on this machine slow every figure)")
+    record.table("vectors", [{"model": model, "vector": label, "images/s": rate}
+                             for model, rates in results.items() for label, rate in rates],
+                 description=f"Attacked images per second per vector ({args.steps} steps, batches of "
+                             f"{args.batch_size}, random weights; the best of {args.repeats} timings).")
+    record.table("models", [{"model": model, "images/s over the eight vectors": total,
+                             "seconds for the eight vectors on 300 images": 8 * 300 / total}
+                            for model, total in zip(results, totals, strict=True)],
+                 description="The eight vectors in sequence: images per second, and what 300 test images take.")
+    record.write(args.json, device=device)
 
 
 if __name__ == "__main__":

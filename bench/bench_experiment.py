@@ -25,6 +25,7 @@ import time
 import torch
 
 from unmask.attacks import attack
+from unmask.benchmark import BenchmarkRecord, add_json_option
 from unmask.cli import parse
 from unmask.defense import detection_scores, reclassify_batch
 from unmask.experiment.stages import load_classifier_data, prepare_data, trained_classifiers, trained_part_extractor
@@ -34,7 +35,9 @@ from unmask.train.loop import ModelCache
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300, help="test images to push through (at most the split)")
+    add_json_option(parser)
     args, rest = parser.parse_known_args()
+    record = BenchmarkRecord("bench_experiment", {**vars(args), "main.py options": rest})
     _, plan, _ = parse(["run", "--verbosity", "0", *rest])
     runtime = plan.runtime.start()
     cache = ModelCache(plan.models_dir, runtime, plan.allow_random_init)
@@ -91,6 +94,17 @@ def main() -> None:
     for stage, value in seconds.items():
         print(f"  {stage:16s} {value:8.2f} s  {100 * value / total:5.1f} %  ({processed / value:9.2f} images/s)"
               if value else f"  {stage:16s} (not run)")
+    setting = (f"M {plan.m.architecture} at {plan.data.image_size} px, K {plan.k.architecture}, inference in "
+               f"{inference.effective_precision(device)}; {len(plan.vectors)} vectors x {len(images)} test images, "
+               f"{plan.attack.steps} attack steps")
+    record.table("end-to-end", [{"": "with the baseline", "attacked images/s": processed / total, "seconds": total},
+                                {"": "without the baseline", "attacked images/s": processed / (total - baseline),
+                                 "seconds": total - baseline}],
+                 description=f"Attack, K and UnMask's rules end to end ({setting}).")
+    record.table("stages", [{"stage": stage, "seconds": value, "share": value / total if total else None,
+                             "images/s": processed / value if value else None} for stage, value in seconds.items()],
+                 description="Seconds per stage, their share of the whole, and images per second through each.")
+    record.write(args.json, device=device)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from unmask.benchmark import BenchmarkRecord, add_json_option
 from unmask.data.coco import PartSegmentationDataset, split_paths
 from unmask.data.synthetic import SyntheticSpec, image_rng, k_canvas_size, render_object
 from unmask.models.classifier import InferenceOptions
@@ -138,7 +139,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="of the batched run: auto, float32, bfloat16, float16")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    add_json_option(parser)
     args = parser.parse_args()
+    record = BenchmarkRecord("bench_extraction", args)
     big = args.k_model == "resnet50-fpn"
     args.images = args.images or (8 if big else 128)
     args.batch_size = args.batch_size or (4 if big else 16)
@@ -187,6 +190,11 @@ def main() -> None:
           + (f"; batched {precision} / batched float32 {rates[next(iter(rates))] / batched:.2f}x, "
              f"/ as the original {rates[next(iter(rates))] / rates[label]:.2f}x" if precision != "float32" else ""))
     print(f"(load average {os.getloadavg()[0]:.1f} at the end; other processes on this machine slow every figure)")
+    record.table("extraction", [{"how": name, "images/s": value, "x as the original": value / rates[label]}
+                                for name, value in rates.items()],
+                 description=f"K ({args.k_model}, {'trained' if args.weights else 'random weights'}) on {source}: "
+                             f"images per second by how the images are extracted.")
+    record.write(args.json, device=device)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+from unmask.benchmark import BenchmarkRecord, add_json_option
 from unmask.data.coco import PartSegmentationDataset, split_paths
 from unmask.models.part_extractor import build_part_extractor
 from unmask.train.part_extractor import PartExtractorTraining, load_part_extractor_weights, train_part_extractor
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--random-init", action="store_true", help="a randomly initialised K")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), metavar="RECIPE",
                         help=f"recipes to time (default: all): {'; '.join(RECIPES)}")
+    add_json_option(parser)
     args = parser.parse_args(argv)
+    record = BenchmarkRecord("bench_k_adversarial", args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                          device=device, progress=False)  # warm-up
     print(f"{'recipe':<32} {'s/batch':>8} {'s/epoch':>8} {'x clean':>8}")
     clean_seconds = None
+    rows = []
     for label in args.recipes:
         recipe = RECIPES[label]
         step = None if recipe is None else AdversarialStep(recipe, score_threshold=SCORE_THRESHOLD, seed=0)
@@ -114,6 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         clean_seconds = per_batch if recipe is None else clean_seconds
         ratio = f"{per_batch / clean_seconds:8.2f}" if clean_seconds else f"{'':>8}"
         print(f"{label:<32} {per_batch:8.2f} {per_batch * batches_per_epoch:8.0f} {ratio}", flush=True)
+        rows.append({"recipe": label, "s per batch": per_batch, "s per epoch": per_batch * batches_per_epoch,
+                     "x clean": per_batch / clean_seconds if clean_seconds else None})
+    record.table("recipes", rows, description=f"K's training per recipe ({source}; batches of {args.batch_size}, "
+                                              f"{args.batches} timed per recipe; an epoch is {batches_per_epoch} "
+                                              "batches).")
+    record.write(args.json, device=device)
 
 
 if __name__ == "__main__":

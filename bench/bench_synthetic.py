@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from unmask.benchmark import BenchmarkRecord, add_json_option
 from unmask.data.coco import mask_to_annotation
 from unmask.data.synthetic import (
     SyntheticSpec,
@@ -52,18 +53,24 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320, help="images per single-process measurement")
     parser.add_argument("--skip-default", action="store_true", help="skip generating the default dataset")
     parser.add_argument("--k-image-size", default="500x375", help="K's PASCAL-like size (the paper profile's)")
+    add_json_option(parser)
     args = parser.parse_args()
+    record = BenchmarkRecord("bench_synthetic", args)
     print(f"CPU cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}")
+    drawing = []
     for size in (96, 128):
         m_rate = images_per_second(size, args.images, annotate=False)
         k_rate = images_per_second(size, args.images, annotate=True)
         print(f"image size {size}: one process draws {m_rate:.0f} M images/s, {k_rate:.0f} K images/s")
+        drawing += [{"images": f"M's, {size} px", "images/s": m_rate}, {"images": f"K's, {size} px", "images/s": k_rate}]
     pascal = parse_image_size(args.k_image_size)
     k_rate = images_per_second(150, max(16, args.images // 8), annotate=True, k_image_size=pascal)
     print(f"K images about {args.k_image_size}: one process draws {k_rate:.1f} images/s")
-    if args.skip_default:
-        return
-    for size in (96, 128):
+    drawing.append({"images": f"K's, about {args.k_image_size} px", "images/s": k_rate})
+    record.table("drawing", drawing, description="Images one process draws per second (draw, PNG, and for K's "
+                                                 "images the RLE annotations).")
+    generated = []
+    for size in () if args.skip_default else (96, 128):
         spec = SyntheticSpec(image_size=size)
         images = len(spec.m_classes) * spec.images_per_class + spec.k_images
         with tempfile.TemporaryDirectory() as folder:
@@ -72,6 +79,12 @@ def main() -> None:
             elapsed = time.perf_counter() - start
         print(f"default dataset at image size {size} ({images} images, {default_workers()} workers): "
               f"{elapsed:.1f} s wall, {images / elapsed:.0f} images/s; load average now {os.getloadavg()[0]:.2f}")
+        generated.append({"image size": size, "images": images, "workers": default_workers(), "seconds": elapsed,
+                          "images/s": images / elapsed})
+    if generated:
+        record.table("default-world", generated, description="The default synthetic world, generated whole with "
+                                                              "the default number of worker processes.")
+    record.write(args.json)
 
 
 if __name__ == "__main__":
