@@ -12,7 +12,8 @@ from pathlib import Path
 import unmask
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("unmask", "unmask.constants", "unmask.io", "unmask.parts", "unmask.provenance", "unmask.runtime"),
+    ("unmask", "unmask.constants", "unmask.io", "unmask.parts", "unmask.provenance", "unmask.runtime",
+     "unmask.environment", "unmask.benchmark"),
     ("unmask.config",),
     ("unmask.data",),
     ("unmask.models",),
@@ -22,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("unmask.metrics",),
     ("unmask.evaluation",),
     ("unmask.report",),
+    ("unmask.publish", "unmask.docs"),
     ("unmask.experiment.plan",),
     ("unmask.experiment.stages", "unmask.experiment.batches", "unmask.experiment.folder"),
     ("unmask.experiment.evaluator",),

@@ -37,12 +37,14 @@ def _comma_separated(item_type: type) -> Callable[[str], tuple[Any, ...]]:
 def build_parser(profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python main.py",
-        usage=f"python main.py [{{{','.join(COMMANDS)}}}] [--option VALUE ...]",
+        usage=f"python main.py [{{{','.join(COMMANDS)}}}] [--option VALUE ...]\n"
+              f"       python main.py {{{','.join(DATA_COMMANDS)}}} ... (python main.py publish --help)",
         description="UnMask: adversarial detection and defense through building-block alignment. "
         "Every option overrides the field of the same name in config.py.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    commands = "; ".join(f"{name}: {help_text}" for name, (help_text, _) in COMMANDS.items())
+    commands = "; ".join([*(f"{name}: {help_text}" for name, (help_text, _) in COMMANDS.items()),
+                          *(f"{name}: {help_text}" for name, help_text in DATA_COMMANDS.items())])
     parser.add_argument("command", nargs="?", default="run", choices=tuple(COMMANDS), help=commands)
     parser.add_argument("--profile", choices=tuple(profiles), default="demo",
                         help="Named set of overrides from config.PROFILES, applied before the command line.")
@@ -261,6 +263,53 @@ COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
 }
 
 
+DATA_COMMANDS: dict[str, str] = {
+    "publish": "copy a finished run's metrics.json and tables.md (or a benchmark's --json record) to "
+               "results/published/NAME/, the data the documentation is generated from: publish RUN_FOLDER --name NAME",
+    "docs": "regenerate every result table and cited figure of README.md and docs/ from results/published/ "
+            "(--check: write nothing, report what differs)",
+}
+"""Commands on published results rather than on an experiment: they take their own arguments."""
+
+
+def _data_command(argv: Sequence[str]) -> int:
+    """``python main.py publish RUN_FOLDER --name NAME`` and ``python main.py docs [--check]``."""
+    from unmask.docs import generate_docs
+    from unmask.environment import describe_environment
+    from unmask.publish import PUBLISHED_DIR, publish
+
+    command = argv[0]
+    parser = argparse.ArgumentParser(prog=f"python main.py {command}", description=DATA_COMMANDS[command])
+    if command == "publish":
+        parser.add_argument("source", metavar="RUN_FOLDER", help="a finished run's folder (results/<run>/), or a "
+                            "benchmark's JSON record (bench/*.py --json PATH)")
+        parser.add_argument("--name", required=True, help="the publication's name: results/published/NAME/, and "
+                            "what the documentation's markers call it (e.g. default)")
+    else:
+        parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated table or "
+                            "value differs from the data or a marker names something that does not exist")
+        parser.add_argument("--root", default=".", help="the repository: README.md, docs/ and results/published/")
+    args = parser.parse_args(argv[1:])
+    try:
+        if command == "publish":
+            publication = publish(args.source, args.name, published=PUBLISHED_DIR)
+            files = ", ".join(sorted(path.name for path in publication.folder.iterdir()))
+            print(f"publish: {args.source} -> {publication.folder}/ ({files}): "
+                  f"{describe_environment(publication.provenance)}")
+            print("publish: regenerate the documentation with: python main.py docs")
+            return 0
+        report = generate_docs(args.root, check=args.check)
+    except UnmaskError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for problem in report.problems + (report.changed if args.check else []):
+        print(f"docs: {problem}", file=sys.stderr)
+    if not args.check:
+        rewritten = ", ".join(str(path) for path in report.differing) or "nothing (every block matched the data)"
+        print(f"docs: rewrote {rewritten}")
+    return 0 if (not report.problems and (report.ok or not args.check)) else 1
+
+
 def parse(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None,
           profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> tuple[Config, Plan, argparse.Namespace]:
     """The resolved configuration, its plan and the parsed arguments of a command line
@@ -302,6 +351,9 @@ def check_user_checkpoints(plan: Plan) -> None:
 def main(argv: Sequence[str] | None = None, *, settings: Mapping[str, Any] | None = None,
          profiles: Mapping[str, Mapping[str, Any]] = PROFILES) -> int:
     """``python main.py``: ``settings`` and ``profiles`` come from the repository's config.py."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DATA_COMMANDS:
+        return _data_command(argv)
     try:
         config, plan, args = parse(argv, settings=settings, profiles=profiles)
     except ConfigError as error:
