@@ -125,3 +125,51 @@ def test_parts_to_add_get_proposals_of_their_own() -> None:
     assert (view.distinct_add_margins(outputs, add)[0] > _NEG).sum() == 3
     loss = view.hinge_loss(outputs, add=add[:, :], distinct=True)
     assert loss.shape == (1,) and loss > view.hinge_loss(outputs, add=add)
+
+
+def _reference_logits(model, batch: torch.Tensor, extra: list[torch.Tensor]) -> torch.Tensor:
+    """Box-head logits through torchvision's own modules (per-image transform, MultiScaleRoIAlign)."""
+    image_list, _ = model.transform(list(batch))
+    features = model.backbone(image_list.tensors)
+    with torch.no_grad():
+        proposals, _ = model.rpn(image_list, features)
+    proposals = [torch.cat([p, e]) for p, e in zip(proposals, extra, strict=True)]
+    heads = model.roi_heads
+    pooled = heads.box_roi_pool({name: f.contiguous() for name, f in features.items()}, proposals,
+                                image_list.image_sizes)
+    logits, _ = heads.box_predictor(heads.box_head(pooled))
+    return torch.nn.utils.rnn.pad_sequence(list(logits.split([len(p) for p in proposals])), batch_first=True)
+
+
+def test_the_batched_fast_path_gives_torchvision_s_values_and_gradients() -> None:
+    # at 128 px (a multiple of 32, K's own size) the view normalises the batch at once and pools
+    # RoIs grouped by pyramid level; at 48 px it falls back to torchvision's transform (padding).
+    # Large extra proposals reach the second level (torchvision maps boxes of side >= 112 there),
+    # so the RoIs really are reordered and put back.
+    torch.manual_seed(0)
+    from unmask.models.part_extractor import build_part_extractor
+
+    model = build_part_extractor("lean", image_size=128, fpn_channels=16).eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(30)
+    view = PartView(model, score_threshold=0.5)
+    assert view._identity_resize(128, 128) and not view._identity_resize(48, 48)
+    generator = torch.Generator().manual_seed(4)
+    batch = torch.round(torch.rand(3, 3, 128, 128, generator=generator) * 255) / 255
+    large = [torch.tensor([[0.0, 0.0, 128.0, 128.0], [8.0, 4.0, 124.0, 120.0]])] * 3
+    view(batch[:1])  # the first call sets up the pooler's scales through torchvision's path
+    pool = model.roi_heads.box_roi_pool
+    with torch.no_grad():
+        proposals = view(batch, large).proposals
+    assert len(set(pool.map_levels(proposals).tolist())) == 2, "the RoIs should come from two levels"
+    x = batch.clone().requires_grad_(True)
+    outputs = view(x, large)
+    weights = torch.rand(outputs.logits.shape, generator=generator)
+    (fast_gradient,) = torch.autograd.grad((outputs.logits * weights).sum(), x)
+    y = batch.clone().requires_grad_(True)
+    reference = _reference_logits(model, y, large)
+    (reference_gradient,) = torch.autograd.grad((reference * weights).sum(), y)
+    assert outputs.logits.shape == reference.shape and reference.shape[1] > 10
+    torch.testing.assert_close(outputs.logits, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_gradient, reference_gradient, rtol=1e-4, atol=1e-6)
+    assert fast_gradient.abs().sum() > 0
