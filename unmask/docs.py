@@ -8,9 +8,10 @@ markers naming a path into its ``metrics.json``::
     (generated: a caption naming the run, its code, date and machine, then the table)
     <!-- end table -->
 
-    UnMask gains <!-- value: default/summary.mean_gain_over_adv_training | points -->+44.5<!-- end value --> points.
+    UnMask gains <!-- value: default/summary.mean_gain_over_adv_training as points -->+44.5<!-- end value --> points.
 
-``python main.py docs`` rewrites what is between the markers from the data; ``python main.py docs
+``python main.py docs`` rewrites what is between the markers from the data (markers inside fenced
+code blocks are left alone: they document the syntax); ``python main.py docs
 --check`` (and the test suite) reports every block that differs from what the data generates and
 every marker that names a publication, table or value that does not exist. The run's tables are
 made by the same formatters as its ``tables.md`` (``unmask.report``), so the two cannot disagree.
@@ -22,7 +23,7 @@ benchmark's tables are those its record holds (``bench/*.py --json``).
 Value paths: keys separated by dots; a list element by its index or by ``[key=value,...]`` (the
 first element whose fields match, e.g. ``adaptive_summary[defense=UnMask,epsilon=8,over=all
 attacks].accuracy_system``); ``@machine``, ``@code`` and ``@environment`` give the run's machine,
-code and both in words. Formats (``| name``): percent, signed-percent, points, number, integer,
+code and both in words. Formats (``as name``): percent, signed-percent, points, number, integer,
 seconds, minutes, text, date.
 """
 
@@ -54,9 +55,12 @@ from unmask.report import (
 
 TABLE_BLOCK = re.compile(r"<!-- table: (?P<ref>[^\n]*?) -->\n(?P<body>(?:(?!<!-- table: ).)*?)<!-- end table -->",
                          re.S)
-VALUE_BLOCK = re.compile(r"<!-- value: (?P<ref>[^\n]+?)(?: \| (?P<format>[a-z-]+))? -->(?P<body>[^\n]*?)"
+VALUE_BLOCK = re.compile(r"<!-- value: (?P<ref>[^\n]+?)(?: as (?P<format>[a-z-]+))? -->(?P<body>[^\n]*?)"
                          r"<!-- end value -->")
+"""``<!-- value: NAME/PATH [as FORMAT] -->...<!-- end value -->`` on one line (no ``|``: it may sit in a table)."""
 OPENINGS = re.compile(r"<!-- (?P<kind>table|value): ")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+"""A fenced code block: markers shown inside one (to document the syntax) are not generated."""
 
 
 class DocsError(UnmaskError, ValueError):
@@ -246,7 +250,7 @@ VALUE_FORMATS: dict[str, Callable[[Any], str]] = {
     "text": str,
     "date": lambda v: str(v)[:10],
 }
-"""How a value marker shows its value (``| name``); without one, text as is and numbers by ``number``."""
+"""How a value marker shows its value (``as name``); without one, text as is and numbers by ``number``."""
 
 
 def render_value(publication: Publication, path: str, value_format: str | None = None) -> str:
@@ -306,7 +310,12 @@ def regenerate(text: str, publications: Mapping[str, Publication], path: Path = 
     def line_of(position: int) -> int:
         return source.count("\n", 0, position) + 1
 
+    def fenced(match: re.Match[str]) -> bool:
+        return any(start <= match.start() < end for start, end in fences)
+
     def table(match: re.Match[str]) -> str:
+        if fenced(match):
+            return match[0]
         try:
             publication, name = _publication(match["ref"], publications)
             body = render_table(publication, name)
@@ -320,25 +329,29 @@ def regenerate(text: str, publications: Mapping[str, Publication], path: Path = 
         return generated
 
     def value(match: re.Match[str]) -> str:
+        if fenced(match):
+            return match[0]
         try:
             publication, value_path = _publication(match["ref"], publications)
             shown = render_value(publication, value_path, match["format"])
         except DocsError as error:
             problems.append(Problem(path, line_of(match.start()), str(error)))
             return match[0]
-        suffix = f" | {match['format']}" if match["format"] else ""
+        suffix = f" as {match['format']}" if match["format"] else ""
         generated = f"<!-- value: {match['ref']}{suffix} -->{shown}<!-- end value -->"
         if generated != match[0]:
             changed.append(Problem(path, line_of(match.start()), f"the value {match['ref']} differs from what the "
                                    f"published data generates ({shown}; python main.py docs rewrites it)"))
         return generated
 
+    fences = [match.span() for match in FENCE.finditer(text)]
     closed = {match.start() for pattern in (TABLE_BLOCK, VALUE_BLOCK) for match in pattern.finditer(text)}
     for opening in OPENINGS.finditer(text):
-        if opening.start() not in closed:
+        if opening.start() not in closed and not fenced(opening):
             problems.append(Problem(path, line_of(opening.start()), f"a {opening['kind']} marker without its "
                                     f"<!-- end {opening['kind']} --> (a value marker must close on its line)"))
     source = TABLE_BLOCK.sub(table, text)
+    fences = [match.span() for match in FENCE.finditer(source)]
     generated = VALUE_BLOCK.sub(value, source)
     return generated, sorted(problems, key=lambda p: p.line), sorted(changed, key=lambda p: p.line)
 
