@@ -219,3 +219,30 @@ def test_markers_inside_a_code_block_document_the_syntax_and_are_left_alone(repo
 def test_regenerate_leaves_text_without_markers_alone():
     text = "# nothing here\n\nplain | table |\n"
     assert regenerate(text, {}) == (text, [], [])
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_of_the_documentation_reaches_its_file_and_heading():
+    for path in documentation_files(ROOT):
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            assert linked.exists(), f"{path.relative_to(ROOT)} links to {target}, which does not exist"
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+                assert anchor in {_slug(heading) for heading in headings}, f"{path.relative_to(ROOT)}: #{anchor}"
+
+
+def test_the_licence_and_the_citation_are_the_projects():
+    assert "license = { text = \"MIT\" }" in (ROOT / "pyproject.toml").read_text()
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    citation = (ROOT / "CITATION.cff").read_text()
+    for words in ("cff-version: 1.2.0", "UnMask: Adversarial Detection and Defense Through Robust Feature Alignment",
+                  "arXiv:2002.09576", "https://github.com/poloclub/unmask", "license: MIT"):
+        assert words in citation
