@@ -52,8 +52,8 @@ REDUCED_ADAPTIVE_BUDGET = AdaptiveBudget(steps=40, restarts=1, targets=2, relati
                                          reclassify_losses=("targeted",))
 """The default run's budget: one run of 40 steps towards each of the 2 best-ranked targets (the
 re-classification attack: towards the 2 best-matching other classes). One longer run beats two
-short ones at equal cost: the step-size control needs the steps to converge (README, "How far
-the reduced budget is from a five times larger one")."""
+short ones at equal cost: the step-size control needs the steps to converge (docs/convergence.md:
+how far this budget is from converged)."""
 
 FULL_ADAPTIVE_BUDGET = AdaptiveBudget(steps=100, restarts=2, targets=0, relative_step=20.0,
                                       reclassify_losses=("targeted", "dlr", "ce"))

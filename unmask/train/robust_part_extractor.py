@@ -1,7 +1,7 @@
 """Adversarial training of K, the part extractor: UnMask-R's robust K.
 
 White-box attacks that know K break UnMask because K's part decisions move as easily as M's
-class (README, "Threat models"). Here K is fine-tuned from the clean K (as Sitawarin et al. 2023
+class (docs/threat-models.md). Here K is fine-tuned from the clean K (as Sitawarin et al. 2023
 fine-tune their part models adversarially from a normally trained checkpoint) on adversarial
 images whose inner maximisation attacks what the white-box evaluation attacks:
 
