@@ -103,7 +103,7 @@ def _prepare(plan: Plan, args: argparse.Namespace) -> int:
         return _prepare_pascal_part(plan, args)
     if plan.data.synthetic is not None:
         return _prepare_synthetic(plan)
-    print(f"prepare: the {plan.data.dataset!r} dataset is not generated; download it as the README says.")
+    print(f"prepare: the {plan.data.dataset!r} dataset is not generated; download it as docs/reproducing-the-paper.md says.")
     return 1
 
 
@@ -259,7 +259,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
                  "file for --m-checkpoint (--imported-m), read without running code in it", _import_m),
     "examples": ("render example images with their part masks to images/synthetic_examples.png", _examples),
     "figures": ("run (or re-report) the configured experiment and copy its figures to images/results_*.png, "
-                "the ones the README shows", _figures),
+                "the ones the README and docs/ show", _figures),
 }
 
 
