@@ -6,7 +6,8 @@
   decision, K's parts; ``explain(i)``), and ``judge(images)``: the same on 8-bit images.
 - ``unmask.stand_in()``: a differentiable ``nn.Module`` whose logits follow UnMask's decision
   (BPDA), for foolbox, torchattacks, AutoAttack, ART.
-- ``FinishedRun``: a run's models, thresholds and images; ``load_classifier``: M from a weights
+- ``FinishedRun``: a run's models, thresholds and images (``FinishedRun.open(folder)``, or
+  ``FinishedRun.latest()``: the run that finished last); ``load_classifier``: M from a weights
   file (a run's, or ``import-m``'s of the original's released M).
 
 This package comes after the experiment in the one-way import order (it reads run folders), so
