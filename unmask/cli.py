@@ -246,6 +246,13 @@ def _figures(plan: Plan, args: argparse.Namespace) -> int:
     return 0
 
 
+def _active_tests(plan: Plan, args: argparse.Namespace) -> int:
+    from unmask.experiment.active_tests import run_active_tests
+
+    run_active_tests(plan)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
     "run": ("prepare data if missing, train or load M, adversarially trained M and K, attack, evaluate and "
             "report (the default)", _run),
@@ -260,6 +267,9 @@ COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
     "examples": ("render example images with their part masks to images/synthetic_examples.png", _examples),
     "figures": ("run (or re-report) the configured experiment and copy its figures to images/results_*.png, "
                 "the ones the README and docs/ show", _figures),
+    "active-tests": ("attack unit tests (Zimmermann et al. 2022) on the run's models: each white-box attack of "
+                     "--active-attacks against UnMask modified so that an adversarial example provably exists; "
+                     "results/<run>/active/active_tests.md and .json", _active_tests),
 }
 
 

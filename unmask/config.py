@@ -318,6 +318,36 @@ class Config:
                                      "shows by how much a published ladder on the same models and sample moved each "
                                      "white-box figure (empty: look none up).", results=False)
 
+    # --- attack unit tests (python main.py active-tests) ------------------------------------------
+    # results=False: they change only the tests' own results (keyed by them), not a run's numbers or name
+    active_attacks: tuple[str, ...] = option(
+        tuple(f"{name}_linf:{epsilon}" for epsilon in (8, 16) for name in ("joint", "transplant", "reclassify")),
+        "active-tests: the adaptive attacks put through the attack unit tests (Zimmermann et al. 2022), "
+        "name:epsilon, L-inf: joint, orthogonal, transplant and hsj in the evasion and inverted tests, reclassify in "
+        "the re-classification test; each runs with the --adaptive-* options.", group="attack unit tests",
+        choices=Choices("unmask.attacks.adaptive:ADAPTIVE_ATTACKS", "adaptive attack"), results=False)
+    active_max_images: int = option(0, "active-tests: a seeded, class-stratified sub-sample of this many of the "
+                                    "white-box sample (--adaptive-max-images; 0: all of it).", at_least=0,
+                                    results=False)
+    active_inner_points: int = option(256, "active-tests: inner points (the clean image and 8-bit points of the "
+                                      "ball shrunk by 5 percent) the binarized M's readout must keep at the true class.",
+                                      at_least=2, results=False, to="active.inner_points")
+    active_k_inner_points: int = option(32, "active-tests: inner points of the re-classification test's modified K "
+                                        "(each costs a pass of K).", at_least=1, results=False,
+                                        to="active.k_inner_points")
+    active_closeness: float = option(0.9, "active-tests: where each readout's boundary lies between the inner "
+                                     "points (0) and the planted point (1).", above=0, below=1, results=False,
+                                     to="active.closeness")
+    active_random_samples: int = option(32, "active-tests: points of the ball (half uniform, half corners) the "
+                                        "random-search baseline tries per image and test.", at_least=2,
+                                        results=False, to="active.random_samples")
+    active_plant_steps: int = option(200, "active-tests: steps of the search for the evasion test's planted point "
+                                     "(K's parts made to pass detection for a target class).", at_least=1,
+                                     results=False, to="active.plant_steps")
+    active_plant_targets: int = option(3, "active-tests: target classes tried per image for a planted point, "
+                                       "nearest first (0: every eligible class).", at_least=0, results=False,
+                                       to="active.plant_targets")
+
     # --- evaluation ----------------------------------------------------------------------------
     detection_fpr: float = option(0.10, "Target false-positive rate for the detection threshold, fixed on "
                                   "the clean validation split.", group="evaluation", at_least=0, at_most=1)

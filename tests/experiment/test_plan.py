@@ -28,6 +28,8 @@ CHANGED = {
     "k_adv_epsilon": 4.0, "k_adv_recipe": "pgd", "k_adv_steps": 3, "k_adv_step_size": 1.5,
     "k_adv_losses": ("training", "vanish"), "k_adv_target": "nearest", "k_adv_clean_weight": 0.5, "k_adv_trades": 2.0,
     "k_adv_epochs": 3, "k_adv_lr": 0.01,
+    "active_inner_points": 64, "active_k_inner_points": 8, "active_closeness": 0.5, "active_random_samples": 10,
+    "active_plant_steps": 50, "active_plant_targets": 0,
 }
 SWITCHED_ON = {"k_adv_training": True}
 """The options without a component field that make a component exist (the robust K's recipe)."""
@@ -35,7 +37,7 @@ COMPONENTS = {
     "inference": lambda plan: plan.inference, "m_training": lambda plan: plan.m.training,
     "adversarial": lambda plan: plan.adv_trained.training.adversarial, "k_training": lambda plan: plan.k.training,
     "k_rule": lambda plan: plan.k.rule, "attack": lambda plan: plan.attack, "adaptive": lambda plan: plan.adaptive.options,
-    "k_adversarial": lambda plan: plan.k_robust,
+    "k_adversarial": lambda plan: plan.k_robust, "active": lambda plan: plan.active.options,
 }
 
 

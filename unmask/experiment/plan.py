@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from unmask.attacks import GRAY_BOX_ATTACKS, AttackOptions, AttackVector
 from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, AdaptiveOptions
+from unmask.attacks.adaptive.active import ActiveTestOptions, active_tests_of
 from unmask.attacks.adaptive.options import LADDER_GROWTHS, rung_options
 from unmask.config import Config, ConfigError, check_choices, option_name
 from unmask.data.synthetic import SyntheticSpec, parse_image_size
@@ -149,6 +150,19 @@ class AdaptiveSpec:
 
 
 @dataclass(frozen=True)
+class ActiveTestSpec:
+    """The attack unit tests (``python main.py active-tests``): ``vectors`` (adaptive attacks on
+    UnMask's outputs at their L-inf budgets) each put through its tests, on a seeded,
+    class-stratified ``max_images`` of the adaptive evaluation's white-box sample (0: all of it),
+    the modified pipelines built as ``options`` say; the attacks take the adaptive evaluation's
+    options, sample and detection thresholds (``AdaptiveSpec``)."""
+
+    vectors: tuple[AttackVector, ...]
+    max_images: int
+    options: ActiveTestOptions
+
+
+@dataclass(frozen=True)
 class GridShard:
     """Which configurations of ``--grid`` this job runs: those whose number modulo ``count`` is
     ``index`` (the whole grid: 0 of 1)."""
@@ -235,6 +249,8 @@ class Plan:
     """How the evaluation runs M (``ClassifierInference``) and K (``PartExtractor``'s precision)."""
     grid: tuple[Plan, ...] = ()
     k_robust: PartExtractorAdversarialTraining | None = None
+    active: ActiveTestSpec | None = None
+    """The attack unit tests' options (``active-tests``)."""
 
     @property
     def class_set(self) -> ClassSet:
@@ -338,6 +354,13 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
             tuple(config.adaptive_ladder), tuple(config.adaptive_ladder_growth), config.adaptive_ladder_tolerance,
             Path(config.adaptive_published) if config.adaptive_published else None)))
 
+    active_vectors = _checked("active_attacks", lambda: ADAPTIVE_ATTACKS.parse(config.active_attacks,
+                                                                              image_size=config.image_size))
+    for vector in active_vectors:
+        _checked("active_attacks", lambda vector=vector: active_tests_of(vector))
+    active = ActiveTestSpec(active_vectors, config.active_max_images, _checked(
+        None, lambda: ActiveTestOptions(**config.options_for("active"), seed=config.seed)))
+
     results = config.results()
     grid = ()
     if with_grid:
@@ -362,5 +385,5 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
         pascal=PascalPartSpec(Path(config.pascal_root) if config.pascal_root else None, config.pascal_merge,
                               config.seed),
         grid_shard=grid_shard, inference=InferenceOptions(**config.options_for("inference")), grid=grid,
-        k_robust=k_robust,
+        k_robust=k_robust, active=active,
     )
