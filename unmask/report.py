@@ -51,6 +51,8 @@ def format_tables(metrics: Mapping[str, Any]) -> str:
         blocks += ["### K, the part extractor, on its test split", k_table(metrics)]
     if metrics.get("adaptive"):
         blocks.append(format_threat_models(metrics))
+        if _ladder_ran(metrics):
+            blocks.append(format_ladder(metrics))
         if metrics.get("k_robust") is not None and metrics.get("defenses"):
             blocks.append(format_robust(metrics))
     return _blocks(blocks)
@@ -199,8 +201,10 @@ def format_threat_models(metrics: Mapping[str, Any]) -> str:
     config = metrics.get("config", {})
     n_images = max(entry["n_images"] for entry in metrics["adaptive"])
     blocks = [f"### Threat models (%) — {config.get('class_set', '?')} · M = {config.get('model', '?')} · "
-              f"{n_images} test images M gets right", threat_models_table(metrics),
-              "The attack that did the most against each figure (alone), over every attack of the budget:",
+              f"{n_images} test images M gets right", threat_models_table(metrics)]
+    if metrics.get("adaptive_ladder"):
+        blocks.append(budget_note(metrics))
+    blocks += ["The attack that did the most against each figure (alone), over every attack of the budget:",
               strongest_attacks_table(metrics)]
     if metrics.get("adaptive_comparisons"):
         blocks += ["UnMask minus each baseline on the same images (percentage points, worst case over every "
@@ -267,11 +271,12 @@ def strongest_attacks_table(metrics: Mapping[str, Any]) -> str:
 
 
 def comparisons_table(metrics: Mapping[str, Any], *, norms: Sequence[str] | None = None,
-                      epsilons: Sequence[float] | None = None) -> str:
-    """Each UnMask-like defense minus each baseline on the same images, per budget (only ``norms``
-    and ``epsilons`` when given): robust accuracy with detection and system accuracy, in
-    percentage points with the paired bootstrap's 95% interval."""
+                      epsilons: Sequence[float] | None = None, baselines: Sequence[str] | None = None) -> str:
+    """Each UnMask-like defense minus each baseline (only ``baselines`` when given) on the same
+    images, per budget (only ``norms`` and ``epsilons`` when given): robust accuracy with
+    detection and system accuracy, in percentage points with the paired bootstrap's 95% interval."""
     summary, comparisons = metrics["adaptive_summary"], metrics.get("adaptive_comparisons") or []
+    comparisons = [c for c in comparisons if baselines is None or c["baseline"] in baselines]
     lines = ["| FPR | ε (0-255) | defense | baseline | robust acc. w/ detection − baseline | system − baseline |",
              "|---:|---:|---|---|---:|---:|"]
     for key in _summary_keys(summary, norms=norms, epsilons=epsilons):
@@ -289,14 +294,16 @@ def comparisons_table(metrics: Mapping[str, Any], *, norms: Sequence[str] | None
 
 
 def adaptive_attacks_table(metrics: Mapping[str, Any]) -> str:
-    """Every defense x threat model x attack x budget row of the adaptive evaluation."""
+    """Every defense x threat model x attack x budget row of the adaptive evaluation (at a rung of
+    the budget ladder above the first: "(x rung)" after the attack)."""
     lines = ["| defense | threat model | attack | ε (0-255) | FPR | images | success | robust acc. w/ detection | "
              "re-classification | system | M | K part recall | parts changed |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for entry in metrics["adaptive"]:
         lines.append(
-            f"| {entry['defense']} | {entry['threat_model']} | {entry['attack']} | {entry['epsilon']:g} | "
-            f"{_percent(entry['fpr_target'])} | {entry['n_images']} | {_percent(entry['success_rate'])} | "
+            f"| {entry['defense']} | {entry['threat_model']} | {entry['attack']}{_rung_suffix(entry)} | "
+            f"{entry['epsilon']:g} | {_percent(entry['fpr_target'])} | {entry['n_images']} | "
+            f"{_percent(entry['success_rate'])} | "
             f"{_percent(entry['robust_accuracy_with_detection'])} | {_percent(entry.get('accuracy_unmask'))} | "
             f"{_percent(entry.get('accuracy_system'))} | {_percent(entry['accuracy_m'])} | "
             f"{_percent(entry.get('part_recall'))} | {_number(entry.get('parts_changed'), 1)} |")
@@ -319,6 +326,147 @@ def threat_model_scopes_table(metrics: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {_percent(key[0])} | {key[1]} | {key[2]:g} | {cells('success_rate')} | "
                          f"{cells('robust_accuracy_with_detection')} | {cells('accuracy_unmask')} | "
                          f"{cells('accuracy_system')} |")
+    return "\n".join(lines) + "\n"
+
+
+LADDER_FIGURES: dict[str, str] = {
+    "robust_accuracy_with_detection": "robust acc. w/ detection", "success_rate": "success",
+    "accuracy_unmask": "re-classification", "accuracy_system": "system", "accuracy_m": "accuracy",
+}
+"""The ladder's headline figures as its tables name them, in their order."""
+
+
+def ladder_timing_key(rung: int) -> str:
+    """The key of a ladder rung's seconds in ``metrics.json``'s ``timing``: its attacks' time when
+    they were computed, summed over their batches."""
+    return f"ladder_x{rung}"
+
+
+def _rung_suffix(entry: Mapping[str, Any]) -> str:
+    rung = entry.get("rung", 1)
+    return "" if rung == 1 else f" (×{rung})"
+
+
+def _ladder_ran(metrics: Mapping[str, Any]) -> bool:
+    """Whether the run climbed the budget ladder (more than one rung)."""
+    return len((metrics.get("adaptive_ladder") or {}).get("rungs", [])) > 1
+
+
+def _budget_text(budget: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each laddered attack's budget at one rung, attacks with the same budget together."""
+    grouped: dict[str, list[str]] = {}
+    for attack, options in budget.items():
+        parts = [f"{options['steps']} steps", f"{options['restarts']} run{'s' if options['restarts'] > 1 else ''}"
+                 + (" per target" if options.get("targets") is not None else "")]
+        if options.get("targets") is not None:
+            parts.append("every other class" if options["targets"] == 0 else f"{options['targets']} targets")
+        if options.get("reclassify_losses"):
+            parts.append("+".join(options["reclassify_losses"]))
+        grouped.setdefault(", ".join(parts), []).append(f"`{attack}`")
+    return "; ".join(f"{', '.join(attacks)}: {text}" for text, attacks in grouped.items())
+
+
+def _ladder_key(entry: Mapping[str, Any]) -> tuple:
+    return entry["fpr_target"], entry["norm"], entry["epsilon"]
+
+
+def budget_note(metrics: Mapping[str, Any]) -> str:
+    """What budget the white-box figures above were measured at. After a ladder: its rungs and
+    that each figure is the worst case over every rung run. At one rung (the reduced budget): by
+    how much a published ladder on the same models and sample moved each figure (measured), or
+    that the offset was not measured and the command that measures it."""
+    ladder = metrics["adaptive_ladder"]
+    rungs = ladder["rungs"]
+    if len(rungs) > 1:
+        names = ", ".join(f"×{rung['rung']}" for rung in rungs)
+        return (f"White-box budget: the budget ladder, rungs {names} of "
+                f"{_budget_text(rungs[0]['budget'])} ({_stopped(ladder)}); each figure is the per-image worst case "
+                "over every rung. Its convergence: \"Budget ladder\" below.")
+    text = (f"White-box budget: reduced ({_budget_text(rungs[0]['budget'])}), one rung of the budget ladder. ")
+    offsets = ladder.get("offsets") or {}
+    if not offsets.get("published"):
+        return text + (f"Offset not measured for these models: run `{offsets.get('command', 'the ladder')}` on them "
+                       "and publish it (docs/convergence.md); until then every UnMask-like figure above is an upper "
+                       "bound.")
+    measured = offsets["figures"]
+    lines = [text + f"The budget ladder on the same models and sample (published run `{offsets['published']}`, "
+             f"{', '.join(offsets['defenses'])}) moved each figure from its first rung to its last by (percentage "
+             "points; [95% interval] of the ladder's value):", "",
+             "| FPR | ε (0-255) | defense | figure | this run | ladder ×1 | ladder, last rung | moved | converged |",
+             "|---:|---:|---|---|---:|---:|---|---:|---|"]
+    for entry in measured:
+        moved = "n/a" if entry["moved"] is None else f"{100 * entry['moved']:+.1f}"
+        converged = ("–" if entry["converged"] is None else f"from ×{entry['converged_at']}" if entry["converged"]
+                     else f"not converged at the top rung (×{entry['top_rung']})")
+        lines.append(f"| {_percent(entry['fpr_target'])} | {entry['epsilon']:g} | {entry['defense']} | "
+                     f"{LADDER_FIGURES.get(entry['figure'], entry['figure'])} | {_percent(entry['this_run'])} | "
+                     f"{_percent(entry['first_rung'])} | ×{entry['top_rung']}: "
+                     f"{_with_interval(entry['ladder'], entry['interval'])} | {moved} | {converged} |")
+    if not measured:
+        lines.append("| – | – | – | – | – | – | – | – | – |")
+    return "\n".join(lines) + "\n"
+
+
+def _stopped(ladder: Mapping[str, Any]) -> str:
+    top = ladder["rungs_requested"][-1]
+    return {"converged early": f"stopped early: every headline figure converged before ×{top}",
+            "top rung": f"ran to the top rung, ×{top}",
+            "one rung": "one rung"}.get(ladder["stopped"], ladder["stopped"])
+
+
+def format_ladder(metrics: Mapping[str, Any]) -> str:
+    """The budget ladder: its rungs (each attack's budget, the attack x image pairs run and their
+    seconds), each headline figure's curve over the rungs with its converged value and 95%
+    interval (or "not converged at the top rung"), and the paired differences to adversarial
+    training on the converged values."""
+    ladder = metrics["adaptive_ladder"]
+    blocks = [f"### Budget ladder (%) — convergence of the white-box figures ({_stopped(ladder)})",
+              "Each rung doubles the budget below it (the doublings named); an attack at a rung is given only the "
+              "images whose output it aims at no smaller rung or budget, nor an earlier attack, broke, and skips "
+              "the runs the rung below made. A figure has converged when every doubling from a rung on moved it "
+              f"by at most {ladder['tolerance_images']} images of the sample; its converged value is the worst case "
+              "over every rung run, [95% interval] (bootstrap over the images). Seconds: the attacks' time when "
+              "computed, summed over their batches (this run's machine: metrics.json's provenance).",
+              ladder_rungs_table(metrics), ladder_table(metrics)]
+    if any(c["baseline"] == "adversarial training" for c in metrics.get("adaptive_comparisons") or []):
+        blocks += ["Each UnMask-like defense minus adversarial training on the converged values (the same images; "
+                   "percentage points, [95% interval], paired bootstrap; * where the interval excludes 0):",
+                   comparisons_table(metrics, baselines=("adversarial training",))]
+    return _blocks(blocks)
+
+
+def ladder_rungs_table(metrics: Mapping[str, Any]) -> str:
+    """Per rung run: how it grew the budget, each laddered attack's budget, the attack x image
+    pairs it ran and their seconds."""
+    timing = metrics.get("timing") or {}
+    lines = ["| rung | doublings | budget | attack × image pairs | seconds |", "|---|---|---|---:|---:|"]
+    for rung in metrics["adaptive_ladder"]["rungs"]:
+        seconds = timing.get(ladder_timing_key(rung["rung"]))
+        lines.append(f"| ×{rung['rung']} | {', '.join(rung['doublings']) or '–'} | {_budget_text(rung['budget'])} | "
+                     f"{rung['attacked']} | {_number(seconds, 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def ladder_table(metrics: Mapping[str, Any], *, norms: Sequence[str] | None = None,
+                 epsilons: Sequence[float] | None = None) -> str:
+    """Per FPR, budget (only ``norms`` and ``epsilons`` when given), defense and headline figure:
+    its value at every rung (the convergence curve), its converged value with its 95% interval,
+    and from which rung it converged or "not converged at the top rung"."""
+    ladder = metrics["adaptive_ladder"]
+    rungs = [rung["rung"] for rung in ladder["rungs"]]
+    lines = ["| FPR | ε (0-255) | defense | figure | " + " | ".join(f"×{rung}" for rung in rungs)
+             + " | converged value | converged |", "|---:|---:|---|---|" + "---:|" * len(rungs) + "---|---|"]
+    order = {figure: index for index, figure in enumerate(LADDER_FIGURES)}
+    entries = [e for e in ladder["figures"] if (norms is None or e["norm"] in norms)
+               and (epsilons is None or e["epsilon"] in epsilons)]
+    for entry in sorted(entries, key=lambda e: (_ladder_key(e), order.get(e["figure"], len(order)))):
+        curve = {point["rung"]: point["value"] for point in entry["curve"]}
+        converged = (f"from ×{entry['converged_at']}" if entry["converged"]
+                     else f"not converged at the top rung (×{rungs[-1]})")
+        lines.append(f"| {_percent(entry['fpr_target'])} | {entry['epsilon']:g} | {entry['defense']} | "
+                     f"{LADDER_FIGURES.get(entry['figure'], entry['figure'])} | "
+                     + " | ".join(_percent(curve.get(rung)) for rung in rungs)
+                     + f" | {_with_interval(entry['value'], entry['interval'])} | {converged} |")
     return "\n".join(lines) + "\n"
 
 
@@ -575,6 +723,61 @@ def plot_robust(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
     for axis, (name, title) in zip(axes[0], ROBUST_PANELS, strict=True):
         _draw_series(axis, robust_series(metrics, name, fpr=fpr), "linf",
                      f"{title}, detection at {100 * fpr:g}% FPR")
+    return _save(figure, path_stem)
+
+
+LADDER_PANELS: tuple[tuple[str, str], ...] = ROBUST_PANELS
+"""The ladder figure's rows: (figure, title); for M alone both are M's accuracy."""
+
+
+def ladder_series(metrics: Mapping[str, Any], figure: str, epsilon: float, *, norm: str = "linf",
+                  fpr: float | None = None) -> list[Series]:
+    """One line per defense (the baselines first): ``figure`` (M's accuracy for M alone) against
+    the ladder's rung at ``norm`` and ``epsilon`` and ``fpr`` (default: the first), with its 95%
+    interval."""
+    entries = metrics["adaptive_ladder"]["figures"]
+    fpr = min(entry["fpr_target"] for entry in entries) if fpr is None else fpr
+    defenses = list(dict.fromkeys(entry["defense"] for entry in entries))
+    alone = [name for name in defenses if not any(e["defense"] == name and e["figure"] != "accuracy_m"
+                                                  for e in entries)]
+    series = []
+    for index, name in enumerate([*alone, *(name for name in defenses if name not in alone)]):
+        wanted = "accuracy_m" if name in alone else figure
+        entry = next((e for e in entries if (e["defense"], e["figure"], e["norm"], e["epsilon"], e["fpr_target"])
+                      == (name, wanted, norm, epsilon, fpr)), None)
+        if entry is None:
+            continue
+        points = entry["curve"]
+        series.append(Series(name, [point["rung"] for point in points], [100 * point["value"] for point in points],
+                             [100 * point["interval"][0] for point in points],
+                             [100 * point["interval"][1] for point in points],
+                             ROBUST_STYLES[index % len(ROBUST_STYLES)]))
+    return series
+
+
+def plot_ladder(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
+    """The budget ladder's figure: accuracy against the budget (the rung, x the first), one
+    column per L-inf epsilon the ladder ran, robust accuracy with detection and the deployed
+    decision's accuracy, one line per defense with its 95% interval, at the first detection FPR."""
+    entries = metrics["adaptive_ladder"]["figures"]
+    fpr = min(entry["fpr_target"] for entry in entries)
+    epsilons = sorted({entry["epsilon"] for entry in entries if entry["norm"] == "linf"})
+    rungs = [rung["rung"] for rung in metrics["adaptive_ladder"]["rungs"]]
+    figure, axes = plt.subplots(len(LADDER_PANELS), max(1, len(epsilons)),
+                                figsize=(5.2 * max(1, len(epsilons)), 4.4 * len(LADDER_PANELS)), squeeze=False)
+    for column, epsilon in enumerate(epsilons):
+        for row, (name, title) in enumerate(LADDER_PANELS):
+            axis = axes[row, column]
+            for line in ladder_series(metrics, name, epsilon, fpr=fpr):
+                errors = [[y - low for y, low in zip(line.y, line.low, strict=True)],
+                          [high - y for y, high in zip(line.y, line.high, strict=True)]]
+                axis.errorbar(line.x, line.y, yerr=errors, fmt=line.style, capsize=3, label=line.label)
+            axis.set(xscale="log", xlabel="budget (× the first rung's)", ylabel="accuracy (%), worst case",
+                     ylim=(-2, 102), title=f"{title}, L∞ ε = {epsilon:g}, {100 * fpr:g}% FPR")
+            axis.minorticks_off()
+            axis.set_xticks(rungs, [f"×{rung}" for rung in rungs])
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7, loc="lower left")
     return _save(figure, path_stem)
 
 

@@ -34,13 +34,14 @@ from unmask.report import (
     format_tables,
     plot_accuracy,
     plot_examples,
+    plot_ladder,
     plot_robust,
     plot_roc,
     plot_threat_models,
     plot_training,
 )
 
-RESULT_FORMAT = 6
+RESULT_FORMAT = 7
 """2: the adaptive evaluation's sections (``adaptive``, ``adaptive_summary``), strict JSON (null
 for undefined numbers); 3: every adaptive row and worst case names its defense and carries 95%
 intervals, the deployed decision's accuracy (``accuracy_system``), the attack that did the most
@@ -49,7 +50,11 @@ per figure (``strongest``) and the paired differences to the baselines (``adapti
 (``k_robust``, null without one), each defense's clean figures at each threshold (``defenses``),
 and M alone's rows with no threshold (null); 5: per UnMask-like defense and threshold, the share of
 the adaptive sample that no K could defend (``unflagged_wrong_class``); 6: the run's ``provenance`` (its
-code's commit, date, command line, library versions and machine: ``unmask.environment``). Every section is rebuilt from the saved results on
+code's commit, date, command line, library versions and machine: ``unmask.environment``); 7: the
+budget ladder (``adaptive_ladder``: its rungs, each headline figure's curve over them and whether
+it converged; at one rung, the offsets a published ladder measured on the same models), each
+adaptive row's ``rung``, each rung's attack seconds in ``timing`` (``ladder_x<rung>``), and M
+alone's attacks given only the images a smaller budget left standing, as UnMask's are. Every section is rebuilt from the saved results on
 each run, so an older folder is re-reported in the current format by running it again."""
 K_METRICS = ("map_mask", "map_box", "map_mask_50", "map_box_50", "part_precision", "part_recall")
 
@@ -147,6 +152,8 @@ def write_figures(folder: RunFolder, metrics: dict[str, Any], labels: np.ndarray
     plot_training(histories, folder.path / "training")
     if metrics.get("adaptive"):
         plot_threat_models(metrics, folder.path / "threat_models")
+        if len(metrics.get("adaptive_ladder", {}).get("rungs", [])) > 1:
+            plot_ladder(metrics, folder.path / "ladder")
         if metrics.get("k_robust") is not None:
             plot_robust(metrics, folder.path / "robust")
     if attacked:

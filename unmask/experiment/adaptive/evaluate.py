@@ -35,7 +35,7 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
                         surrogate: TrainedPartExtractor | None = None) -> dict[str, Any]:
     """Every row of the threat-model table and its summary: the ``adaptive``,
     ``adaptive_summary``, ``adaptive_comparisons`` and ``adaptive_ladder`` sections of
-    ``metrics.json``. ``gray_box`` holds the run's gray-box vectors (reused where a budget
+    ``metrics.json``, and each rung's seconds for its ``timing``. ``gray_box`` holds the run's gray-box vectors (reused where a budget
     matches; the others are attacked on the sample with ``gray_box_options``); ``surrogate`` is
     K' of the transfer threat model (needed with it); ``defenses``: default
     ``defenses_of(evaluator)``. Also the ``defenses`` section (each defense's clean figures) and
@@ -103,14 +103,14 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
                                                                for norm, epsilon in budgets))
                        if vector.attack.attack_class.aims is not None and vector.attack.kind is not AttackKind.LABEL_ONLY},
                       key=lambda vector: vector.label)
-    ladder = ladder_section(spec, rows, sample_labels, view, rungs, laddered=laddered, classes=classes,
+    ladder, timing = ladder_section(spec, rows, sample_labels, view, rungs, laddered=laddered, classes=classes,
                             sample_fingerprint={"test": evaluator.test.fingerprint, "sample": sample.tolist(),
                                                 "validation": evaluator.validation_images.fingerprint},
                             defenses=defenses, seed=evaluator.spec.seed)
     if len(rungs) == 1:
         ladder["offsets"] = offsets(ladder, spec.ladder)
     return {**summarise(rows, sample_labels, views, seed=evaluator.spec.seed),
-            "adaptive_ladder": ladder,
+            "adaptive_ladder": ladder, "timing": timing,
             "defenses": clean_figures(evaluator, defenses, spec.fprs),
             "unflagged_wrong_class": unflagged_wrong_classes(evaluator.class_set, defenses, views, sample_labels,
                                                              spec.fprs)}

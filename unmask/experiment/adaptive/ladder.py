@@ -28,6 +28,7 @@ from unmask.experiment.adaptive.worst_cases import View, budgets, worst_outcomes
 from unmask.experiment.plan import AdaptiveSpec, BudgetLadder
 from unmask.metrics import bootstrap_rate
 from unmask.provenance import digest
+from unmask.report import ladder_timing_key
 
 CONVERGED_COMMAND = "python main.py --profile converged"
 """The ladder on the default run's models (white-box, L-inf 8 and 16, 10% FPR, 100 images)."""
@@ -118,28 +119,32 @@ def fingerprints(sample_fingerprint: Any, defenses: Sequence[Defense]) -> dict[s
 
 def ladder_section(spec: AdaptiveSpec, rows: Sequence[Row], labels: np.ndarray, view: View, rungs: Sequence[int],
                    *, laddered: Sequence[AttackVector], classes: int, sample_fingerprint: Any,
-                   defenses: Sequence[Defense], seed: int) -> dict[str, Any]:
+                   defenses: Sequence[Defense], seed: int) -> tuple[dict[str, Any], dict[str, float]]:
     """``metrics.json``'s ``adaptive_ladder``: the rungs asked for and run (each with its
-    doublings, every laddered attack's budget, the attack x image pairs it ran and the seconds
-    they took when computed), why the ladder stopped, the figures' curves, and the
-    fingerprints a run at one rung matches a published ladder by."""
+    doublings, every laddered attack's budget and the attack x image pairs it ran), why the
+    ladder stopped, the figures' curves, and the fingerprints a run at one rung matches a
+    published ladder by; and, for ``timing``, each rung's seconds: its attacks' time when they
+    were computed, summed over their batches (``rung_timing``; left out when a saved result
+    predates the record; ``ladder_timing_key``)."""
     ladder = spec.ladder
     laddered_names = {vector.name for vector in laddered}
-    rung_entries = []
+    rung_entries, timing = [], {}
     for rung in rungs:
         # M alone's rows are shared by every FPR: each attack once
         own = list({id(row.judged): row for row in rows if row.rung == rung and row.attack in laddered_names}.values())
         seconds = [row.seconds for row in own]
         rung_entries.append({"rung": rung, "doublings": list(ladder.doublings(rung)),
                              "budget": rung_budgets(spec, rung, laddered, classes),
-                             "attacked": int(sum(len(row.positions) for row in own)),
-                             "seconds": None if any(s is None for s in seconds) else float(sum(seconds))})
+                             "attacked": int(sum(len(row.positions) for row in own))})
+        if all(s is not None for s in seconds):
+            timing[ladder_timing_key(rung)] = float(sum(seconds))
     stopped = "one rung" if len(ladder.rungs) == 1 else "converged early" if len(rungs) < len(ladder.rungs) \
         else "top rung"
-    return {"rungs_requested": list(ladder.rungs), "growth": list(ladder.growth), "tolerance_images": ladder.tolerance,
-            "rungs": rung_entries, "stopped": stopped,
-            "fingerprints": fingerprints(sample_fingerprint, defenses),
-            "figures": curves(rows, labels, view, rungs, tolerance=ladder.tolerance, seed=seed)}
+    section = {"rungs_requested": list(ladder.rungs), "growth": list(ladder.growth),
+               "tolerance_images": ladder.tolerance, "rungs": rung_entries, "stopped": stopped,
+               "fingerprints": fingerprints(sample_fingerprint, defenses),
+               "figures": curves(rows, labels, view, rungs, tolerance=ladder.tolerance, seed=seed)}
+    return section, timing
 
 
 # --- a run at one rung: the offsets a published ladder measured on the same models ---------------

@@ -122,8 +122,8 @@ def figures(outcome: Outcomes, interval: Callable[[np.ndarray], Any]) -> tuple[d
 def entry(row: Row, labels: np.ndarray, clean_detection: np.ndarray | None,
           clean_parts: np.ndarray | None) -> dict[str, Any]:
     """The row as ``metrics.json``'s ``adaptive`` section keeps it (``labels``, ``clean_*``: of
-    the images it covered): its figures with Wilson intervals, K's parts against the clean ones,
-    the attack's own goal rate and its seconds."""
+    the images it covered): its figures with Wilson intervals, K's parts against the clean ones
+    and the attack's own goal rate."""
     values, intervals = figures(row.outcomes(labels, clean_detection), rate)
     written = {
         "defense": row.defense, "threat_model": row.threat_model, "attack": row.attack, "norm": row.norm.name,
@@ -138,5 +138,4 @@ def entry(row: Row, labels: np.ndarray, clean_detection: np.ndarray | None,
                        else math.nan)
     if row.judged.goal is not None:
         written["goal_rate"] = float(row.judged.goal.mean()) if len(labels) else math.nan
-    written["seconds"] = row.seconds
     return written
