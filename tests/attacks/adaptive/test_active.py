@@ -223,7 +223,7 @@ def test_brute_force_over_a_tiny_two_pixel_ball_finds_the_planted_point():
     setup = Setup.empty("evasion", clean, (2,))
     setup.status[:], setup.target[:] = STATUS["ok"], t
     planted = clean.clone()
-    planted[0, 0, 0] += epsilon / GREY_LEVELS
+    planted[0, 0, 0, 0] += epsilon / GREY_LEVELS  # the corner (+3, -3): K's parts pass there
     planted[0, 0, 0, 1] -= epsilon / GREY_LEVELS
     setup.planted[0] = torch.round(planted[0] * GREY_LEVELS).to(torch.uint8).numpy()
     binarize(setup, target, judge_for, clean, torch.tensor([y]), torch.tensor([0]), epsilon=epsilon,
@@ -236,6 +236,7 @@ def test_brute_force_over_a_tiny_two_pixel_ball_finds_the_planted_point():
     found = {tuple(offset.int().tolist()) for offset in offsets[evading]}
     assert (epsilon, -epsilon) in found and (0, 0) not in found
     assert all(first == epsilon for first, _ in found)  # only where K's parts can pass
+    assert (epsilon, epsilon) not in found  # another corner where K passes, but held at y by the readout
     assert not setup.clean["evaded"][0]
 
 

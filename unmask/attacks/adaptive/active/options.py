@@ -27,6 +27,9 @@ class ActiveTestOptions:
       clean image and points drawn uniformly from the ball shrunk by ``gap``, 8-bit.
     - ``k_inner_points`` [32]: the same for the modified K of the re-classification test (each
       costs a pass of K and adds its ~100 proposals to the readouts' negatives).
+    - ``other_corners`` [32]: corners of the ball (other than a planted one) every readout must
+      also keep at y, so that the modified model's adversarial region is the planted point's
+      neighbourhood and not every corner (the modified K takes at most ``k_inner_points`` of them).
     - ``gap`` [0.05]: the inner points lie within (1 - gap) epsilon of the clean image (rounded
       towards it to whole grey levels): the reference code's relative inner-boundary gap.
     - ``closeness`` [0.9]: where each readout's boundary lies between the inner points' highest
@@ -38,12 +41,13 @@ class ActiveTestOptions:
       evasion test's planted point (K's parts made to pass detection for a target class, a
       K-only attack on the same engine): steps per run, runs per target, and how many target
       classes it tries per image, nearest first (0: every class K's clean parts are flagged for).
-      ``plant_targets`` also bounds the re-classification test's candidate targets.
+      ``plant_targets`` also bounds the re-classification test's candidate targets (0: every class).
     - ``seed`` [0]: of every random point drawn (per image, test and budget).
     """
 
     inner_points: int = 256
     k_inner_points: int = 32
+    other_corners: int = 32
     gap: float = 0.05
     closeness: float = 0.9
     random_samples: int = 32
@@ -53,13 +57,11 @@ class ActiveTestOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("inner_points", "k_inner_points", "random_samples", "plant_steps", "plant_restarts"):
+        for name, least in (("inner_points", 1), ("k_inner_points", 1), ("random_samples", 1), ("plant_steps", 1),
+                            ("plant_restarts", 1), ("other_corners", 0), ("plant_targets", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ActiveTestOptions.{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.plant_targets, bool) or not isinstance(self.plant_targets, int) or self.plant_targets < 0:
-            raise ValueError(f"ActiveTestOptions.plant_targets must be an integer >= 0 (0: every class), "
-                             f"got {self.plant_targets!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"ActiveTestOptions.{name} must be an integer >= {least}, got {value!r}")
         if not 0.0 <= self.gap < 1.0:
             raise ValueError(f"ActiveTestOptions.gap must lie in [0, 1), got {self.gap!r}")
         if not 0.0 < self.closeness < 1.0:

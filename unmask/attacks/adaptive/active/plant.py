@@ -6,7 +6,7 @@ y, the target t is a class that K's clean parts get flagged for (so that evading
 nearest first; the planted point x* is a point of the ball where K's real parts pass detection
 for t, found by a K-only search (``PlantingSearch``: only its existence matters); M is then
 binarized (``BinarizedClassifier``): a readout on M's penultimate features trained to say y on
-the inner points and t on x*. The planted point is judged on the pipeline with the binarized M and
+the inner points (and on other corners of the ball) and t on x*. The planted point is judged on the pipeline with the binarized M and
 the real K: M says t and the image is not flagged, so an evading image exists within epsilon.
 
 Inverted test. The planted point is a corner of the ball where K's real parts *are* flagged for t
@@ -17,7 +17,8 @@ Re-classification test (the attack on UnMask's re-classification). The target t 
 nearest to K's clean parts whose parts, added to them, change the re-classification; the planted
 point is a corner of the ball; K's box classifier gets, for each part of t that K does not find
 there, a linear readout on its box features (``PlantedPartsPredictor``) that lowers the part's
-logit on every proposal of the inner points and raises it on one proposal of the planted point
+logit on every proposal of the inner points (and of other corners of the ball) and raises it on
+one proposal of the planted point
 enough that K reports the part. Judged with the modified K: the planted point is re-classified
 as another class than y, and every inner point still as y.
 
@@ -297,9 +298,8 @@ def binarize(setup: Setup, target: DefenseTarget, judge_for: JudgeFor, images: t
         margins = _margins(target.classifier(images), labels)
     inner: dict[int, torch.Tensor] = {}
     for row in np.flatnonzero(setup.ok):
-        inner[row] = torch.cat([images[row:row + 1], ball_points(
-            images[row], options.inner_points - 1, epsilon, kind="inner", gap=options.gap, seed=options.seed,
-            index=int(indices[row]), stream=(setup.test, "inner", epsilon))])
+        inner[row] = _held_points(setup.test, images, indices, row, epsilon, options.inner_points,
+                                  options.other_corners, options, planted=setup.planted_images([row])[0])
         with torch.no_grad():
             negative = _features(features, inner[row])
             positive = _features(features, setup.planted_images([row]).to(images.device))
@@ -340,6 +340,19 @@ def _clean_and_random(setup: Setup, judge: Judge, images: torch.Tensor, labels: 
     for criterion in TEST_CRITERIA[setup.test]:
         setup.clean[criterion][row] = bool(CRITERIA[criterion](clean, y)[0])
         setup.random[criterion][row] = bool(CRITERIA[criterion](found, y.expand(len(points))).any())
+
+
+def _held_points(test: str, images: torch.Tensor, indices: torch.Tensor, row: int, epsilon: float, inner: int,
+                 corners: int, options: ActiveTestOptions, *, planted: torch.Tensor) -> torch.Tensor:
+    """The points a readout must keep at y: image ``row`` itself, ``inner - 1`` inner points, and
+    ``corners`` corners of the ball other than the ``planted`` point (so that the modified model's
+    adversarial region is the planted point's neighbourhood, not every corner of the ball)."""
+    others = ball_points(images[row], corners, epsilon, kind="corner", seed=options.seed, index=int(indices[row]),
+                         stream=(test, "held corners", epsilon))
+    others = others[(others != planted.to(others)).flatten(1).any(1)]
+    return torch.cat([images[row:row + 1], ball_points(
+        images[row], inner - 1, epsilon, kind="inner", gap=options.gap, seed=options.seed, index=int(indices[row]),
+        stream=(test, "inner", epsilon)), others])
 
 
 def _fresh_inner(test: str, images: torch.Tensor, indices: torch.Tensor, row: int, epsilon: float,
@@ -391,9 +404,8 @@ def reclassification_setup(target: DefenseTarget, judge_for: JudgeFor, images: t
         setup.status[row] = STATUS["no_planted_point"]
         planted = ball_points(images[row], 1, epsilon, kind="corner", seed=options.seed, index=int(indices[row]),
                               stream=("reclassification", "plant", epsilon))
-        inner = torch.cat([images[row:row + 1], ball_points(
-            images[row], options.k_inner_points - 1, epsilon, kind="inner", gap=options.gap, seed=options.seed,
-            index=int(indices[row]), stream=("reclassification", "inner", epsilon))])
+        inner = _held_points(setup.test, images, indices, row, epsilon, options.k_inner_points,
+                             min(options.other_corners, options.k_inner_points), options, planted=planted[0])
         negative = torch.cat([outputs.features for outputs in box_outputs(model, inner)]).double().cpu().numpy()
         at_planted = box_outputs(model, planted)[0]
         found = target.judge(planted).parts[0]

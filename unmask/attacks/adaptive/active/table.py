@@ -23,7 +23,7 @@ def format_active_tests(summary: Mapping[str, Any]) -> str:
         from unmask.environment import describe_environment
 
         lines += [f"Run {summary.get('run', '?')}: {describe_environment(provenance)}.", ""]
-    return "\n".join(lines) + active_tests_table(summary) + "\n" + active_setups_table(summary)
+    return "\n".join(lines) + "\n" + active_tests_table(summary) + "\n" + active_setups_table(summary)
 
 
 def active_tests_table(summary: Mapping[str, Any]) -> str:
@@ -73,6 +73,6 @@ def active_setups_table(summary: Mapping[str, Any]) -> str:
         lines.append(f"| {entry['test']} | {entry['epsilon']:g} | {entry['fpr_target']:.0%} | {entry['n_images']} | "
                      f"{statuses['ok']} | {statuses['no_target']} | {statuses['no_planted_point']} | "
                      f"{statuses['not_separable']} | {statuses['not_verified']} | {statuses['clean_wrong']} | "
-                     f"{'–' if distance is None else f'{distance:g}'} | "
+                     f"{'–' if distance is None else f'{distance:.0f}'} | "
                      f"{'–' if changed is None else f'{100 * changed:.1f}%'} |")
     return "\n".join(lines) + "\n"
