@@ -246,3 +246,44 @@ def test_the_licence_and_the_citation_are_the_projects():
     for words in ("cff-version: 1.2.0", "UnMask: Adversarial Detection and Defense Through Robust Feature Alignment",
                   "arXiv:2002.09576", "https://github.com/poloclub/unmask", "license: MIT"):
         assert words in citation
+
+
+def _active_summary() -> dict:
+    share = {"value": 0.75, "low": 0.4, "high": 0.9, "n": 8}
+    return {"n_images": 8, "pass_rate": 0.9, "run": "cs5-2-compact-0123abcd",
+            "rows": [{"test": "evasion", "attack": "joint_linf", "epsilon": 8.0, "fpr_target": 0.1,
+                      "criterion": "evaded", "set_up": 8, "no_planted_solution": 1, "setup_failed": 0,
+                      "clean_already": 0, "n_tested": 8, "passed": share, "random": {**share, "value": 0.1},
+                      "weak": True}],
+            "setups": [],
+            "provenance": {**PROVENANCE, "date": "2025-04-05T00:00:00+00:00",
+                           "code": {**PROVENANCE["code"], "commit": "fedcba9876543210"}}}
+
+
+def test_a_runs_attack_unit_tests_are_published_with_it_and_captioned_with_their_own_provenance(tmp_path):
+    from unmask.publish import publish
+
+    run = tmp_path / "results" / "cs5-2-compact-0123abcd"
+    (run / "active").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(fixture_metrics()))
+    (run / "tables.md").write_text("tables\n")
+    (run / "active" / "active_tests.json").write_text(json.dumps(_active_summary()))
+    publication = publish(run, "default", published=tmp_path / PUBLISHED_DIR)
+    assert (publication.folder / "active_tests.json").is_file()
+    (tmp_path / "README.md").write_text("<!-- table: default/active-tests -->\n<!-- end table -->\n")
+    assert generate_docs(tmp_path).problems == []
+    text = (tmp_path / "README.md").read_text()
+    assert "| evasion | `joint_linf` | 8 | 10% |" in text and "Weak: `joint_linf`" in text
+    assert "commit fedcba9, 2025-04-05" in text and "folder `cs5-2-compact-0123abcd`" in text
+
+
+def test_the_ladder_tables_need_a_ladder():
+    (problem,) = regenerate("<!-- table: default/ladder -->\n<!-- end table -->\n",
+                            read_publications_of(fixture_metrics()))[1]
+    assert "has no adaptive_ladder" in problem.message
+
+
+def read_publications_of(metrics: dict) -> dict:
+    from unmask.publish import Publication
+
+    return {"default": Publication("default", Path("default"), "run", metrics)}

@@ -17,8 +17,9 @@ every marker that names a publication, table or value that does not exist. The r
 made by the same formatters as its ``tables.md`` (``unmask.report``), so the two cannot disagree.
 
 Table names of a published run (``RUN_TABLES``): accuracy, detection, k, stages, threat-models,
-white-box, comparisons, strongest, adaptive-attacks, threat-model-scopes, robust. A published
-benchmark's tables are those its record holds (``bench/*.py --json``).
+white-box, comparisons, strongest, adaptive-attacks, threat-model-scopes, robust, budget, ladder,
+active-tests, active-setups. A published benchmark's tables are those its record holds
+(``bench/*.py --json``).
 
 Value paths: keys separated by dots; a list element by its index or by ``[key=value,...]`` (the
 first element whose fields match, e.g. ``adaptive_summary[defense=UnMask,epsilon=8,over=all
@@ -37,14 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unmask.attacks.adaptive.active.table import active_setups_table, active_tests_table
 from unmask.environment import describe_code, describe_environment, describe_machine
 from unmask.io import UnmaskError, atomic_write_text
 from unmask.publish import PUBLISHED_DIR, Publication, read_publications
 from unmask.report import (
     accuracy_table,
     adaptive_attacks_table,
+    budget_note,
     comparisons_table,
     detection_table,
+    format_ladder,
     format_robust,
     k_table,
     strongest_attacks_table,
@@ -101,16 +105,25 @@ def _without_heading(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _active_note(metrics: Mapping[str, Any]) -> str:
+    summary = metrics["active_tests"]
+    return (f"Attack unit tests (Zimmermann et al. 2022) of the white-box attacks on this run's models, "
+            f"{summary.get('n_images', '?')} images of its white-box sample; each row's FPR is the detection "
+            "threshold's, fixed on clean validation images.")
+
+
 @dataclass(frozen=True)
 class RunTable:
     """A table a published run generates: ``render`` (a formatter of ``unmask.report``) of its
     ``metrics.json``, which needs the sections ``needs``; ``note`` adds to the caption what the
-    figures assume (threat model, threshold, images)."""
+    figures assume (threat model, threshold, images); ``made_by``: the section whose provenance
+    the caption names, when another command than the run made it (None: the run's)."""
 
     render: Callable[[Mapping[str, Any]], str]
     needs: tuple[str, ...]
     note: Callable[[Mapping[str, Any]], str] | None = None
     summary: str = ""
+    made_by: str | None = None
 
 
 RUN_TABLES: dict[str, RunTable] = {
@@ -137,14 +150,26 @@ RUN_TABLES: dict[str, RunTable] = {
                                     "UnMask's worst case per threat model"),
     "robust": RunTable(lambda m: _without_heading(format_robust(m)), ("k_robust", "defenses", "adaptive_summary"),
                        _threat_note, "UnMask-R: the robust K against adversarial training"),
+    "budget": RunTable(budget_note, ("adaptive_ladder",), _threat_note,
+                       "the white-box budget, and by how much a published ladder moved each figure"),
+    "ladder": RunTable(lambda m: _without_heading(format_ladder(m)), ("adaptive_ladder", "adaptive_summary"),
+                       _threat_note, "the budget ladder: each rung, each figure's curve and converged value"),
+    "active-tests": RunTable(lambda m: active_tests_table(m["active_tests"]), ("active_tests",), _active_note,
+                             "the attack unit tests: per test, attack and budget, the share passed",
+                             made_by="active_tests"),
+    "active-setups": RunTable(lambda m: active_setups_table(m["active_tests"]), ("active_tests",), _active_note,
+                              "the attack unit tests' setups: how each image was set up", made_by="active_tests"),
 }
 """The tables of a published run, by the name markers give them."""
 
 
-def caption(publication: Publication, note: str | None = None) -> str:
+def caption(publication: Publication, note: str | None = None, *, made_by: str | None = None) -> str:
     """The one-line caption of a generated table: the publication, its run folder or command,
-    code, date, machine and torch, and what the figures assume."""
+    code, date, machine and torch (of the section ``made_by`` when another command made it), and
+    what the figures assume."""
     provenance = publication.provenance
+    if made_by is not None:
+        provenance = {"run": provenance.get("run"), **(publication.data[made_by].get("provenance") or {})}
     if publication.kind == "run":
         source = f"run `{publication.name}` (folder `{provenance.get('run', '?')}`)"
     else:
@@ -186,7 +211,8 @@ def render_table(publication: Publication, table: str) -> str:
         raise DocsError(f"run {publication.name!r} has no {', '.join(missing)} in its metrics.json, which the table "
                         f"{table!r} needs ({spec.summary})")
     metrics = publication.data
-    return f"{caption(publication, spec.note(metrics) if spec.note else None)}\n\n{spec.render(metrics).rstrip()}\n"
+    return (f"{caption(publication, spec.note(metrics) if spec.note else None, made_by=spec.made_by)}\n\n"
+            f"{spec.render(metrics).rstrip()}\n")
 
 
 # --- values -------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ PUBLISHED_DIR = Path("results") / "published"
 RUN_FILES: tuple[str, ...] = ("metrics.json", "tables.md")
 """What is copied from a run's folder: its figures and their tables, nothing large."""
 
+RUN_EXTRAS: dict[str, str] = {"active_tests.json": "active/active_tests.json"}
+"""Small results of other commands on a run's models, copied with it when the run has them (name in
+the publication: path in the run's folder): the attack unit tests' summary (``python main.py
+active-tests``)."""
+
 BENCHMARK_FILE = "benchmark.json"
 """What a published benchmark record is called in its folder."""
 
@@ -43,7 +48,8 @@ class PublishError(UnmaskError, ValueError):
 
 @dataclass(frozen=True)
 class Publication:
-    """One published run (``kind`` ``run``: ``data`` is its ``metrics.json``) or benchmark
+    """One published run (``kind`` ``run``: ``data`` is its ``metrics.json``, with each of
+    ``RUN_EXTRAS`` it has under its file's stem, e.g. ``active_tests``) or benchmark
     (``benchmark``: ``data`` is its record), in ``folder``."""
 
     name: str
@@ -97,7 +103,12 @@ def read_source(source: str | Path) -> tuple[str, dict[str, str]]:
         tables = source / "tables.md"
         if not tables.is_file():
             raise PublishError(f"{tables} does not exist; expected the run's tables beside its metrics.json")
-        return "run", {name: (source / name).read_text(encoding="utf-8") for name in RUN_FILES}
+        files = {name: (source / name).read_text(encoding="utf-8") for name in RUN_FILES}
+        for name, path in RUN_EXTRAS.items():
+            if (source / path).is_file():
+                _check_provenance(source / path, _read_json(source / path, "a summary with its provenance"))
+                files[name] = (source / path).read_text(encoding="utf-8")
+        return "run", files
     if source.suffix == ".json" and source.is_file():
         record = _read_json(source, "a benchmark record (bench/*.py --json PATH)")
         if record.get("kind") != BENCHMARK_KIND:
@@ -118,7 +129,7 @@ def publish(source: str | Path, name: str, *, published: str | Path = PUBLISHED_
     if Path(source).resolve() == folder.resolve():
         raise PublishError(f"{source} is already the publication {name!r}")
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in (*RUN_FILES, BENCHMARK_FILE):
+    for stale in (*RUN_FILES, *RUN_EXTRAS, BENCHMARK_FILE):
         if stale not in files:
             (folder / stale).unlink(missing_ok=True)
     for file_name, text in files.items():
@@ -132,7 +143,11 @@ def read_publication(folder: str | Path) -> Publication:
     if (folder / BENCHMARK_FILE).is_file():
         return Publication(folder.name, folder, "benchmark",
                            _read_json(folder / BENCHMARK_FILE, "a published benchmark record"))
-    return Publication(folder.name, folder, "run", _read_json(folder / "metrics.json", "a published run's figures"))
+    data = _read_json(folder / "metrics.json", "a published run's figures")
+    for name in RUN_EXTRAS:  # beside the run's own sections, by their file's stem: active_tests
+        if (folder / name).is_file():
+            data[Path(name).stem] = _read_json(folder / name, "a published summary")
+    return Publication(folder.name, folder, "run", data)
 
 
 def read_publications(published: str | Path = PUBLISHED_DIR) -> dict[str, Publication]:
