@@ -305,6 +305,9 @@ def test_every_rung_s_results_are_saved_under_keys_of_their_own(tmp_path, stand_
     assert "rung" not in first["attack"] and "already_made" not in first["attack"]
     assert second["attack"]["rung"] == 2 and second["attack"]["restarts"] == 2
     assert second["attack"]["already_made"]["restarts"] == 1 and second["sample"] != first["sample"]
+    # M alone has no threshold: its results do not depend on the FPR, and their names do not carry one
+    assert {"undefended-m-white-box-m_apgd_linf-eps8.npz", "undefended-m-white-box-m_apgd_linf-eps8-rung2.npz"} \
+        <= set(keys)
 
 
 # --- a run at one rung: the offsets a published ladder measured on the same models ----------------

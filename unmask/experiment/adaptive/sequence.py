@@ -77,8 +77,8 @@ def attack_sequence(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray
             options = spec.ladder.options(spec.options, rung, targeted=info.attack_class.targeted,
                                           chooses_losses=issubclass(info.attack_class, ReclassifyAttack),
                                           classes=len(evaluator.class_set.classes))
-        judged = attacked(evaluator, spec, sample, positions, vector, defense, threat_model, attacker, fpr,
-                          threshold, attacker_threshold, options=options, rung=rung)
+        judged = attacked(evaluator, spec, sample, positions, vector, defense, threat_model, attacker,
+                          None if defense.k is None else fpr, threshold, attacker_threshold, options=options, rung=rung)
         rows.append(Row(defense.name, threat_model, vector.name, vector.norm, vector.epsilon, fpr, threshold,
                         judged, positions, info.kind is not AttackKind.LABEL_ONLY, rung))
     return rows
