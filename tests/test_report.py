@@ -117,6 +117,10 @@ def test_the_section_formatters_give_k_the_stage_times_and_the_chosen_budgets():
     assert "### K, the part extractor" in format_tables(metrics)
     timing = timing_table(metrics)
     assert "| K: train, or load from the cache | 286 |" in timing and "| **total** | 298 (5 min) |" in timing
+    laddered = timing_table({"timing": {"adaptive": 100.0, "ladder_x1": 40.0, "ladder_x2": 60.0, "total": 100.0}})
+    assert laddered.splitlines()[2:] == ["| threat models: the adaptive (white-box) attacks and the baselines' APGD | 100 |",
+                                         "| of which the attacks of ladder rung ×1 | 40 |",
+                                         "| of which the attacks of ladder rung ×2 | 60 |", "| **total** | 100 (2 min) |"]
     summary = [{"fpr_target": 0.1, "norm": "linf", "epsilon": epsilon, "defense": defense, "over": "all attacks",
                 "accuracy_m": 0.5, "robust_accuracy_with_detection": 0.25, "success_rate": 0.5,
                 "accuracy_unmask": 0.5 if defense == "UnMask" else None, "accuracy_system": 0.5, "intervals": {}}

@@ -144,11 +144,15 @@ def timing_table(metrics: Mapping[str, Any]) -> str:
     """Wall-clock seconds per stage of the run and in all (``metrics.json``'s ``timing``); a stage
     that reused saved results (cached models, saved predictions) takes only seconds."""
     timing = metrics["timing"]
+    stages = {key: value for key, value in timing.items() if key in STAGE_NAMES or not key.startswith("ladder_x")}
+    stages.pop("total", None)
     lines = ["| stage | seconds |", "|---|---:|"]
-    for stage, seconds in timing.items():
-        if stage != "total":
-            lines.append(f"| {STAGE_NAMES.get(stage, stage)} | {seconds:,.0f} |")
-    total = timing.get("total", sum(value for key, value in timing.items() if key != "total"))
+    for stage, seconds in stages.items():
+        lines.append(f"| {STAGE_NAMES.get(stage, stage)} | {seconds:,.0f} |")
+        if stage == "adaptive":  # a ladder's rungs are parts of this stage, not stages of their own
+            lines += [f"| of which the attacks of ladder rung ×{key.removeprefix('ladder_x')} | {value:,.0f} |"
+                      for key, value in timing.items() if key.startswith("ladder_x")]
+    total = timing.get("total", sum(stages.values()))
     lines.append(f"| **total** | {total:,.0f} ({total / 60:.0f} min) |")
     return "\n".join(lines) + "\n"
 
