@@ -173,3 +173,5 @@ def test_the_batched_fast_path_gives_torchvision_s_values_and_gradients() -> Non
     torch.testing.assert_close(outputs.logits, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast_gradient, reference_gradient, rtol=1e-4, atol=1e-6)
     assert fast_gradient.abs().sum() > 0
+    with torch.no_grad():  # a list of images of one size (K's training batches) takes the same path
+        torch.testing.assert_close(view(list(batch), large).logits, outputs.logits.detach(), rtol=0, atol=0)

@@ -4,7 +4,7 @@ losses that mirror K's detection rule.
 K (``unmask.models.part_extractor``) reports, per RPN proposal, only its most probable class
 among 45 (0 = background, part p = label p + 1), kept when that class is a part and its
 probability is at least K's score threshold t; then small-box removal, per-part NMS and the top
-100. NMS only removes duplicates of a part that stays present, and the lean K has at most 100
+100. NMS only removes duplicates of a part that stays present, and the synthetic-world Ks have at most 100
 proposals per image, so a part is present exactly when
 
     some proposal r has argmax_c z_rc = p + 1  and  q_rp >= t   (q = softmax(z), z = logits)
@@ -35,6 +35,7 @@ Hinges (Tramer et al. 2020: stop pushing once satisfied), in log units with marg
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -108,8 +109,10 @@ class PartView:
 
     # --- forward ------------------------------------------------------------------------------
 
-    def __call__(self, images: torch.Tensor, extra_proposals: list[torch.Tensor] | None = None) -> PartOutputs:
-        """Box-head logits of ``images`` (N, 3, H, W) in [0, 1] (may require grad)."""
+    def __call__(self, images: torch.Tensor | Sequence[torch.Tensor],
+                 extra_proposals: list[torch.Tensor] | None = None) -> PartOutputs:
+        """Box-head logits of ``images`` (N, 3, H, W) in [0, 1], or a sequence of (3, H, W) (may
+        require grad)."""
         model = self.model
         batch, image_sizes = self._transformed(images)
         features = model.backbone(batch)
@@ -146,7 +149,7 @@ class PartView:
             valid[i, :k] = (wh >= MIN_BOX_SIZE).all(-1)
         return PartOutputs(logits, mask, valid, proposals)
 
-    def _transformed(self, images: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    def _transformed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """K's input transform on a batch: the normalised images, padded, and their sizes.
 
         torchvision's ``GeneralizedRCNNTransform`` normalises, resizes and pads one image at a
@@ -158,10 +161,13 @@ class PartView:
         transform runs as it is.
         """
         transform = self.model.transform
-        height, width = images.shape[-2:]
-        if not self._identity_resize(height, width):
+        sizes = {tuple(image.shape[-2:]) for image in images}
+        if len(sizes) != 1 or not self._identity_resize(*next(iter(sizes))):
             image_list, _ = transform(list(images))
             return image_list.tensors, image_list.image_sizes
+        if not isinstance(images, torch.Tensor):  # a list of images of one size (K's training batches)
+            images = torch.stack(list(images))
+        height, width = images.shape[-2:]
         mean = torch.as_tensor(transform.image_mean, dtype=images.dtype, device=images.device)
         std = torch.as_tensor(transform.image_std, dtype=images.dtype, device=images.device)
         return (images - mean[:, None, None]) / std[:, None, None], [(height, width)] * len(images)
@@ -188,7 +194,7 @@ class PartView:
         differentiated, that scatter and its gather cost as much as the RoIAlign backward
         itself. The box head treats each RoI alone, so the RoIs stay grouped by level here and
         only the head's small outputs are put back in order (``__call__``). The maps are made
-        contiguous: RoIAlign on channels-last maps (the lean Ks' layout) returns channels-last
+        contiguous: RoIAlign on channels-last maps (the synthetic-world Ks' layout) returns channels-last
         RoIs, which make the box head's forward and backward 2x slower (same values).
         """
         pool = self.model.roi_heads.box_roi_pool
