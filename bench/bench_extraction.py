@@ -6,8 +6,8 @@ design (K rebuilt for every batch, then one image at a time), measured in one ru
     python bench/bench_extraction.py --k-model resnet50-fpn [--images 8] [--batch-size 4]
         [--precision auto] [--device cuda]
 
-``lean`` (the default): the demo's K on the test split of ``--data-dir`` (default
-data/synthetic) when it exists, else on uniform noise, at ``--image-size``.
+``slim`` (the default) or ``lean``: a synthetic-world K on the test split of ``--data-dir``
+(default data/synthetic) when it exists, else on uniform noise, at ``--image-size``.
 
 ``resnet50-fpn``: the paper's K with random weights on PASCAL-sized synthetic images (drawn in
 memory: about 500x375, the shorter side varying, a quarter portrait, as VOC's), which
@@ -72,18 +72,19 @@ def pascal_sized_images(count: int) -> list[torch.Tensor]:
 
 
 def load_images(args: argparse.Namespace) -> tuple[torch.Tensor | list[torch.Tensor], str]:
-    data_dir = args.data_dir or ("data/synthetic" if args.k_model == "lean" else "")
+    synthetic = args.k_model != "resnet50-fpn"
+    data_dir = args.data_dir or ("data/synthetic" if synthetic else "")
     annotation_file, image_dir = split_paths(data_dir, "test") if data_dir else (Path(), Path())
     if data_dir and annotation_file.is_file():
         dataset = PartSegmentationDataset(annotation_file, image_dir)
         count = min(args.images, len(dataset))
         images = [dataset.image(i) for i in range(count)]
-        if args.k_model == "lean":  # the demo's K sees M's square images
+        if synthetic:  # the demo's K sees M's square images
             stacked = torch.stack([F.interpolate(image[None], size=args.image_size, mode="bilinear")[0]
                                    for image in images])
             return stacked.clamp(0, 1), f"{count} test images of {annotation_file} at {args.image_size} px"
         return images, f"{count} test images of {annotation_file}"
-    if args.k_model == "lean":
+    if synthetic:
         return torch.rand(args.images, 3, args.image_size, args.image_size), \
             f"{args.images} noise images at {args.image_size} px"
     images = pascal_sized_images(args.images)
@@ -128,13 +129,14 @@ def describe(device: torch.device) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--k-model", default="lean", choices=PART_EXTRACTOR_NAMES)
+    parser.add_argument("--k-model", default=PART_EXTRACTOR_NAMES[0], choices=PART_EXTRACTOR_NAMES)
     parser.add_argument("--weights", type=Path, help="trained K (weights.pt of train-k)")
-    parser.add_argument("--data-dir", default="", help="K's test split from here (lean default: data/synthetic)")
-    parser.add_argument("--images", type=int, help="default: 128 (lean), 8 (resnet50-fpn)")
-    parser.add_argument("--batch-size", type=int, help="images per pass; default: 16 (lean), 4 (resnet50-fpn)")
-    parser.add_argument("--image-size", type=int, default=128, help="the lean K's input side")
-    parser.add_argument("--fpn-channels", type=int, default=64)
+    parser.add_argument("--data-dir", default="", help="K's test split from here (synthetic Ks' default: "
+                                                      "data/synthetic)")
+    parser.add_argument("--images", type=int, help="default: 128 (slim, lean), 8 (resnet50-fpn)")
+    parser.add_argument("--batch-size", type=int, help="images per pass; default: 16 (slim, lean), 4 (resnet50-fpn)")
+    parser.add_argument("--image-size", type=int, default=128, help="the synthetic-world K's input side")
+    parser.add_argument("--fpn-channels", type=int, default=None, help="FPN width (default: the architecture's)")
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--precision", default="auto", help="of the batched run: auto, float32, bfloat16, float16")
     parser.add_argument("--repeats", type=int, default=2)

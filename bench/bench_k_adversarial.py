@@ -52,7 +52,9 @@ RECIPES: dict[str, PartExtractorAdversarialTraining | None] = {
 
 def load_k(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     """K's starting weights: ``--weights``, random, or the default configuration's cached K."""
-    model = build_part_extractor("lean", image_size=IMAGE_SIZE)
+    from unmask.config import Config
+
+    model = build_part_extractor(Config().k_model, image_size=IMAGE_SIZE)  # the default configuration's K
     if args.random_init:
         return model, "K: random init"
     if args.weights:

@@ -178,13 +178,16 @@ class Config:
                                  "(the original's grid runs both).")
 
     # --- model K, the part extractor -------------------------------------------------------------
-    k_model: str = option("lean", "K's architecture: lean (ResNet-18 FPN, trainable BatchNorm, for the CPU) "
-                          "or resnet50-fpn (torchvision's Mask R-CNN v2, for real data).", group="model K",
+    k_model: str = option("slim", "K's architecture: slim (half-width ResNet-18 trunk of three stages, 32-channel "
+                          "FPN, trainable BatchNorm: the synthetic world on a CPU), lean (ResNet-18 FPN: the default "
+                          "K before slim, for earlier figures) or resnet50-fpn (torchvision's Mask R-CNN v2, for real "
+                          "data).", group="model K",
                           choices=Choices("unmask.models.part_extractor:PART_EXTRACTOR_NAMES", "part extractor"))
     k_pretrained: bool = option(False, "Start K from COCO weights (torchvision cache or --k-weights-path).")
     k_weights_path: str = option("", "File with COCO Mask R-CNN weights for K.")
     k_checkpoint: str = option("", "Use this trained K instead of training or the cache.")
-    k_epochs: int = option(5, "K's training epochs (the original: 40).", at_least=1, to="k_training.epochs")
+    k_epochs: int = option(0, "K's training epochs (the original: 40); 0: the architecture's own (slim 10, lean 5, "
+                           "resnet50-fpn 40: unmask.models.part_extractor.TRAINING_EPOCHS).", at_least=0)
     k_batch_size: int = option(8, "K's training batch size.", at_least=1, to="k_training.batch_size")
     k_lr: float = option(0.04, "K's peak SGD learning rate (warm-up, then cosine decay to 0).", at_least=0,
                          to="k_training.lr")

@@ -20,7 +20,7 @@ CHANGED = {
     "inference_precision": "bfloat16", "channels_last": True, "compile": True, "batch_size": 7, "epochs": 3,
     "optimizer": "adam", "lr": 0.3, "momentum": 0.5, "weight_decay": 0.01, "nesterov": True, "augment": True,
     "lr_schedule": "constant", "adv_epsilon": 6.0, "adv_steps": 3, "adv_step_size": 1.5, "adv_random_start": False,
-    "k_epochs": 2, "k_batch_size": 3, "k_lr": 0.01, "k_momentum": 0.8, "k_weight_decay": 0.001, "k_warmup_steps": 5,
+    "k_batch_size": 3, "k_lr": 0.01, "k_momentum": 0.8, "k_weight_decay": 0.001, "k_warmup_steps": 5,
     "k_score_threshold": 0.25, "k_nms_threshold": 0.4, "k_max_detections": 50, "attack_steps": 9,
     "attack_original_step": True, "mim_decay": 0.5, "attack_batch_size": 16, "adaptive_steps": 11,
     "adaptive_restarts": 3, "adaptive_targets": 0, "adaptive_relative_step": 4.0, "adaptive_batch_size": 8,
@@ -53,6 +53,12 @@ def test_every_option_declared_for_a_component_reaches_it():
     for name, target in declared.items():
         component, field = target.split(".")
         assert getattr(COMPONENTS[component](default), field) == getattr(Config(), name), name
+
+
+def test_k_trains_for_its_architecture_s_epochs_unless_told():
+    assert [build_plan(resolve_config(overrides={"k_model": name})).k.training.epochs
+            for name in ("slim", "lean", "resnet50-fpn")] == [10, 5, 40]
+    assert build_plan(resolve_config(overrides={"k_model": "lean", "k_epochs": 2})).k.training.epochs == 2
 
 
 def test_the_robust_k_is_planned_only_when_asked_for_and_trains_from_a_checkpoint_on_ks_splits():

@@ -351,7 +351,7 @@ def test_transfer_attacks_are_crafted_on_a_surrogate_k_and_judged_at_each_fpr(fi
     capsys.readouterr()
     directory = run_experiment(_shared(plan, run_name="transfer", adaptive_threat_models=("white-box", "transfer"),
                                        adaptive_fprs=(0.05, 0.1)))
-    assert "K (lean): training (no cached model" in capsys.readouterr().out  # K' is trained once, beside K
+    assert "K (slim): training (no cached model" in capsys.readouterr().out  # K' is trained once, beside K
     metrics = json.loads((directory / "metrics.json").read_text())
     assert sorted({(e["fpr_target"], e["threat_model"]) for e in metrics["adaptive"] if e["defense"] == "UnMask"}) == [
         (fpr, model) for fpr in (0.05, 0.1) for model in ("gray-box", "transfer", "white-box")]

@@ -70,11 +70,48 @@ def test_lean_forward_shapes_in_training_and_inference() -> None:
 
 
 def test_unknown_names_and_pretrained_lean_are_refused() -> None:
-    assert PART_EXTRACTOR_NAMES == ("lean", "resnet50-fpn")
+    assert PART_EXTRACTOR_NAMES == ("slim", "lean", "resnet50-fpn")
     with pytest.raises(ValueError, match="unknown part extractor 'resnet9'"):
         build_part_extractor("resnet9", image_size=SIZE)
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        build_part_extractor("lean", image_size=SIZE, pretrained=True)
+    for name in ("slim", "lean"):
+        with pytest.raises(ValueError, match=f"the {name} part extractor has no pretrained weights"):
+            build_part_extractor(name, image_size=SIZE, pretrained=True)
+
+
+def test_slim_forward_shapes_in_training_and_inference() -> None:
+    torch.manual_seed(0)
+    model = build_part_extractor("slim", image_size=SIZE)
+    assert model.backbone.out_channels == 32 and list(model.backbone.body.return_layers) == ["layer1", "layer2", "layer3"]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.body.modules())
+    masks = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
+    masks[0, 10:30, 12:40] = 1
+    target = {"boxes": torch.tensor([[12.0, 10.0, 40.0, 30.0]]), "labels": torch.tensor([5]), "masks": masks}
+    losses = model.train()([torch.rand(3, SIZE, SIZE), torch.rand(3, SIZE, SIZE)], [target, target])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    with torch.no_grad():
+        output = model.eval()([torch.rand(3, SIZE, SIZE)])[0]
+    assert output["masks"].shape == (len(output["labels"]), 1, SIZE, SIZE)
+
+
+def test_slim_costs_at_most_a_quarter_of_lean_per_attack_step() -> None:
+    # forward and backward to the image through K's differentiable view at the default run's 128 px
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from unmask.attacks.adaptive.part_view import PartView
+
+    def flops(name: str) -> float:
+        torch.manual_seed(0)
+        model = build_part_extractor(name, image_size=128).eval()
+        model.requires_grad_(False)
+        view = PartView(model, score_threshold=0.5)
+        images = torch.rand(2, 3, 128, 128, requires_grad=True)
+        with FlopCounterMode(display=False) as counter:
+            view.hinge_loss(view(images), remove=torch.ones(2, len(PARTS))).sum().backward()
+        return counter.get_total_flops()
+
+    slim, lean = flops("slim"), flops("lean")
+    assert 1e8 < slim <= lean / 4, (slim, lean)  # above 1e8: a real forward and backward, not an empty graph
 
 
 def test_resnet50_fpn_offline_names_the_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

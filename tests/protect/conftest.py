@@ -27,7 +27,7 @@ from unmask.train.part_extractor import PartExtractorSpec, PartExtractorTraining
 TINY_RUN = {
     "image_size": 48, "synthetic_images_per_class": 10, "synthetic_k_images": 24, "synthetic_workers": 1,
     "epochs": 2, "adv_training": False, "attacks": ("pgd_linf:16",), "attack_steps": 2, "class_set": "cs3-1",
-    "verbosity": 0, "adaptive_attacks": ("none",), "k_score_threshold": 0.5,
+    "verbosity": 0, "adaptive_attacks": ("none",), "k_score_threshold": 0.5, "k_model": "lean",
 }
 CLASS_SET = ClassSet.named("cs3-1")  # car, person, train
 

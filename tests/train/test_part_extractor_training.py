@@ -171,6 +171,7 @@ def test_cache_key_follows_what_determines_the_weights() -> None:
     key = part_extractor_cache_key(spec, "data-a")
     assert key.startswith("k-") and key == part_extractor_cache_key(PartExtractorSpec("lean", 128, training(3)), "data-a")
     assert key != part_extractor_cache_key(PartExtractorSpec("lean", 96, training(3)), "data-a")
+    assert key != part_extractor_cache_key(PartExtractorSpec("slim", 128, training(3)), "data-a")  # no K reused for another
     assert key != part_extractor_cache_key(PartExtractorSpec("lean", 128, training(4)), "data-a")
     assert key != part_extractor_cache_key(spec, "data-b")
     # the detection rule applies at inference only: another score threshold reuses the trained K

@@ -27,7 +27,7 @@ from unmask.config import Config, ConfigError, check_choices, option_name
 from unmask.data.synthetic import SyntheticSpec, parse_image_size
 from unmask.io import stable_hash
 from unmask.models.classifier import InferenceOptions
-from unmask.models.part_extractor import DetectionRule
+from unmask.models.part_extractor import TRAINING_EPOCHS, DetectionRule
 from unmask.parts import ClassSet, UnknownNameError
 from unmask.runtime import Runtime, resolve_device
 from unmask.train.classifier import AdversarialTraining, ClassifierSpec, ClassifierTraining
@@ -332,7 +332,8 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
     k = _checked("k_pretrained", lambda: PartExtractorSpec(
         config.k_model, config.image_size,
         training=_checked("k_epochs", lambda: PartExtractorTraining(
-            **config.options_for("k_training"), seed=config.seed, amp=config.amp and on_gpu)),
+            **config.options_for("k_training"), epochs=config.k_epochs or TRAINING_EPOCHS[config.k_model],
+            seed=config.seed, amp=config.amp and on_gpu)),
         rule=_checked("k_score_threshold", lambda: DetectionRule(**config.options_for("k_rule"))),
         pretrained=config.k_pretrained, weights_path=config.k_weights_path))
 

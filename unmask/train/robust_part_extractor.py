@@ -26,7 +26,7 @@ Wang mix clean images in), plus optionally a TRADES-style consistency term (Zhan
 the KL divergence between the box-head part probabilities of the clean and the adversarial image
 on the same (the clean image's) proposals.
 
-BatchNorm (the lean K's BatchNorm layers train). The inner attack runs with BatchNorm in eval
+BatchNorm (the synthetic-world Ks' BatchNorm layers train). The inner attack runs with BatchNorm in eval
 mode: it then attacks the K that is deployed and evaluated (running statistics), its k steps do
 not pull the running statistics towards the iterates', and an image's perturbation does not
 depend on the other images of its batch. The update runs in train mode, as K was trained, so
