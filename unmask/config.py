@@ -309,10 +309,11 @@ class Config:
         "and stops the ladder once every headline figure moved by at most --adaptive-ladder-tolerance images over "
         "the last doubling (docs/convergence.md). 1: the run's budget alone.", at_least=1)
     adaptive_ladder_growth: tuple[str, ...] = option(
-        ("targets", "losses", "restarts"), "How each doubling of the ladder grows an attack's budget, in order (the "
-        "last repeats): targets (twice the target classes, up to every other class), losses (the re-classification "
-        "attack's untargeted DLR and CE runs), restarts (twice the runs per target, from random starts), steps "
-        "(twice the steps); where one cannot grow an attack, its restarts double.",
+        ("steps", "losses", "targets"), "How each doubling of the ladder grows an attack's budget, in order (the "
+        "last repeats): steps (twice the steps), losses (the re-classification attack's untargeted DLR and CE "
+        "runs), targets (twice the target classes, up to every other class), restarts (twice the runs per target, "
+        "from random starts); where one cannot grow an attack, its restarts double (docs/convergence.md: why this "
+        "order).",
         choices=Choices("unmask.attacks.adaptive.options:LADDER_GROWTHS", "growth"))
     adaptive_ladder_tolerance: int = option(2, "The ladder's stopping rule: a figure has converged when doubling "
                                             "the budget moves it by at most this many images of the sample.",

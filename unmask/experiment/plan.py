@@ -90,7 +90,7 @@ class BudgetLadder:
     run at one rung its measured offsets (None: none looked up)."""
 
     rungs: tuple[int, ...] = (1,)
-    growth: tuple[str, ...] = ("targets", "losses", "restarts")
+    growth: tuple[str, ...] = ("steps", "losses", "targets")
     tolerance: int = 2
     published: Path | None = None
 

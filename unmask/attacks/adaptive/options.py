@@ -12,7 +12,7 @@ from unmask.constants import REDUCED_ADAPTIVE_BUDGET as REDUCED
 TARGET_RANKINGS: tuple[str, ...] = ("loss", "jaccard", "logits")
 STEP_SCHEDULES: tuple[str, ...] = ("apgd", "cosine", "constant")
 RECLASSIFY_LOSSES: tuple[str, ...] = ("targeted", "dlr", "ce")
-LADDER_GROWTHS: tuple[str, ...] = ("targets", "losses", "restarts", "steps")
+LADDER_GROWTHS: tuple[str, ...] = ("steps", "losses", "targets", "restarts")
 """How one doubling of the budget ladder grows an attack's budget (``rung_options``)."""
 
 
