@@ -143,6 +143,8 @@ def test_a_figure_that_moved_by_three_images_has_not_converged_by_two_it_has():
     assert converged_from([10, 12], 2) == 0
     assert converged_from([3, 10, 11, 11], 2) == 1  # converged from the second rung on
     assert converged_from([10, 10, 14], 2) is None  # the last doubling decides
+    # a figure that creeps by two images a doubling converged only where the rest stayed within two
+    assert converged_from([10, 8, 6, 5], 2) == 2
     assert converged_from([10], 2) is None  # one rung: nothing measured
     view = clean_views(CLEAN)
     first = unmask_row(fooled(range(8), set()))

@@ -1,11 +1,12 @@
 """The budget ladder's bookkeeping: each headline figure's curve over the rungs, the stopping
 rule, and, for a run at one rung, the offsets a published ladder measured on the same models.
 
-A figure has converged at a rung's budget when every doubling from there on moved it by at most
+A figure has converged at a rung's budget when no larger rung moved it from there by more than
 ``BudgetLadder.tolerance`` images of the sample (2 points on 100 images) at that FPR, norm and
-epsilon; the ladder stops after the rung at which every headline figure of every defense has
-converged (``every_figure_converged``), and otherwise reports "not converged at the top rung"
-beside the figure. The converged value is the figure at the last rung run (the strongest
+epsilon (so, at the least, the last doubling moved it by at most that); the ladder stops after
+the rung at which every headline figure of every defense has converged
+(``every_figure_converged``), and otherwise reports "not converged at the top rung" beside the
+figure. The converged value is the figure at the last rung run (the strongest
 attacker the ladder had), with its bootstrap 95% interval.
 """
 
@@ -39,15 +40,14 @@ CONVERGED_ROBUST_COMMAND = ("python main.py --profile robust --adaptive-ladder 1
 
 
 def converged_from(counts: Sequence[int], tolerance: int) -> int | None:
-    """The index of the first rung from which every doubling moved a figure (its ``counts`` of
-    images, one per rung) by at most ``tolerance`` images; None when the last doubling moved it
-    by more, or there was none (one rung)."""
-    if len(counts) < 2 or abs(counts[-1] - counts[-2]) > tolerance:
-        return None
-    first = len(counts) - 2
-    while first > 0 and abs(counts[first] - counts[first - 1]) <= tolerance:
-        first -= 1
-    return first
+    """The index of the first rung from which no larger rung moved a figure (its ``counts`` of
+    images, one per rung) by more than ``tolerance`` images: the budget at which it had
+    converged. None when the last doubling moved it by more (not converged at the top rung), or
+    there was none (one rung)."""
+    for first in range(len(counts) - 1):
+        if all(abs(count - counts[first]) <= tolerance for count in counts[first + 1:]):
+            return first
+    return None
 
 
 def _headline_arrays(rows: Sequence[Row], labels: np.ndarray, view: View, rungs: Sequence[int]
