@@ -768,7 +768,7 @@ def plot_ladder(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
     epsilons = sorted({entry["epsilon"] for entry in entries if entry["norm"] == "linf"})
     rungs = [rung["rung"] for rung in metrics["adaptive_ladder"]["rungs"]]
     figure, axes = plt.subplots(len(LADDER_PANELS), max(1, len(epsilons)),
-                                figsize=(5.2 * max(1, len(epsilons)), 4.4 * len(LADDER_PANELS)), squeeze=False)
+                                figsize=(5.6 * max(1, len(epsilons)), 4.2 * len(LADDER_PANELS) + 0.6), squeeze=False)
     for column, epsilon in enumerate(epsilons):
         for row, (name, title) in enumerate(LADDER_PANELS):
             axis = axes[row, column]
@@ -777,11 +777,14 @@ def plot_ladder(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
                           [high - y for y, high in zip(line.y, line.high, strict=True)]]
                 axis.errorbar(line.x, line.y, yerr=errors, fmt=line.style, capsize=3, label=line.label)
             axis.set(xscale="log", xlabel="budget (× the first rung's)", ylabel="accuracy (%), worst case",
-                     ylim=(-2, 102), title=f"{title}, L∞ ε = {epsilon:g}, {100 * fpr:g}% FPR")
+                     ylim=(-2, 102))
+            axis.set_title(f"{title}\nL∞ ε = {epsilon:g}, detection at {100 * fpr:g}% FPR", fontsize=10)
             axis.minorticks_off()
             axis.set_xticks(rungs, [f"×{rung}" for rung in rungs])
             axis.grid(alpha=0.3)
-            axis.legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(figure, path_stem)
 
 
