@@ -13,6 +13,8 @@ from unmask.environment import (
     code_version,
     command_line,
     describe_environment,
+    describe_machine,
+    load_average,
     missing_keys,
     run_environment,
 )
@@ -75,3 +77,12 @@ def test_the_one_line_description_names_commit_date_machine_and_torch():
                                       "gpu": {"name": "NVIDIA H100", "count": 1}}}
     assert "NVIDIA H100 GPU" in describe_environment(gpu)
     assert command_line(["main.py"]) == "python main.py"
+
+
+def test_a_run_s_load_average_is_named_with_its_machine():
+    environment = {"code": {"commit": "0123456789abcdef"}, "date": "2025-01-02T03:04:05+00:00",
+                   "machine": {"cpu": "Some CPU", "cpu_capability": "AVX2", "usable_cpus": 2, "threads": 2},
+                   "load_average": {"start": [0.1, 0.2, 0.3], "end": [6.0, 5.5, 4.25]}}
+    assert describe_machine(environment).endswith("load average 4.2 (15 min, at the end)")
+    assert "load" not in describe_machine({**environment, "load_average": None})
+    assert load_average() is None or len(load_average()) == 3

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from unmask.environment import run_environment
+from unmask.environment import load_average, run_environment
 from unmask.io import atomic_write_json
 
 BENCHMARK_FORMAT = 1
@@ -57,14 +56,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average (other work on a shared machine slows every figure), where the OS has one."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 class BenchmarkRecord:
     """What one run of a benchmark script measured: named tables (each a list of rows with the
     same keys, and what the table measures) and single values, with the script's options."""
@@ -75,7 +66,7 @@ class BenchmarkRecord:
         self.options.pop("json", None)  # where the record goes is not how it was measured
         self.tables: dict[str, dict[str, Any]] = {}
         self.values: dict[str, Any] = {}
-        self.load_at_start = _load_average()
+        self.load_at_start = load_average()
 
     def table(self, name: str, rows: Sequence[Mapping[str, Any]], *, description: str) -> None:
         """Add the table ``name``: ``rows`` in order, their columns those of the first row."""
@@ -94,8 +85,8 @@ class BenchmarkRecord:
         """The record as written, with the provenance of ``device`` taken now."""
         return {"format": BENCHMARK_FORMAT, "kind": BENCHMARK_KIND, "script": self.script, "options": self.options,
                 "tables": self.tables, "values": self.values,
-                "load_average": {"start": self.load_at_start, "end": _load_average()},
-                "provenance": run_environment(device)}
+                "provenance": {**run_environment(device),
+                               "load_average": {"start": self.load_at_start, "end": load_average()}}}
 
     def write(self, path: str | Path | None, *, device: torch.device | str = "cpu") -> Path | None:
         """Write the record to ``path`` (atomically) and say so; nothing when ``path`` is None."""

@@ -119,6 +119,15 @@ def machine(device: torch.device | str) -> dict[str, Any]:
     return record
 
 
+def load_average() -> list[float] | None:
+    """The machine's load averages over 1, 5 and 15 minutes (None where the OS has none): other
+    work on a shared machine slows every timing, and a run's seconds mean little without it."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def library_versions() -> dict[str, str | None]:
     """Python's version and each of ``LIBRARIES``' (None: not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
@@ -166,6 +175,9 @@ def describe_machine(environment: Mapping[str, Any]) -> str:
           f"{record.get('threads', '?')} torch threads"
     processes = record.get("processes") or 1
     cpu += f", {processes} processes" if processes > 1 else ""
+    load = (environment.get("load_average") or {}).get("end")
+    if load:  # over the last 15 minutes, when the figures were written
+        cpu += f", load average {load[-1]:.1f} (15 min, at the end)"
     return f"{gpu['name']} GPU ({gpu.get('count', 1)} on the machine); {cpu}" if gpu else f"CPU only: {cpu}"
 
 

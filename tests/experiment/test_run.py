@@ -65,7 +65,7 @@ def test_outputs_of_a_run(finished_run):
     assert set(metrics["timing"]) >= {"data", "train_m", "train_k", "clean", "attacks", "adaptive", "report", "total"}
     provenance = metrics["provenance"]
     assert provenance["run"] == directory.name and provenance["machine"]["device"] == "cpu"
-    assert set(provenance) >= {"code", "date", "command", "libraries", "machine"}
+    assert set(provenance) >= {"code", "date", "command", "libraries", "machine", "load_average"}
     # the threat-model table: gray-box beside white-box at the same budget, thresholds at 10% FPR; UnMask under
     # an attack aimed at each of its outputs, the baselines (M alone) under the same engine
     adaptive = metrics["adaptive"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from unmask.environment import run_environment
+from unmask.environment import load_average, run_environment
 from unmask.experiment.adaptive import adaptive_evaluation
 from unmask.experiment.evaluator import Evaluator
 from unmask.experiment.folder import RunFolder
@@ -59,6 +59,7 @@ def run_experiment(plan: Plan) -> Path:
     """Run (or resume, or re-report) the experiment ``plan`` describes; returns its folder."""
     runtime = plan.runtime.start()
     main = runtime.distributed.is_main
+    load_at_start = load_average()
     timer = StageTimer(plan.verbosity > 0)
     cache = ModelCache(plan.models_dir, runtime, plan.allow_random_init)
     k_precision = plan.inference.effective_precision(runtime.device)
@@ -110,7 +111,8 @@ def run_experiment(plan: Plan) -> Path:
     # the stages' seconds beside what the report put there (each ladder rung's attack seconds)
     metrics["timing"] = {**metrics.get("timing", {}), **timer.seconds, "total": sum(timer.seconds.values())}
     # what made these figures: the code, command and machine (each stage's seconds are ``timing``)
-    metrics["provenance"] = {"run": folder.path.name, **run_environment(runtime.device)}
+    metrics["provenance"] = {"run": folder.path.name, **run_environment(runtime.device),
+                             "load_average": {"start": load_at_start, "end": load_average()}}
     atomic_write_json(folder.path / "metrics.json", metrics)
     if plan.verbosity > 0:
         print("\n" + tables)
