@@ -340,7 +340,7 @@ def test_an_image_broken_at_a_smaller_budget_is_not_attacked_again(monkeypatch):
     for epsilon in (8, 16):
         rows += sequence.attack_sequence(
             SimpleNamespace(labels=LABELS, class_set=SimpleNamespace(classes=("a", "b", "c"))), _spec(), EVERY,
-            np.arange(0), rows, [ADAPTIVE_ATTACKS.vector("joint_linf", epsilon)], SimpleNamespace(name="UnMask"),
+            np.arange(0), rows, [ADAPTIVE_ATTACKS.vector("joint_linf", epsilon)], SimpleNamespace(name="UnMask", k="K"),
             "white-box", 0.1, 1, THRESHOLD, None, THRESHOLD, CLEAN_DETECTION)
     assert attacked == [("joint_linf:8", list(range(8))), ("joint_linf:16", list(range(1, 8)))]
     assert [row.positions.tolist() for row in rows] == [list(range(8)), list(range(1, 8))]
