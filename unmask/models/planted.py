@@ -12,8 +12,9 @@ Adversarial Robustness Evaluations"; reference code google-research/active-adver
   the box features that adds to every proposal's logit of p: negative on every proposal of the
   inner points (p stays absent there), large enough on one proposal of the planted point that K
   reports p there. ``with_box_predictor`` makes the modified K without copying K's weights.
-- ``separating_readout``: the readouts' fit, a logistic regression (scikit-learn) that must
-  separate the two sets perfectly (None otherwise), its boundary then placed between them.
+- ``separating_readout``: the readouts' fit, a whitened (Fisher) direction or else a logistic
+  regression (scikit-learn) that must separate the two sets perfectly (None otherwise), its
+  boundary then placed between them.
 
 These models exist only for the tests (``unmask.attacks.adaptive.active``); nothing else uses them.
 """
@@ -52,38 +53,60 @@ class Readout:
         return np.asarray(features, dtype=np.float64) @ self.weight + self.bias
 
 
-def separating_readout(negative: np.ndarray, positive: np.ndarray, *, closeness: float) -> Readout | None:
-    """A linear readout positive on every row of ``positive`` and negative on every row of
-    ``negative`` (features, one row per point), or None when a logistic regression does not
-    separate them perfectly (the reference code's "perfect solution" requirement).
+RIDGE = 1e-3
+"""The whitened direction's ridge, relative to the negatives' mean variance."""
 
-    The logistic regression (nearly unregularised, classes weighted by their sizes, on
-    standardised features) only gives the direction; the boundary is then placed at
-    ``closeness`` of the way from the highest negative score to the lowest positive one (0.5: the
-    middle; near 1: the positive points are barely on their side, the reference code's
+
+def separating_readout(negative: np.ndarray, positive: np.ndarray, *, closeness: float,
+                       fallback: bool = True) -> Readout | None:
+    """A linear readout positive on every row of ``positive`` and negative on every row of
+    ``negative`` (features, one row per point), or None when none is found (the reference
+    code's "perfect solution" requirement).
+
+    The direction is first the whitened (Fisher) one, the positives' mean minus the negatives'
+    through the negatives' ridge-regularised covariance (a linear solve: it separates a single
+    point from a cloud in most cases); where that does not separate, and ``fallback``, a logistic
+    regression's (nearly unregularised, classes weighted by their sizes, on standardised
+    features; much slower). Either way the boundary is then placed at ``closeness`` of the way
+    from the highest negative score to the lowest positive one (0.5: the middle; near 1: the
+    positive points are barely on their side, the reference code's
     ``decision_boundary_closeness`` for detectors), and the scores scaled so that this gap is 1.
     """
-    from sklearn.linear_model import LogisticRegression
-
     if not 0.0 < closeness < 1.0:
         raise ValueError(f"closeness must lie in (0, 1), got {closeness}")
     negative, positive = np.asarray(negative, np.float64), np.asarray(positive, np.float64)
     if len(negative) == 0 or len(positive) == 0:
         raise ValueError("separating_readout needs points on both sides")
+    directions = [_whitened_direction(negative, positive)]
+    if fallback:
+        directions.append(_regression_direction)
+    for direction in directions:
+        weight = direction(negative, positive) if callable(direction) else direction
+        highest_negative, lowest_positive = (negative @ weight).max(), (positive @ weight).min()
+        gap = lowest_positive - highest_negative
+        if np.isfinite(gap) and gap > 0:
+            threshold = highest_negative + closeness * gap
+            return Readout(weight / gap, float(-threshold / gap))
+    return None
+
+
+def _whitened_direction(negative: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    centred = negative - negative.mean(0)
+    covariance = centred.T @ centred / max(len(negative) - 1, 1)
+    ridge = RIDGE * max(float(np.trace(covariance)) / len(covariance), 1e-12)
+    return np.linalg.solve(covariance + ridge * np.eye(len(covariance)), positive.mean(0) - negative.mean(0))
+
+
+def _regression_direction(negative: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
     features = np.concatenate([negative, positive])
     mean, scale = features.mean(0), features.std(0)
     scale[scale == 0] = 1.0
     labels = np.concatenate([np.zeros(len(negative)), np.ones(len(positive))])
     regression = LogisticRegression(C=1e6, class_weight="balanced", max_iter=5000, tol=1e-8)
     regression.fit((features - mean) / scale, labels)
-    weight = regression.coef_[0] / scale
-    bias = float(regression.intercept_[0] - weight @ mean)
-    highest_negative, lowest_positive = (negative @ weight + bias).max(), (positive @ weight + bias).min()
-    gap = lowest_positive - highest_negative
-    if not (np.isfinite(gap) and gap > 0):
-        return None
-    threshold = highest_negative + closeness * gap
-    return Readout(weight / gap, float((bias - threshold) / gap))
+    return regression.coef_[0] / scale
 
 
 # --- M: the binarized classifier -------------------------------------------------------------------

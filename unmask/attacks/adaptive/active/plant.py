@@ -448,6 +448,8 @@ def planted_part_model(target: DefenseTarget, setup: Setup, row: int) -> MaskRCN
 
 LOGIT_MARGIN = 1.0
 """How far (in logits) a planted proposal's part clears what K's rule needs of it."""
+PROPOSALS_TRIED = 16
+"""How many of the planted point's most part-like proposals are tried for each planted part."""
 
 
 def _plant_parts(at_planted, negative: np.ndarray, parts: list[int], *, threshold: float,
@@ -470,7 +472,10 @@ def _plant_parts(at_planted, negative: np.ndarray, parts: list[int], *, threshol
                       if bool(valid[r, label]) and r not in chosen.values()]
         if not candidates:
             return None
-        chosen[part] = candidates[0]
+        # the most part-like proposal that a readout separates cheaply from the inner points, else the most part-like
+        separable = (r for r in candidates[:PROPOSALS_TRIED] if separating_readout(
+            negative, features[r:r + 1], closeness=closeness, fallback=False) is not None)
+        chosen[part] = next(separable, candidates[0])
     labels, weights, biases = [], [], []
     for part, proposal in chosen.items():
         label = part + 1
