@@ -4,6 +4,7 @@ recomputes nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -21,7 +22,7 @@ from unmask.train.part_extractor import PartExtractorSpec, PartExtractorTraining
 TINY = {
     "image_size": 48, "synthetic_images_per_class": 10, "synthetic_k_images": 24, "synthetic_workers": 1,
     "epochs": 2, "adv_training": False, "attacks": ("pgd_linf:16",), "attack_steps": 2, "class_set": "cs3-1",
-    "verbosity": 0, "adaptive_attacks": ("none",), "k_score_threshold": 0.5, "adaptive_max_images": 3,
+    "verbosity": 0, "adaptive_attacks": ("none",), "k_score_threshold": 0.5, "k_model": "lean", "adaptive_max_images": 3,
     "adaptive_steps": 2, "adaptive_batch_size": 2,
     "active_attacks": ("joint_linf:16", "reclassify_linf:16"), "active_inner_points": 12, "active_k_inner_points": 3,
     "active_random_samples": 2, "active_plant_steps": 2, "active_plant_targets": 1,
@@ -98,6 +99,24 @@ def test_a_rerun_recomputes_nothing(tested_run, monkeypatch):
         monkeypatch.setattr(active, name, forbidden)
     again = json.loads(active.run_active_tests(plan).read_text())
     assert again["rows"] == first["rows"] and again["setups"] == first["setups"]
+
+
+def test_another_attack_budget_reruns_the_attacks_on_the_same_setups(tested_run, monkeypatch):
+    plan, folder, _, _ = tested_run
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("recomputed a setup")
+
+    for name in ("evasion_setup", "inverted_setup", "reclassification_setup"):
+        monkeypatch.setattr(active, name, forbidden)
+    ran = []
+    real = active.attack_outcomes
+    monkeypatch.setattr(active, "attack_outcomes", lambda *args, **kwargs: ran.append(args[-1]) or real(*args, **kwargs))
+    more = dataclasses.replace(plan, adaptive=dataclasses.replace(
+        plan.adaptive, options=dataclasses.replace(plan.adaptive.options, steps=3)))
+    summary = json.loads(active.run_active_tests(more).read_text())
+    assert ran and all(options.steps == 3 for options in ran)
+    assert summary["attack_options"]["steps"] == 3
 
 
 def test_the_command_line_runs_the_tests_of_the_configured_run(tested_run, monkeypatch):

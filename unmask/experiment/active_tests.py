@@ -48,6 +48,7 @@ from unmask.attacks.adaptive.active import (
     inverted_setup,
     reclassification_setup,
 )
+from unmask.attacks.adaptive.active.plant import planting_options
 from unmask.attacks.adaptive.active.table import PASS_RATE, format_active_tests
 from unmask.data.sampling import stratified_sample
 from unmask.evaluation import fix_thresholds
@@ -171,8 +172,8 @@ def _setup(evaluator: Evaluator, spec: ActiveTestSpec, adaptive: AdaptiveSpec, s
     images, labels = evaluator.test.images[sample], evaluator.test.labels[sample]
     device = next(target.classifier.parameters()).device
     computation: dict[str, Any] = {"active_test": test, "epsilon": epsilon, "options": asdict(spec.options)}
-    if test == "evasion":  # the planting search runs on the attacks' engine
-        computation["plant_engine"] = asdict(adaptive.options)
+    if test == "evasion":  # the planting search runs on the attacks' engine, with its own steps and runs
+        computation["plant_engine"] = asdict(planting_options(adaptive.options, spec.options))
     if test == "inverted":
         computation["evasion_setup"] = digest(made["evasion"][1])
     key = evaluator.key(sample=digest(sample.tolist()), threshold=threshold, fpr=fpr, **computation)

@@ -170,6 +170,12 @@ class PlantingSearch(FabricateAttack):
                 yield Run((rank, restart), self.options.random_start or restart > 0, filled[:, rank].contiguous())
 
 
+def planting_options(attack_options: AdaptiveOptions, options: ActiveTestOptions) -> AdaptiveOptions:
+    """The planting search's engine options: the attacks' (``attack_options``), with the steps and
+    runs of ``options`` and early stop (the first point found is enough)."""
+    return replace(attack_options, steps=options.plant_steps, restarts=options.plant_restarts, early_stop=True)
+
+
 def flagged_targets(parts: torch.Tensor, labels: torch.Tensor, class_parts: torch.Tensor, threshold: float,
                     limit: int) -> torch.Tensor:
     """(N, R): per image, the classes other than its label that its ``parts`` (N, 44 bool) get
@@ -220,8 +226,8 @@ def evasion_setup(target: DefenseTarget, judge_for: JudgeFor, images: torch.Tens
     searched = np.flatnonzero((candidates[:, 0] >= 0).numpy())
     setup.status[searched] = STATUS["no_planted_point"]
     if len(searched):
-        search = PlantingSearch(target, epsilon=epsilon, candidates=candidates[searched], options=replace(
-            attack_options, steps=options.plant_steps, restarts=options.plant_restarts, early_stop=True))
+        search = PlantingSearch(target, epsilon=epsilon, candidates=candidates[searched],
+                                options=planting_options(attack_options, options))
         found = search(images[searched], labels[searched], indices[searched].cpu())
         for row, image, t, success in zip(searched, found.images, found.targets.tolist(), found.success.tolist(),
                                           strict=True):
