@@ -155,7 +155,7 @@ def test_the_table_names_weak_attacks_and_leaves_untested_rows_blank():
            "0% [0, 30] of 6 | weak |" in lines
     assert lines[[i for i, line in enumerate(lines) if "transplant_linf" in line][0]].endswith("| – | – | – |")
     assert "Weak: `joint_linf` (evasion, ε = 8)." in table
-    assert "on 1 of 6 images it returned an image with M wrong and *not* flagged" in table
+    assert "on 1 of its 6 images M is wrong and the image *not* flagged" in table
 
 
 def test_the_setups_table_counts_each_status_and_the_inner_validation():

@@ -69,8 +69,9 @@ from unmask.models.part_extractor import PartExtractor
 from unmask.provenance import digest
 from unmask.train.loop import ModelCache
 
-ACTIVE_FORMAT = 1
-"""The layout of ``active_tests.json``."""
+ACTIVE_FORMAT = 2
+"""The layout of ``active_tests.json``, and the version of what the tests count (part of every
+attack row's saved key): 2, the inverted test counts M wrong, flagged or not."""
 NO_PLANTED_SOLUTION = ("no_target", "no_planted_point")
 """The statuses of images for which no planted solution was found (reported, not counted)."""
 
@@ -205,6 +206,7 @@ def _outcomes(evaluator: Evaluator, adaptive: AdaptiveSpec, sample: np.ndarray, 
     device = next(target.classifier.parameters()).device
     revision = vector.attack.attack_class.revision
     key = evaluator.key(sample=digest(sample.tolist()), active_test=setup.test, setup=digest(setup_key),
+                        criterion={"name": criterion_of(setup.test, vector), "version": ACTIVE_FORMAT},
                         attack={"vector": vector.label, **asdict(adaptive.options),
                                 **({"revision": revision} if revision else {})})
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 TESTS: tuple[str, ...] = ("evasion", "inverted", "reclassification")
 """The tests: ``evasion`` (an image that evades UnMask's detection, M wrong and not flagged, is
-planted), ``inverted`` (an image with M wrong *and* flagged is planted, and that is what counts),
+planted), ``inverted`` (an image with M wrong *and* flagged is planted; M wrong counts, flagged or not),
 ``reclassification`` (a point whose K parts change UnMask's re-classification is planted)."""
 
 STATUSES: tuple[str, ...] = ("ok", "no_target", "no_planted_point", "not_separable", "not_verified", "clean_wrong")

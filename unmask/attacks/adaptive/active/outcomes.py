@@ -44,8 +44,8 @@ def active_tests_of(vector: AttackVector) -> tuple[str, ...]:
 
 def criterion_of(test: str, vector: AttackVector) -> str:
     """What counts as passing ``test`` for ``vector``: the attack's own aim in the evasion test
-    (evading detection, or the deployed decision wrong), M wrong and flagged in the inverted
-    test, the re-classification wrong in its test."""
+    (evading detection, or the deployed decision wrong), M wrong in the inverted test (whose
+    planted point is flagged), the re-classification wrong in its test."""
     if test == "evasion":
         return "system" if vector.attack.attack_class.aims == "system" else "evaded"
     return test

@@ -11,7 +11,8 @@ the real K: M says t and the image is not flagged, so an evading image exists wi
 
 Inverted test. The planted point is a corner of the ball where K's real parts *are* flagged for t
 (the reference code's rejection sampling, inverted), M binarized the same way: an image with M
-wrong and flagged exists, and that is what counts as success.
+wrong and flagged exists. The attacks are not told anything is inverted (they still aim at
+evading the flag), so success is M wrong, flagged as planted or, more than asked, not.
 
 Re-classification test (the attack on UnMask's re-classification). The target t is the class
 nearest to K's clean parts whose parts, added to them, change the re-classification; the planted
@@ -63,12 +64,21 @@ at the real thresholds), as the evaluation judges: the caller builds it (from ``
 CRITERIA: dict[str, Callable[[Verdict, torch.Tensor], torch.Tensor]] = {
     "evaded": lambda verdict, labels: verdict.evades(labels),
     "system": lambda verdict, labels: verdict.deployed != labels.cpu(),
-    "inverted": lambda verdict, labels: (verdict.m_prediction != labels.cpu()) & verdict.flagged,
+    "inverted": lambda verdict, labels: verdict.m_prediction != labels.cpu(),
     "reclassification": lambda verdict, labels: verdict.unmask_prediction != labels.cpu(),
 }
 """What counts as a success, per criterion, from the hard verdict: ``evaded`` (M wrong and not
-flagged), ``system`` (the deployed decision wrong), ``inverted`` (M wrong and flagged),
+flagged), ``system`` (the deployed decision wrong), ``inverted`` (M wrong: the inverted test's
+planted point is flagged, and an attack that is not told the flag is inverted still aims at
+evading it, so an image with M wrong and not flagged is more than the test asks, not less),
 ``reclassification`` (the re-classification wrong)."""
+
+PLANTED: dict[str, Callable[[Verdict, torch.Tensor], torch.Tensor]] = {
+    "evasion": CRITERIA["evaded"],
+    "inverted": lambda verdict, labels: (verdict.m_prediction != labels.cpu()) & verdict.flagged,
+}
+"""What the planted point of the evasion and inverted tests is on the binarized pipeline: M wrong
+and not flagged; M wrong and flagged."""
 
 TEST_CRITERIA: dict[str, tuple[str, ...]] = {
     "evasion": ("evaded", "system"), "inverted": ("inverted",), "reclassification": ("reclassification",)}
@@ -316,7 +326,6 @@ def binarize(setup: Setup, target: DefenseTarget, judge_for: JudgeFor, images: t
         # in M's logit units: the binarized M is as sure of y on the clean image as M itself is
         scale = margins[row] / max(-float(readout(negative[:1])[0]), 1e-12)
         setup.weight[row], setup.bias[row] = readout.weight * scale, readout.bias * scale
-    criterion = {"evasion": "evaded", "inverted": "inverted"}[setup.test]
     for group in anchor_groups(images, np.flatnonzero(setup.ok), epsilon):
         classifier = binarized_classifier(target, setup, images, labels, group)
         judge = judge_for(classifier, target.part_model)
@@ -325,7 +334,7 @@ def binarize(setup: Setup, target: DefenseTarget, judge_for: JudgeFor, images: t
             with torch.no_grad():  # the inner points only need M: K's parts do not enter "M says y"
                 kept = classifier(inner[row]).argmax(1).cpu() == y
             planted = judge(setup.planted_images([row]).to(images.device))
-            if not (bool(kept.all()) and bool(CRITERIA[criterion](planted, y)[0])):
+            if not (bool(kept.all()) and bool(PLANTED[setup.test](planted, y)[0])):
                 setup.status[row] = STATUS["not_verified"]
                 continue
             with torch.no_grad():

@@ -10,7 +10,7 @@ PASS_RATE = 0.9
 """An attack that passes a test on fewer than this share of the images set up for it is weak."""
 
 CRITERION_WORDS = {"evaded": "M wrong, not flagged", "system": "deployed decision wrong",
-                   "inverted": "M wrong and flagged", "reclassification": "re-classification wrong"}
+                   "inverted": "M wrong (planted: flagged)", "reclassification": "re-classification wrong"}
 
 
 def format_active_tests(summary: Mapping[str, Any]) -> str:
@@ -23,7 +23,7 @@ def format_active_tests(summary: Mapping[str, Any]) -> str:
         from unmask.environment import describe_environment
 
         lines += [f"Run {summary.get('run', '?')}: {describe_environment(provenance)}.", ""]
-    return "\n".join(lines) + "\n" + active_tests_table(summary) + "\n" + active_setups_table(summary)
+    return "\n".join(lines) + "\n" + active_tests_table(summary) + active_setups_table(summary)
 
 
 def active_tests_table(summary: Mapping[str, Any]) -> str:
@@ -41,14 +41,14 @@ def active_tests_table(summary: Mapping[str, Any]) -> str:
                      f"{CRITERION_WORDS[row['criterion']]} | {row['set_up']} | {row['no_planted_solution']} | "
                      f"{row['setup_failed']} | {row['clean_already']} | {_share(row['passed'])} | "
                      f"{_share(row['random'])} | {verdict} |")
-    notes = [f"- {row['attack']} at ε = {row['epsilon']:g}, inverted test: on {row['evaded']} of {row['n_tested']} "
-             "images it returned an image with M wrong and *not* flagged (more than the test asks; not counted)"
+    notes = [f"- `{row['attack']}` at ε = {row['epsilon']:g}, inverted test: on {row['evaded']} of its "
+             f"{row['n_tested']} images M is wrong and the image *not* flagged (more than the planted kind)"
              for row in summary["rows"] if row["test"] == "inverted" and row.get("evaded")]
     weak = [f"`{row['attack']}` ({row['test']}, ε = {row['epsilon']:g})" for row in summary["rows"] if row["weak"]]
     lines += ["", f"An attack is weak where it passes on fewer than {summary['pass_rate']:.0%} of the images set up "
               "for it (images whose clean version already passes are left out). "
               + (f"Weak: {', '.join(weak)}." if weak else "No attack is weak.")]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n\n"
 
 
 def _share(measured: Mapping[str, float | int]) -> str:
