@@ -173,8 +173,9 @@ def build_part_extractor(
     """K as a torchvision ``MaskRCNN`` with ``NUM_CLASSES`` classes (label = part index + 1).
 
     - ``name``: ``slim`` or ``lean`` (from scratch; ``fpn_channels`` sets the FPN's width, 32 and
-      64 by default, ``image_size`` the input size and anchors) or ``resnet50-fpn`` (torchvision's v2 recipe at its own 800-pixel input
-      scale; ``image_size`` and ``fpn_channels`` do not apply).
+      64 by default, ``image_size`` the input size and anchors) or ``resnet50-fpn``
+      (torchvision's v2 recipe at its own 800-pixel input scale; ``image_size`` and
+      ``fpn_channels`` do not apply).
     - ``pretrained``: start ``resnet50-fpn`` from COCO weights, read from ``weights_path`` (a
       torch or safetensors file) or else torchvision's cache. Missing offline: a
       ``FileNotFoundError`` naming the file to fetch, or random weights with a WARNING line on
