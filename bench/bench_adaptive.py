@@ -300,7 +300,7 @@ def breakdown(args: argparse.Namespace, record: BenchmarkRecord) -> None:
     print(f"{'module':<26} {'ms':>8} {'share':>7}")
     for row in rows:
         print(f"{row['module']:<26} {row['ms']:>8.1f} {row['share %']:>6.1f}%")
-    record.table("breakdown", rows, description=f"one joint attack step at batch {batch} ({kind}, K {sources}): "
+    record.table("breakdown", rows, description=f"one joint attack step at batch {batch} ({kind}; {sources}): "
                                                 "profiled time per module, forward and backward")
     flops = step_flops(steps["joint"], images)
     seconds = time_per_image(steps["joint"], images, repeats=args.repeats, device=device)
