@@ -58,7 +58,9 @@ def test_joint_attack_at_64_evades_unmask(trained) -> None:
     images, labels = correct_sample(classifier, images, labels, per_class=2)
     target = make_target(classifier, part_model, k_threshold=K_THRESHOLD, detection_threshold=DETECTION_THRESHOLD,
                          class_set=ClassSet.named("cs5-2"))
-    result = adaptive_attack(target, images, labels, "joint_linf:64", AdaptiveOptions(steps=10, targets=2))
+    # 20 steps: with the slim K, 10 steps towards 2 targets evaded on 7 of these 10 images, 20 steps (or 10 towards 4
+    # targets) on all 10; APGD's step-size schedule is laid out over its steps, and 10 leave it little room
+    result = adaptive_attack(target, images, labels, "joint_linf:64", AdaptiveOptions(steps=20, targets=2))
     assert result.success.float().mean() >= 0.9
     assert ((result.images - images).abs().amax() * 255 <= 64 + 1e-3)
 
