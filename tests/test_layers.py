@@ -1,8 +1,9 @@
 """Data flows one way: configuration -> data -> models -> attacks -> training -> UnMask's rules ->
-metrics -> report -> experiment -> the library -> command line. No module imports from a layer
-after its own (function-level imports included), so each can be read, tested and reused without
-the ones after it. One exception, declared here: the package ``unmask`` exports the library's
-names lazily (PEP 562), importing ``unmask.protect`` inside its module ``__getattr__`` only."""
+metrics -> the decision rules -> report -> experiment -> the library -> command line. No module
+imports from a layer after its own (function-level imports included), so each can be read,
+tested and reused without the ones after it. One exception, declared here: the package
+``unmask`` exports the library's names lazily (PEP 562), importing ``unmask.protect`` inside its
+module ``__getattr__`` only."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("unmask.train",),
     ("unmask.defense",),
     ("unmask.metrics",),
+    ("unmask.rules",),
     ("unmask.evaluation",),
     ("unmask.report",),
     ("unmask.publish", "unmask.docs"),
