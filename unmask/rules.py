@@ -25,8 +25,9 @@ detector can claim (robust detection at ε gives a robust classifier at ε/2): t
 for whatever these rules measure.
 
 The white-box attacks know the deployed rule: ``DefenseTarget.rule`` hands them this object,
-whose ``decide`` is the hard pipeline's decision and whose ``gate_thresholds`` and
-``reclassifier_logits`` the attacks aim at (``unmask.attacks.adaptive``).
+whose ``hard`` is the hard pipeline's decision on their iterates (the joint attack's gate, every
+attack's surrogate verdict) and whose ``reclassifier_logits`` the re-classification attack
+aims at (``unmask.attacks.adaptive``); the judge applies ``decide``.
 """
 
 from __future__ import annotations
@@ -149,10 +150,15 @@ class DecisionRule:
         return dataclasses.replace(self, threshold=_threshold_after_forced(
             self.scores(validation), self.forced(validation), fpr), target_fpr=fpr)
 
-    def gate_thresholds(self, classes: torch.Tensor) -> torch.Tensor:
-        """The thresholds the attacks' surrogate meets when M says ``classes`` (n,), on their device."""
-        return torch.as_tensor(self.thresholds_of(classes.detach().cpu().numpy()), dtype=torch.float32,
-                               device=classes.device)
+    def hard(self, m: torch.Tensor, parts: torch.Tensor, part_scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``decide`` on tensors, for the attacks' surrogate (``DefenseTarget.rule``): M's classes
+        (n,), K's hard parts (n, 44) and their confidences -> ``score``, ``flagged``,
+        ``reclassified`` and ``deployed``, on ``m``'s device."""
+        found = Evidence(m.detach().cpu().numpy(), parts.detach().cpu().numpy(),
+                         part_scores.detach().cpu().double().clamp(0, 1).numpy())
+        decision = self.decide(found)
+        return {name: torch.as_tensor(getattr(decision, name), device=m.device)
+                for name in ("score", "flagged", "reclassified", "deployed")}
 
     def reclassifier_logits(self, presence: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor | None:
         """Differentiable logits of the re-classifier from K's soft presence and confidence

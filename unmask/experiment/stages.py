@@ -32,6 +32,7 @@ from unmask.models.classifier import ClassifierInference, InferenceOptions
 from unmask.models.part_extractor import PartExtractor
 from unmask.parts import ClassSet
 from unmask.provenance import bytes_digest, cached, digest, files_digest, tensors_digest
+from unmask.rules import DecisionRule, Evidence
 from unmask.runtime import Runtime, seed_everything
 from unmask.train.classifier import ClassifierSpec, load_trained_classifier, train_or_load_classifier
 from unmask.train.loop import WEIGHTS_FILE, ModelCache, read_history
@@ -287,24 +288,33 @@ def attacked_predictions(vector: AttackVector, images: torch.Tensor, labels: tor
 
 
 def hard_verdict(m_prediction: np.ndarray, parts: np.ndarray, class_set: ClassSet,
-                 detection_threshold: float) -> Verdict:
+                 detection_threshold: float, *, rule: DecisionRule | None = None,
+                 part_scores: np.ndarray | None = None) -> Verdict:
     """UnMask's rules on M's classes (N,) and K's part matrix (N, 44): the set-Jaccard detection
     score against M's class, flagged when it is at least ``detection_threshold``, and the
-    re-classification from the parts."""
+    re-classification from the parts. With a fixed ``rule`` (``unmask.rules``), that rule's
+    score, flag, re-classification and reject variant instead (``detection_threshold`` unused),
+    on K's ``part_scores`` too (the part classifier reads them)."""
+    if rule is not None:
+        decision = rule.decide(Evidence(m_prediction, parts, part_scores))
+        return Verdict(m_prediction=m_prediction, detection_score=decision.score, flagged=decision.flagged,
+                       unmask_prediction=decision.reclassified, parts=parts, reject=rule.reject)
     scores = detection_scores(parts, m_prediction, class_set)
     return Verdict(m_prediction=m_prediction, detection_score=scores, flagged=scores >= detection_threshold,
                    unmask_prediction=reclassify_batch(parts, class_set), parts=parts)
 
 
 def hard_judge(m: ClassifierInference, extractor: PartExtractor, class_set: ClassSet,
-               detection_threshold: float) -> Judge:
+               detection_threshold: float, *, rule: DecisionRule | None = None) -> Judge:
     """The real, non-differentiable pipeline as the adaptive attacks' judge: M's argmax, K's
     detection rule, UnMask's set-Jaccard detection score against ``detection_threshold`` and its
-    re-classification, on the images as given (the attacks pass 8-bit ones)."""
+    re-classification (or the deployed ``rule``'s decision), on the images as given (the attacks
+    pass 8-bit ones)."""
 
     def judge(images: torch.Tensor) -> Verdict:
         predictions = clean_predictions(images, m, None, extractor)
-        return hard_verdict(predictions.m, predictions.parts, class_set, detection_threshold)
+        return hard_verdict(predictions.m, predictions.parts, class_set, detection_threshold, rule=rule,
+                            part_scores=predictions.part_scores)
 
     return judge
 

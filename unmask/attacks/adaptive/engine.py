@@ -354,9 +354,21 @@ class GradientAttack(AdaptiveAttack):
         parts = self.view.hard_presence(outputs)
         return parts, soft_jaccard(parts.float(), self.class_parts)
 
+    def rule_decisions(self, classes: torch.Tensor, outputs: PartOutputs) -> dict[str, torch.Tensor]:
+        """The deployed rule (``target.rule``) on iterates were M to say ``classes``: K's hard
+        parts, with the soft presence where they are detected as their confidences."""
+        with torch.no_grad():
+            parts = self.view.hard_presence(outputs)
+            confidence = self.view.presence(outputs) * parts
+            return self.target.rule.hard(classes, parts, confidence)
+
     def hard_decisions(self, logits: torch.Tensor, outputs: PartOutputs) -> dict[str, torch.Tensor]:
         """The surrogate's exact copy of the hard pipeline on iterates: M's class, the detection
-        score against it, the flag, the re-classified class and the deployed decision."""
+        score against it, the flag, the re-classified class and the deployed decision (under the
+        deployed rule, ``target.rule``, when there is one)."""
+        if self.target.rule is not None:
+            predicted = logits.detach().argmax(1)
+            return {"m": predicted, **self.rule_decisions(predicted, outputs)}
         with torch.no_grad():
             predicted = logits.argmax(1)
             _, similarities = self.hard_similarities(outputs)

@@ -21,7 +21,9 @@ class JointAttack(GradientAttack):
         relu(max_{c != t} z_c - z_t + kappa) + lambda * g * (add V[t] + remove every part not in V[t])
 
     where the gate g is 1 while K's hard parts would get the image flagged were M to say t
-    (1 - J(V[t], parts) >= the detection threshold) and 0 once they would not: K's hinges stop
+    (1 - J(V[t], parts) >= the detection threshold; under another deployed rule,
+    ``target.rule``, that rule's flag: t's own threshold for ``per-class``, t also the best match
+    for ``agreement``) and 0 once they would not: K's hinges stop
     pushing once the parts are good enough, not only once every part of V[t] is there, so that
     M's margin is not drowned by hinges that no longer matter (sign steps for L-inf,
     L2-normalised steps for L2, on 8-bit iterates through a straight-through quantiser). Every
@@ -41,9 +43,13 @@ class JointAttack(GradientAttack):
         expected = self.class_parts[targets]
         loss = cw_margin(logits, targets, self.options.kappa)
         if run.weight > 0:
-            with torch.no_grad():
-                _, similarities = self.hard_similarities(outputs)
-                fits = 1.0 - similarities.gather(1, targets.view(-1, 1)).squeeze(1) < self.target.detection_threshold
+            if self.target.rule is not None:  # the deployed rule's flag were M to say t (per-class thresholds...)
+                fits = ~self.rule_decisions(targets, outputs)["flagged"].bool()
+            else:
+                with torch.no_grad():
+                    _, similarities = self.hard_similarities(outputs)
+                    fits = 1.0 - similarities.gather(1, targets.view(-1, 1)).squeeze(1) < \
+                        self.target.detection_threshold
             weight = run.weight * (~fits).to(loss)
             loss = loss + weight * self.view.hinge_loss(outputs, add=expected, remove=1 - expected)
         return self.fooling(batch, logits, outputs, rows, loss=loss)

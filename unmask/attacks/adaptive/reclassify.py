@@ -28,7 +28,9 @@ class ReclassifyAttack(GradientAttack):
       the true class on J~ / ``reclassify_temperature``, plus ``reclassify_hinge`` x K's hinges
       towards the currently best other class c* (add V[c*] - V[y], remove V[y] - V[c*]);
 
-    each ``options.restarts`` times, stopping per image at the first success. Success: the
+    each ``options.restarts`` times, stopping per image at the first success. Under a deployed
+    rule with a learned re-classifier (``part-classifier``, ``target.rule``) its logits on K's
+    soft presence and confidences replace the soft Jaccards. Success: the
     judge's re-classification is not y (no prediction, when every J is 0, counts: UnMask then
     has no answer). M is not used. Norm: L-inf or L2 (``reclassify_linf``, ``reclassify_l2``).
     """
@@ -38,8 +40,19 @@ class ReclassifyAttack(GradientAttack):
     targeted = True  # towards target classes first; the kept image's target is -1 when an untargeted run made it
     aims = "reclassification"
 
+    def learned_logits(self, indicator: torch.Tensor, presence: torch.Tensor) -> torch.Tensor | None:
+        """The deployed rule's own re-classifier logits from K's soft 0/1 presence and its
+        confidences (the ``part-classifier`` rule's), or None when it re-classifies by argmax J."""
+        rule = self.target.rule
+        return None if rule is None else rule.reclassifier_logits(indicator, presence * indicator)
+
+    def class_scores(self, indicator: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        """What plays the logits: the deployed re-classifier's logits, else the soft Jaccards."""
+        learned = self.learned_logits(indicator, presence)
+        return soft_jaccard(indicator, self.class_parts) if learned is None else learned
+
     def runs(self, batch: Batch) -> Iterator[Run]:
-        clean = soft_jaccard(batch.clean.parts_soft, self.class_parts)
+        clean = self.class_scores(batch.clean.parts_soft, batch.clean.presence)
         ranks = clean.scatter(1, batch.labels.view(-1, 1), float("-inf")).argsort(dim=1, descending=True,
                                                                                    stable=True)[:, :-1].cpu()
         for index, loss in enumerate(self.options.reclassify_losses):
@@ -61,7 +74,10 @@ class ReclassifyAttack(GradientAttack):
     def evaluate(self, batch: Batch, run: Run, x: torch.Tensor, x_q: torch.Tensor, rows: torch.Tensor) -> Evaluation:
         outputs = self.outputs(batch, x_q, rows)
         labels = batch.labels[rows]
-        similarities = soft_jaccard(self.view.indicator(self.view.presence(outputs)), self.class_parts)
+        presence = self.view.presence(outputs)
+        indicator = self.view.indicator(presence)
+        learned = self.learned_logits(indicator, presence)
+        similarities = soft_jaccard(indicator, self.class_parts) if learned is None else learned
         own = self.class_parts[labels]
         if run.loss == "targeted":
             targets = run.targets[rows].to(self.device)
@@ -70,14 +86,21 @@ class ReclassifyAttack(GradientAttack):
             goal = self.class_parts[targets]
             add, remove = goal, 1 - goal
         else:
-            loss = untargeted_loss(run.loss, similarities / self.options.reclassify_temperature, labels)
+            # the temperature sharpens Jaccards in [0, 1]; a learned re-classifier's logits are already logits
+            temperature = self.options.reclassify_temperature if learned is None else 1.0
+            loss = untargeted_loss(run.loss, similarities / temperature, labels)
             best_other = self.class_parts[similarities.detach().scatter(1, labels.view(-1, 1), float("-inf")).argmax(1)]
             add, remove = best_other * (1 - own), own * (1 - best_other)
         if self.options.reclassify_hinge > 0:
             loss = loss + self.options.reclassify_hinge * self.view.hinge_loss(outputs, add=add, remove=remove)
         with torch.no_grad():
-            _, hard = self.hard_similarities(outputs)
-            success = hard_reclassify(hard) != labels
+            parts, hard = self.hard_similarities(outputs)
+            if self.target.rule is not None:  # the deployed rule's re-classifier on K's hard evidence
+                success = self.rule_decisions(labels, outputs)["reclassified"] != labels
+                learned_hard = self.learned_logits(parts.float(), presence.detach())
+                hard = hard if learned_hard is None else learned_hard
+            else:
+                success = hard_reclassify(hard) != labels
             hard_gap = hard.scatter(1, labels.view(-1, 1), float("-inf")).amax(1) - hard.gather(
                 1, labels.view(-1, 1)).squeeze(1)
             failure_key = (-hard_gap - 1e-3 * loss.detach()).double()

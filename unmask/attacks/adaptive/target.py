@@ -10,7 +10,8 @@ package never imports them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torchvision.models.detection import MaskRCNN
 from unmask.constants import NO_PREDICTION
 from unmask.parts import PARTS
 
-__all__ = ["NO_PREDICTION", "DefenseTarget", "Judge", "Verdict"]
+__all__ = ["NO_PREDICTION", "DefenseTarget", "DeployedRule", "Judge", "Verdict"]
 
 
 def _as_tensor(value: object, dtype: torch.dtype) -> torch.Tensor:
@@ -34,10 +35,12 @@ class Verdict:
     """The hard pipeline's answer for N images (tensors or arrays; stored as CPU tensors).
 
     - ``m_prediction`` (N,) int64: M's class (class-set order).
-    - ``detection_score`` (N,) float: 1 - set Jaccard of V[M's class] with K's hard parts.
-    - ``flagged`` (N,) bool: ``detection_score >= detection_threshold``.
+    - ``detection_score`` (N,) float: 1 - set Jaccard of V[M's class] with K's hard parts (the
+      deployed rule's score, ``unmask.rules``).
+    - ``flagged`` (N,) bool: ``detection_score >= detection_threshold`` (the deployed rule's flag).
     - ``unmask_prediction`` (N,) int64: UnMask's re-classification, ``NO_PREDICTION`` (-1) if none.
     - ``parts`` (N, 44) bool: K's hard part sets.
+    - ``reject`` (keyword): the deployed rule gives a flagged image no class (``deployed``).
     """
 
     m_prediction: torch.Tensor
@@ -45,6 +48,7 @@ class Verdict:
     flagged: torch.Tensor
     unmask_prediction: torch.Tensor
     parts: torch.Tensor
+    reject: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         converted = {
@@ -54,6 +58,7 @@ class Verdict:
             "unmask_prediction": _as_tensor(self.unmask_prediction, torch.int64),
             "parts": _as_tensor(self.parts, torch.bool),
         }
+        object.__setattr__(self, "reject", bool(self.reject))
         n = len(converted["m_prediction"])
         for name, value in converted.items():
             expected = (n, len(PARTS)) if name == "parts" else (n,)
@@ -71,8 +76,25 @@ class Verdict:
     @property
     def deployed(self) -> torch.Tensor:
         """(N,) int64: the class UnMask answers: M's unless the image is flagged, else the
-        re-classified one (``NO_PREDICTION`` when that has none)."""
-        return torch.where(self.flagged, self.unmask_prediction, self.m_prediction)
+        re-classified one (``NO_PREDICTION`` when that has none, or under ``reject``)."""
+        fallback = torch.full_like(self.unmask_prediction, NO_PREDICTION) if self.reject else self.unmask_prediction
+        return torch.where(self.flagged, fallback, self.m_prediction)
+
+
+class DeployedRule(Protocol):
+    """The decision rule the defense deploys, as the white-box attacker knows it
+    (``unmask.rules.DecisionRule``, injected: this package never imports the rules)."""
+
+    reject: bool
+
+    def hard(self, m: torch.Tensor, parts: torch.Tensor, part_scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The hard decision for M's classes (n,), K's hard parts (n, 44) and their confidences:
+        ``score``, ``flagged``, ``reclassified``, ``deployed``."""
+        ...
+
+    def reclassifier_logits(self, presence: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor | None:
+        """Differentiable re-classifier logits (n, C), or None when it is argmax J."""
+        ...
 
 
 Judge = Callable[[torch.Tensor], Verdict]
@@ -92,6 +114,9 @@ class DefenseTarget:
     - ``k_score_threshold``: the score threshold of ``part_model``'s detection rule.
     - ``detection_threshold``: the detection-score threshold (flagged: score >= it).
     - ``judge``: the hard pipeline (see ``Judge``); decides success and which iterate is kept.
+    - ``rule``: the deployed decision rule (``DeployedRule``), which the surrogate's verdicts,
+      the joint attack's gate and the re-classification attack's logits follow; None: the
+      paper's rule against ``detection_threshold``. The judge must apply the same rule.
     """
 
     classifier: nn.Module
@@ -100,6 +125,7 @@ class DefenseTarget:
     k_score_threshold: float
     detection_threshold: float
     judge: Judge
+    rule: DeployedRule | None = None
 
     def __post_init__(self) -> None:
         class_parts = _as_tensor(self.class_parts, torch.float32)
