@@ -57,7 +57,7 @@ class Choices:
 def option(default: Any, help: str, *, group: str | None = None, aliases: tuple[str, ...] = (),  # noqa: A002
            choices: Choices | None = None, at_least: float | None = None, above: float | None = None,
            at_most: float | None = None, below: float | None = None, reason: str = "", results: bool = True,
-           to: str | None = None) -> Any:
+           to: str | None = None, named_when_set: bool = False) -> Any:
     """A configuration field and everything it means, declared in one place:
 
     - ``help`` (``--help``), ``group`` (starts a new group of options there), ``aliases`` (more flags);
@@ -67,10 +67,14 @@ def option(default: Any, help: str, *, group: str | None = None, aliases: tuple[
     - ``results``: False for options that never change a run's numbers (left out of the run's
       name and of its saved configuration);
     - ``to``: ``"<component>.<field>"``, the field of a component's options object it sets
-      (``Config.options_for``), so that a new option of a component is this one line.
+      (``Config.options_for``), so that a new option of a component is this one line;
+    - ``named_when_set``: a result option left out of the run's name and records while it has
+      its default, so that the runs made before the option existed (which all had that
+      behaviour) keep their names and cached results.
     """
     metadata = {"help": help, "group": group, "aliases": aliases, "choices": choices, "at_least": at_least,
-                "above": above, "at_most": at_most, "below": below, "reason": reason, "results": results, "to": to}
+                "above": above, "at_most": at_most, "below": below, "reason": reason, "results": results, "to": to,
+                "named_when_set": named_when_set or None}
     metadata = {key: value for key, value in metadata.items() if value is not None}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=metadata)
@@ -356,6 +360,18 @@ class Config:
     detection_fpr: float = option(0.10, "Target false-positive rate for the detection threshold, fixed on "
                                   "the clean validation split.", group="evaluation", at_least=0, at_most=1)
     eval_max_images: int = option(0, "Evaluate at most this many test images (0: all).", at_least=0)
+    decision_rule: str = option("paper", "UnMask's deployed decision rule (docs/decision-rules.md), each fixed on the "
+                                "clean validation images at the stated FPR and known to the white-box attacks: "
+                                "paper (the paper's Jaccard threshold), agreement (also flag when M's class is not "
+                                "the best match of K's parts), per-class (one threshold per M class), "
+                                "part-classifier (a classifier on K's part evidence, trained on K's outputs for the "
+                                "clean training images, re-classifies and must agree with M).",
+                                choices=Choices("unmask.rules:DECISION_RULES", "decision rule"),
+                                to="decision.rule", named_when_set=True)
+    flagged_decision: str = option("reclassify", "What a flagged image gets: reclassify (the rule's re-classified "
+                                   "class, the paper's) or reject (no class: a detector's answer).",
+                                   choices=Choices("unmask.rules:FLAGGED_DECISIONS", "decision"),
+                                   to="decision.flagged", named_when_set=True)
     grid_class_sets: tuple[str, ...] = option(("cs3-1", "cs3-2", "cs5-1", "cs5-2"), "Class sets of --grid.",
                                               choices=_CLASS_SETS, results=False)
     grid_models: tuple[str, ...] = option(("compact", "resnet18"), "Models M of --grid.", choices=_CLASSIFIERS,
@@ -376,7 +392,9 @@ class Config:
     def results(self) -> dict[str, Any]:
         """The options that determine a run's numbers (``results`` not declared False), by name."""
         return {config_field.name: getattr(self, config_field.name) for config_field in dataclasses.fields(self)
-                if config_field.metadata.get("results", True)}
+                if config_field.metadata.get("results", True)
+                and not (config_field.metadata.get("named_when_set")
+                         and getattr(self, config_field.name) == config_field.default)}
 
 
 PROFILES: dict[str, dict[str, object]] = {

@@ -29,7 +29,7 @@ CHANGED = {
     "k_adv_losses": ("training", "vanish"), "k_adv_target": "nearest", "k_adv_clean_weight": 0.5, "k_adv_trades": 2.0,
     "k_adv_epochs": 3, "k_adv_lr": 0.01,
     "active_inner_points": 64, "active_k_inner_points": 8, "active_closeness": 0.5, "active_random_samples": 10,
-    "active_plant_steps": 50, "active_plant_targets": 0,
+    "active_plant_steps": 50, "active_plant_targets": 0, "decision_rule": "agreement", "flagged_decision": "reject",
 }
 SWITCHED_ON = {"k_adv_training": True}
 """The options without a component field that make a component exist (the robust K's recipe)."""
@@ -38,6 +38,7 @@ COMPONENTS = {
     "adversarial": lambda plan: plan.adv_trained.training.adversarial, "k_training": lambda plan: plan.k.training,
     "k_rule": lambda plan: plan.k.rule, "attack": lambda plan: plan.attack, "adaptive": lambda plan: plan.adaptive.options,
     "k_adversarial": lambda plan: plan.k_robust, "active": lambda plan: plan.active.options,
+    "decision": lambda plan: plan.evaluation.decision,
 }
 
 
@@ -163,6 +164,26 @@ def test_the_run_name_changes_with_every_result_option_and_with_no_other():
         changes = plan.run_name != base
         assert changes == config_field.metadata.get("results", True), config_field.name
     assert build_plan(resolve_config(overrides={"run_name": "mine"})).run_name == "mine"
+
+
+def test_the_decision_rule_names_a_run_only_when_it_is_not_the_papers():
+    """Runs made before the rules existed keep their names (and cached results): the default rule
+    is left out of the name and records; every other rule and the reject variant change both."""
+    base = build_plan(resolve_config())
+    assert "decision_rule" not in base.results and "flagged_decision" not in base.results
+    assert base.evaluation.decision.is_paper and base.evaluation.decision.key() == {}
+    names = {base.run_name}
+    for overrides in ({"decision_rule": "agreement"}, {"decision_rule": "per-class"},
+                      {"decision_rule": "part-classifier"}, {"flagged_decision": "reject"},
+                      {"decision_rule": "agreement", "flagged_decision": "reject"}):
+        plan = build_plan(resolve_config(overrides=overrides))
+        assert plan.results.get("decision_rule", "paper") == overrides.get("decision_rule", "paper")
+        assert plan.evaluation.decision.key() == {"decision_rule": overrides.get("decision_rule", "paper"),
+                                                  "flagged": overrides.get("flagged_decision", "reclassify")}
+        names.add(plan.run_name)
+    assert len(names) == 6
+    with pytest.raises(ConfigError, match="decision rule"):
+        build_plan(resolve_config(overrides={"decision_rule": "majority"}))
 
 
 def test_the_grid_is_every_class_set_and_model_with_and_without_adversarial_training():

@@ -3,6 +3,8 @@ answers the tests choose (so every expected number is worked out by hand)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,42 @@ def test_the_package_exports_the_library_lazily():
     assert unmask.UnMask is UnMask
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         unmask.Nope  # noqa: B018
+
+
+# --- the deployed decision rule (unmask.rules) --------------------------------------------------
+
+
+def test_the_agreement_rule_flags_what_the_papers_threshold_lets_through():
+    """Image 1 (M car, 8 of a car's 11 parts) and image 4 (M train, 5 of its 7 parts and a hand)
+    pass the paper's threshold 0.5 and their parts best match M's class: agreement leaves them.
+    Images 2, 3 and 5 are flagged by both; none where only agreement differs here, so add one:
+    M says car on a train's parts plus most of a car's (car passes 0.5, train matches better)."""
+    paper, agreement = make(threshold=0.5), make(threshold=0.5, rule="agreement")
+    images = numbered(6)
+    assert torch.equal(paper(images).flagged, agreement(images).flagged)
+    lying = sorted(CAR - {"headlight"})[:6] + sorted(TRAIN)  # J(car) = 7/17, J(train) = 7/13
+    defense = UnMask(Says(one_hot([0])), lambda images: [set(lying)] * len(images), "cs3-1", threshold=0.6,
+                     rule="agreement")
+    result = defense(numbered(1))
+    assert result.detection_score[0] < 0.6 and result.flagged[0]
+    assert result.decision.tolist() == [2]  # re-classified as the better match, train
+    assert not UnMask(Says(one_hot([0])), lambda images: [set(lying)] * len(images), "cs3-1",
+                      threshold=0.6)(numbered(1)).flagged[0]
+
+
+def test_a_rule_fixes_its_own_thresholds_and_rejects_when_asked():
+    defense = make(rule="per-class")
+    with pytest.raises(ValueError, match="no detection threshold yet"):
+        defense(numbered(6))
+    defense.rule = dataclasses.replace(defense.rule, min_images=1)
+    defense.fix_threshold(numbered(6), fpr=0.5)
+    assert len(defense.rule.class_thresholds) == 3 and defense.rule.target_fpr == 0.5
+    flagged = defense(numbered(6)).flagged
+    assert flagged.float().mean() <= 0.5
+    rejecting = make(rule=defense.rule, decision="reject")
+    result = rejecting(numbered(6))
+    assert torch.equal(result.flagged, flagged)
+    assert (result.decision[result.flagged] == NO_PREDICTION).all()
+    assert torch.equal(result.deployed, result.decision)
+    with pytest.raises(ValueError, match="unknown decision rule"):
+        make(rule="majority")

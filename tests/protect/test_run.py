@@ -119,3 +119,14 @@ def test_a_folder_that_is_not_a_finished_run_is_named(tmp_path):
 def test_the_run_draws_its_training_curves(tiny_run):
     for extension in ("png", "pdf"):
         assert (tiny_run / f"training.{extension}").stat().st_size > 1000
+
+
+def test_the_runs_decision_rule_is_fixed_as_the_run_fixed_its_threshold(tiny_run):
+    """A run made with the paper's rule deploys it: ``FinishedRun.rule`` fixes it on the run's
+    validation predictions at the run's threshold; a rule asked for by name fixes its own."""
+    run = FinishedRun.open(tiny_run)
+    rule = run.rule()
+    assert rule.name == "paper" and not rule.reject and rule.threshold == run.threshold()
+    assert run.rule(0.2).threshold == run.threshold(0.2)
+    defense = UnMask.from_run(run)
+    assert defense.rule is None and defense.threshold == run.threshold()

@@ -67,15 +67,40 @@ class PascalPartSpec:
 
 
 @dataclass(frozen=True)
+class DecisionSpec:
+    """UnMask's deployed decision: the rule (``unmask.rules.DECISION_RULES``) and what a flagged
+    image gets (``unmask.rules.FLAGGED_DECISIONS``). The default is the paper's."""
+
+    rule: str = "paper"
+    flagged: str = "reclassify"
+
+    @property
+    def reject(self) -> bool:
+        return self.flagged == "reject"
+
+    @property
+    def is_paper(self) -> bool:
+        """The paper's rule and re-classification: every path runs as before the rules existed."""
+        return self.rule == "paper" and not self.reject
+
+    def key(self) -> dict[str, str]:
+        """What a saved result judged by the rule depends on: empty for the paper's decision, so
+        the results saved before the rules existed are reused."""
+        return {} if self.is_paper else {"decision_rule": self.rule, "flagged": self.flagged}
+
+
+@dataclass(frozen=True)
 class EvaluationSpec:
     """How the attacked predictions are made and judged: detection thresholds fixed on clean
     validation images at ``detection_fpr``; at most ``max_images`` test images (0: all), drawn
-    with ``seed``; images computed (and sharded over processes) in batches of ``batch_size``."""
+    with ``seed``; images computed (and sharded over processes) in batches of ``batch_size``;
+    ``decision``: the deployed decision rule."""
 
     detection_fpr: float
     max_images: int
     seed: int
     batch_size: int
+    decision: DecisionSpec = DecisionSpec()
 
 
 @dataclass(frozen=True)
@@ -374,7 +399,8 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
         m=adversarial if config.m_adv_trained else standard,
         adv_trained=adversarial if config.adv_training else None,
         k=k, vectors=vectors, attack=attack,
-        evaluation=EvaluationSpec(config.detection_fpr, config.eval_max_images, config.seed, config.attack_batch_size),
+        evaluation=EvaluationSpec(config.detection_fpr, config.eval_max_images, config.seed, config.attack_batch_size,
+                                  DecisionSpec(**config.options_for("decision"))),
         adaptive=adaptive,
         m_checkpoint=Path(config.m_checkpoint) if config.m_checkpoint else None,
         k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,

@@ -11,6 +11,7 @@ function of images that returns part sets), so the numbers are those of ``per_im
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +33,7 @@ from unmask.models.part_extractor import PartExtractor
 from unmask.parts import PARTS, ClassSet
 from unmask.protect.run import FinishedRun
 from unmask.protect.stand_in import StandIn
+from unmask.rules import DecisionRule, Evidence, decision_rule
 
 DECISIONS: tuple[str, ...] = ("reclassify", "reject")
 """What UnMask does with a flagged image: give its re-classified class (the paper's defense), or
@@ -114,13 +116,17 @@ class UnMask:
     in its order; or a ``ClassifierInference``) with ``part_extractor`` (K, a ``PartSource``).
 
     ``threshold``: the detection threshold (flagged: score >= it); None until ``fix_threshold``
-    fixes it on clean images. ``decision``: what a flagged image gets (``DECISIONS``). Calls run
-    batched on the models' devices without gradients and return an ``UnMaskResult``.
+    fixes it on clean images. ``decision``: what a flagged image gets (``DECISIONS``). ``rule``:
+    the deployed decision rule (``unmask.rules``), a name of ``DECISION_RULES`` or a
+    ``DecisionRule`` (e.g. a ``PartClassifierRule`` with its trained classifier); ``paper``, the
+    default, is the paper's rule. ``fix_threshold`` fixes the rule's thresholds (all of them, for
+    ``per-class``). Calls run batched on the models' devices without gradients and return an
+    ``UnMaskResult``.
     """
 
     def __init__(self, classifier: nn.Module | ClassifierInference, part_extractor: PartSource,
                  class_set: ClassSet | str | Sequence[str], *, threshold: float | None = None,
-                 decision: str = "reclassify") -> None:
+                 decision: str = "reclassify", rule: str | DecisionRule = "paper") -> None:
         if decision not in DECISIONS:
             raise ValueError(f"unknown decision {decision!r}; expected one of: {', '.join(DECISIONS)}")
         if threshold is not None and not math.isfinite(threshold):
@@ -131,17 +137,40 @@ class UnMask:
             ClassSet.named(class_set) if isinstance(class_set, str) else ClassSet.of(class_set))
         self.threshold = threshold
         self.decision = decision
+        self.rule = self._rule(rule, threshold)
+        if self.rule is not None and threshold is None and not math.isnan(self.rule.threshold):
+            self.threshold = self.rule.threshold  # a rule fixed already (FinishedRun.rule)
         self._outputs_checked = False
+
+    def _rule(self, rule: str | DecisionRule, threshold: float | None) -> DecisionRule | None:
+        """The deployed rule with this UnMask's reject variant and threshold (None: the paper's
+        rule by name, which runs the paper's path unchanged)."""
+        if isinstance(rule, str):
+            if rule == "paper":
+                return None
+            rule = decision_rule(rule, self.class_set)
+        if rule.class_set.classes != self.class_set.classes:
+            raise ValueError(f"the decision rule is for the classes {', '.join(rule.class_set.classes)}, not "
+                             f"{', '.join(self.class_set.classes)}")
+        rule = dataclasses.replace(rule, reject=self.decision == "reject")
+        return rule if threshold is None else dataclasses.replace(rule, threshold=threshold)
 
     @classmethod
     def from_run(cls, run: FinishedRun | str | Path, *, fpr: float | None = None, device: str | torch.device = "cpu",
-                 decision: str = "reclassify") -> UnMask:
+                 decision: str | None = None) -> UnMask:
         """The UnMask of a finished ``python main.py`` run (its folder, or a ``FinishedRun``): its
         M (the adversarially trained one with ``--m-adv-trained``), K with its detection rule,
         class set, and the detection threshold it fixed at ``fpr`` (None: the run's
-        ``--detection-fpr``), on ``device`` (a ``FinishedRun`` keeps its own)."""
+        ``--detection-fpr``), on ``device`` (a ``FinishedRun`` keeps its own). ``decision``:
+        None, the run's own (``--flagged-decision``). A run made with another decision rule
+        (``--decision-rule``) deploys that rule, fixed on the run's validation predictions."""
         run = run if isinstance(run, FinishedRun) else FinishedRun.open(run, device=device)
-        return cls(run.classifier, run.part_extractor, run.class_set, threshold=run.threshold(fpr), decision=decision)
+        spec = run.plan.evaluation.decision
+        decision = spec.flagged if decision is None else decision
+        if spec.rule == "paper":
+            return cls(run.classifier, run.part_extractor, run.class_set, threshold=run.threshold(fpr),
+                       decision=decision)
+        return cls(run.classifier, run.part_extractor, run.class_set, decision=decision, rule=run.rule(fpr))
 
     # --- the pipeline -----------------------------------------------------------------------
 
@@ -170,8 +199,22 @@ class UnMask:
         threshold = self.required_threshold() if threshold is None else threshold
         self._check_images(images)
         self._check_outputs(images)
+        if self.rule is not None:
+            found = self._evidence(images)
+            rule = self.rule if threshold == self.rule.threshold else dataclasses.replace(self.rule, threshold=threshold)
+            return hard_verdict(found.m, found.parts, self.class_set, threshold, rule=rule,
+                                part_scores=found.part_scores)
         return hard_verdict(self.classifier.predict(images).cpu().numpy(), self.parts(images), self.class_set,
                             threshold)
+
+    def _evidence(self, images: torch.Tensor) -> Evidence:
+        """M's classes and K's parts of ``images``, the rules' evidence (with K's confidences
+        when K is a ``PartExtractor``; else its parts stand for them)."""
+        m = self.classifier.predict(images).cpu().numpy()
+        if isinstance(self.part_extractor, PartExtractor):
+            extraction = self.part_extractor.extract(images)
+            return Evidence(m, extraction.parts, extraction.part_scores)
+        return Evidence(m, self.parts(images))
 
     @staticmethod
     def _check_images(images: torch.Tensor) -> None:
@@ -217,7 +260,8 @@ class UnMask:
             torch.full_like(verdict.unmask_prediction, NO_PREDICTION)
         decision = torch.where(verdict.flagged, reclassified, verdict.m_prediction)
         return UnMaskResult(verdict.m_prediction, verdict.detection_score, verdict.flagged, verdict.unmask_prediction,
-                            verdict.parts, decision, self.class_set, self.required_threshold())
+                            verdict.parts, decision, self.class_set, self.required_threshold(),
+                            reject=self.decision == "reject")
 
     def judge(self, images: torch.Tensor) -> UnMaskResult:
         """The real pipeline on ``images`` rounded to 8 bits, as an attacked image is once saved:
@@ -226,12 +270,18 @@ class UnMask:
         return self(to_8bit(images))
 
     def fix_threshold(self, clean_images: torch.Tensor, *, fpr: float = 0.1) -> float:
-        """Fix the detection threshold on ``clean_images`` so that at most ``fpr`` of them are
-        flagged (the smallest such threshold: ``unmask.metrics.threshold_at_fpr``), scored against
+        """Fix the detection threshold (or the deployed rule's thresholds) on ``clean_images`` so
+        that at most ``fpr`` of them are flagged (the smallest such threshold: ``unmask.metrics.threshold_at_fpr``), scored against
         M's own predictions, as the experiment does on its clean validation images; returns it.
         Warns (``UserWarning``, naming the scores' range) when the threshold can flag no image at
         all (it is above the largest score, 1: typically an M that does not know the class set)
         or flags every clean image."""
+        if self.rule is not None:  # the deployed rule fixes its own thresholds (forced flags first)
+            self._check_images(clean_images)
+            self._check_outputs(clean_images)
+            self.rule = self.rule.fixed(self._evidence(clean_images), fpr=fpr)
+            self.threshold = self.rule.threshold
+            return self.threshold
         scores = self.verdict(clean_images, threshold=math.inf).detection_score.numpy()
         self.threshold = threshold_at_fpr(scores, fpr)
         flagged = int((scores >= self.threshold).sum())

@@ -34,6 +34,7 @@ from unmask.models.classifier import ClassifierInference, InferenceOptions
 from unmask.models.part_extractor import PartExtractor
 from unmask.parts import ClassSet
 from unmask.provenance import read_stamp, tensors_digest
+from unmask.rules import DecisionRule, Evidence, decision_rule
 from unmask.train.classifier import load_classifier_file, load_trained_classifier
 from unmask.train.loop import WEIGHTS_FILE
 
@@ -212,6 +213,23 @@ class FinishedRun:
         if not path.is_file():
             raise RunFolderError(f"{path} is missing; expected the run's clean validation predictions")
         return fix_thresholds(Scored.of(Predictions.load(path), self.class_set), fpr).set_jaccard
+
+    def rule(self, fpr: float | None = None) -> DecisionRule:
+        """The decision rule the run deployed (``--decision-rule``, ``--flagged-decision``), fixed
+        at ``fpr`` (None: the run's ``--detection-fpr``) on the run's saved clean validation
+        predictions, as the run fixed it. The part-classifier rule also needs K's outputs on the
+        training images, which a run does not save: build it with ``train_part_classifier``."""
+        spec, fpr = self.plan.evaluation.decision, self.plan.evaluation.detection_fpr if fpr is None else fpr
+        if spec.rule == "part-classifier":
+            raise RunFolderError("the part-classifier rule is trained on K's outputs for the training images, which "
+                                 "the run folder does not keep: build PartClassifierRule(classifier="
+                                 "train_part_classifier(...)) and pass it as UnMask(..., rule=)")
+        path = RunFolder(self.folder).validation
+        if not path.is_file():
+            raise RunFolderError(f"{path} is missing; expected the run's clean validation predictions")
+        predictions = Predictions.load(path)
+        return decision_rule(spec.rule, self.class_set, reject=spec.reject).fixed(
+            Evidence(predictions.m, predictions.parts, predictions.part_scores), fpr=fpr)
 
     def images(self, split: str = "test") -> ImageSet:
         """``split``'s images (in [0, 1]), labels and file names: for ``test`` the images the run
