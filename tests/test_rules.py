@@ -165,3 +165,21 @@ def test_an_unfixed_rule_refuses_to_decide():
         decision_rule("majority", CLASS_SET)
     assert math.isnan(PaperRule(class_set=CLASS_SET).threshold)
     assert tuple(DECISION_RULES) == ("paper", "agreement", "per-class", "part-classifier")
+
+
+def test_each_rules_ceiling_is_the_share_another_class_passes_it_with_clean_parts():
+    """For the paper's rule it is ``unflagged_wrong_class`` of ``unmask.defense``; agreement closes
+    it wherever the true class is the parts' only best match."""
+    from unmask.defense import unflagged_wrong_class
+
+    found, labels = random_evidence(300, seed=8)
+    paper = PaperRule(class_set=CLASS_SET).fixed(found, fpr=0.1)
+    np.testing.assert_array_equal(paper.unflagged_wrong_class(found, labels),
+                                  unflagged_wrong_class(found.parts, labels, CLASS_SET, paper.threshold))
+    agreement = AgreementRule(class_set=CLASS_SET).fixed(found, fpr=0.1)
+    similarities = agreement.similarities(found)
+    own = similarities[np.arange(len(labels)), labels]
+    others = similarities.copy()
+    others[np.arange(len(labels)), labels] = -1
+    only_best = own > others.max(axis=1)
+    assert not agreement.unflagged_wrong_class(found, labels)[only_best].any()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unmask.defense import detection_scores, reclassify_batch
+from unmask.defense import NO_PREDICTION, detection_scores, reclassify_batch
 from unmask.io import atomic_path
 from unmask.metrics import RocCurve, accuracy, detection_pairs, rates_at_threshold, roc, threshold_at_fpr
 from unmask.parts import ClassSet
@@ -219,18 +219,22 @@ class Outcomes:
 
 def attack_outcomes(labels: np.ndarray, m: np.ndarray, *, detection: np.ndarray | None = None,
                     reclassified: np.ndarray | None = None, threshold: float | None = None,
-                    clean_detection: np.ndarray | None = None) -> Outcomes:
+                    clean_detection: np.ndarray | None = None, flagged: np.ndarray | None = None,
+                    clean_flagged: np.ndarray | None = None, reject: bool = False) -> Outcomes:
     """The ``Outcomes`` of attacked images from M's classes and, for UnMask, their detection
     scores and re-classified classes, the detection threshold (flagged: score >= it) and the
-    clean images' detection scores (None for M alone)."""
+    clean images' detection scores (None for M alone). A deployed decision rule other than the
+    paper's (``unmask.rules``) gives its own ``flagged`` and ``clean_flagged`` instead, and
+    ``reject``: a flagged image gets no class."""
     labels, m = np.asarray(labels), np.asarray(m)
     m_right = m == labels
     if detection is None:
         return Outcomes(evaded=~m_right, handled=m_right, reclassification=None, system=m_right, m=m_right)
-    flagged = np.asarray(detection) >= threshold
-    clean_flagged = np.asarray(clean_detection) >= threshold
+    flagged = np.asarray(detection) >= threshold if flagged is None else np.asarray(flagged, dtype=bool)
+    clean_flagged = np.asarray(clean_detection) >= threshold if clean_flagged is None else \
+        np.asarray(clean_flagged, dtype=bool)
     reclassified = np.asarray(reclassified)
-    deployed = np.where(flagged, reclassified, m)
+    deployed = np.where(flagged, np.full_like(reclassified, NO_PREDICTION) if reject else reclassified, m)
     return Outcomes(evaded=~m_right & ~flagged, handled=~clean_flagged & (m_right | flagged),
                     reclassification=reclassified == labels, system=deployed == labels, m=m_right)
 

@@ -165,6 +165,18 @@ class DecisionRule:
         (n, 44), for the attacks; None: the re-classifier is argmax J (the attacks' soft Jaccard)."""
         return None
 
+    def unflagged_wrong_class(self, evidence: Evidence, labels: np.ndarray) -> np.ndarray:
+        """(N,) bool: whether some class other than an image's label would not be flagged, were M
+        to say it, with these parts (``evidence.m`` is ignored). An attacker who moves M alone to
+        that class beats this rule even if K's parts never move: this rule's ceiling for any K
+        (``unmask.defense.unflagged_wrong_class`` for the paper's rule)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        open_ = np.zeros(len(evidence), dtype=bool)
+        for c in range(len(self.class_set)):
+            said = Evidence(np.full(len(evidence), c), evidence.parts, evidence.part_scores)
+            open_ |= (labels != c) & ~self.decide(said).flagged
+        return open_
+
     @property
     def label(self) -> str:
         """The rule's name, with ``+reject`` for the reject variant (run names, tables)."""

@@ -209,11 +209,12 @@ class _PartExtractor:
 class _Evaluator:
     """What ``adaptive_evaluation`` reads of an ``Evaluator``, with the stand-ins' predictions."""
 
-    def __init__(self, path):
+    def __init__(self, path, decision=None):
         from types import SimpleNamespace
 
         import torch
 
+        from unmask.experiment.plan import DecisionSpec
         from unmask.parts import ClassSet
 
         self.class_set = ClassSet.named("cs3-1")
@@ -224,7 +225,8 @@ class _Evaluator:
         self.validation_images = SimpleNamespace(images=images, labels=labels, fingerprint={"data": "val"})
         self.m, self.adv_trained = _Classifier("M"), None
         self.k, self.k_robust = _PartExtractor("K", every_part=True), _PartExtractor("robust K", every_part=False)
-        self.folder, self.spec, self.clean_files = SimpleNamespace(path=path), SimpleNamespace(seed=0, batch_size=4), []
+        self.folder, self.clean_files = SimpleNamespace(path=path), []
+        self.spec = SimpleNamespace(seed=0, batch_size=4, decision=decision or DecisionSpec())
         self.runtime = SimpleNamespace(progress=False)
 
     @property
@@ -270,7 +272,7 @@ def test_unmask_r_is_attacked_and_judged_with_its_own_k_and_thresholds(tmp_path,
     evaluator = _Evaluator(tmp_path)
     attacked_with, judged_by = [], []
 
-    def hard_judge(m, extractor, class_set, threshold):
+    def hard_judge(m, extractor, class_set, threshold):  # the paper's decision: called as before the rules
         judged_by.append((extractor.model, threshold))
 
         def judge(images):
@@ -340,7 +342,8 @@ def test_an_image_broken_at_a_smaller_budget_is_not_attacked_again(monkeypatch):
     for epsilon in (8, 16):
         rows += sequence.attack_sequence(
             SimpleNamespace(labels=LABELS, class_set=SimpleNamespace(classes=("a", "b", "c"))), _spec(), EVERY,
-            np.arange(0), rows, [ADAPTIVE_ATTACKS.vector("joint_linf", epsilon)], SimpleNamespace(name="UnMask", k="K"),
+            np.arange(0), rows, [ADAPTIVE_ATTACKS.vector("joint_linf", epsilon)],
+            SimpleNamespace(name="UnMask", k="K", clean=None),
             "white-box", 0.1, 1, THRESHOLD, None, THRESHOLD, CLEAN_DETECTION)
     assert attacked == [("joint_linf:8", list(range(8))), ("joint_linf:16", list(range(1, 8)))]
     assert [row.positions.tolist() for row in rows] == [list(range(8)), list(range(1, 8))]
@@ -386,3 +389,63 @@ def test_the_saved_key_carries_the_attack_s_revision(monkeypatch, tmp_path):
         sequence.attacked(evaluator, spec, EVERY, np.arange(8), vector, defense, "white-box", None, None, None, None)
     assert "revision" not in keys[0]["attack"] and keys[1]["attack"]["revision"] == 2
     assert {name: value for name, value in keys[1]["attack"].items() if name != "revision"} == keys[0]["attack"]
+
+
+def test_a_deployed_rule_judges_every_row_and_keys_every_saved_result(tmp_path, monkeypatch):
+    """With ``--decision-rule agreement`` each UnMask-like defense fixes the rule on its own clean
+    validation images, the judge and the attacker get it, the rows are judged by its flags (here
+    M is fooled to a class its parts do not best match, so agreement flags what the paper's
+    threshold might not), the saved results are keyed by it, and the clean figures and the
+    ceiling are the rule's."""
+    import torch
+
+    from unmask.attacks import AttackOptions
+    from unmask.attacks.adaptive import ADAPTIVE_ATTACKS, AdaptiveOptions
+    from unmask.experiment.adaptive import adaptive_evaluation
+    from unmask.experiment.plan import AdaptiveSpec, DecisionSpec
+    from unmask.experiment.stages import hard_verdict
+    from unmask.rules import AgreementRule
+
+    evaluator = _Evaluator(tmp_path, DecisionSpec("agreement", "reject"))
+    rules_seen, keys = [], []
+
+    def hard_judge(m, extractor, class_set, threshold, *, rule=None):
+        rules_seen.append(rule)
+        k = evaluator.k if extractor is evaluator.k.extractor else evaluator.k_robust
+
+        def judge(images):
+            labels = m.predict(images).numpy()
+            fooled = (labels + 1) % 3  # M says the next class; K still sees the true class's parts
+            parts = k.parts(labels, class_set)
+            return hard_verdict(fooled, parts, class_set, threshold, rule=rule, part_scores=parts.astype(float))
+
+        return judge
+
+    def adaptive_attack(target, images, labels, vector, options, *, indices):
+        if target.part_model is not None:  # an UnMask-like defense (M alone has no rule)
+            assert isinstance(target.rule, AgreementRule) and target.rule.reject
+        verdict = target.judge(images)
+        return type("Result", (), {"verdict": verdict, "images": images, "distances": None,
+                                   "success": verdict.evades(labels)})()
+
+    monkeypatch.setattr(sequence, "hard_judge", hard_judge)
+    monkeypatch.setattr(sequence, "adaptive_attack", adaptive_attack)
+    original_key = evaluator.key
+    evaluator.key = lambda images=None, **computation: keys.append(computation) or original_key(images, **computation)
+    spec = AdaptiveSpec(vectors=ADAPTIVE_ATTACKS.parse(["joint_linf:8"]), threat_models=("white-box",), fprs=(0.1,),
+                        max_images=0, options=AdaptiveOptions(), batch_size=4)
+    metrics = adaptive_evaluation(evaluator, spec, {}, gray_box_options=AttackOptions())
+    assert rules_seen and all(isinstance(rule, AgreementRule) and rule.target_fpr == 0.1 for rule in rules_seen)
+    assert all(key["decision_rule"] == "agreement" and key["flagged"] == "reject" for key in keys
+               if key.get("threat_model") == "white-box" and key["defense"]["k"] is not None)
+    for entry in metrics["adaptive"]:
+        if entry["defense"] in ("UnMask", "UnMask-R"):
+            # the fooled class's parts are absent, the true class's present: agreement flags every image
+            assert entry["success_rate"] == 0.0, entry
+            assert entry["robust_accuracy_with_detection"] == 1.0, entry
+            assert entry["accuracy_system"] == 0.0, entry  # rejected: no class is deployed
+    clean = {e["defense"]: e for e in metrics["defenses"]}
+    assert clean["UnMask"]["decision_rule"]["rule"] == "agreement" and clean["UnMask"]["flag_rate"] == 0.0
+    assert clean["UnMask"]["accuracy_system"] == 1.0
+    ceilings = {e["defense"]: e for e in metrics["unflagged_wrong_class"]}
+    assert ceilings["UnMask"]["rate"] == 0.0  # another class is never the best match of a class's own parts

@@ -170,6 +170,7 @@ class _Evaluator:
 
     def __init__(self, path, store):
         from unmask.evaluation import Predictions, Scored
+        from unmask.experiment.plan import DecisionSpec
 
         self.class_set = CLASS_SET
         labels = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -179,7 +180,8 @@ class _Evaluator:
         self.m = SimpleNamespace(inference=SimpleNamespace(model="M"), fingerprint={"weights": "M"})
         self.k = SimpleNamespace(extractor=SimpleNamespace(model="K", score_threshold=0.5), fingerprint={"w": "K"})
         self.adv_trained, self.k_robust = None, None
-        self.folder, self.spec = SimpleNamespace(path=path), SimpleNamespace(seed=0, batch_size=4)
+        self.folder = SimpleNamespace(path=path)
+        self.spec = SimpleNamespace(seed=0, batch_size=4, decision=DecisionSpec())
         self.runtime = SimpleNamespace(progress=False)
         self.store, self.computed = store, []
         expected = np.asarray(CLASS_SET.expected, dtype=bool)

@@ -427,3 +427,24 @@ def test_the_judge_is_the_real_pipeline():
     scores = detection_scores(parts, np.array([0, 0, 2]), class_set)
     assert verdict.detection_score.tolist() == scores.tolist() and verdict.flagged.tolist() == [False, True, False]
     assert verdict.unmask_prediction.tolist() == reclassify_batch(parts, class_set).tolist() == [0, 1, 2]
+
+
+def test_a_decision_rule_runs_end_to_end_and_keys_its_saved_results(finished_run, capsys):
+    """The part-classifier rule with rejection on the finished run's models: the classifier is
+    trained on K's outputs for the training images (saved beside the attacks), the clean figures
+    name the rule, and the attacks judged under another rule in the same folder are recomputed,
+    not read back."""
+    plan, _ = finished_run
+    rule_run = {"run_name": "rule", "adaptive_attacks": ("reclassify_linf:16", "transplant_linf:16"),
+                "adaptive_max_images": 4, "flagged_decision": "reject"}
+    ruled = run_experiment(_shared(plan, decision_rule="part-classifier", **rule_run))
+    metrics = json.loads((ruled / "metrics.json").read_text())
+    clean = next(entry for entry in metrics["defenses"] if entry["defense"] == "UnMask")
+    assert clean["decision_rule"]["rule"] == "part-classifier" and clean["decision_rule"]["reject"]
+    assert 0 <= clean["flag_rate"] <= 1 and (ruled / "adaptive" / "unmask-train.npz").is_file()
+    rows = [entry for entry in metrics["adaptive"] if entry["defense"] == "UnMask" and entry["n_images"]]
+    assert rows and all(0 <= entry[figure] <= 1 for entry in rows
+                        for figure in ("robust_accuracy_with_detection", "accuracy_system", "success_rate"))
+    capsys.readouterr()
+    run_experiment(_shared(plan, decision_rule="per-class", **rule_run))
+    assert "recomputing the saved result" in capsys.readouterr().out

@@ -84,6 +84,8 @@ class Evaluator:
     validation_images: ImageSet
     k_robust: TrainedPartExtractor | None = None
     """UnMask-R's robust K (None: the run has none)."""
+    training_data: ClassFolderDataset | None = None
+    """M's training split, read only by the part-classifier rule (K's outputs on it train it)."""
     _scored: dict[Path, Scored] = field(default_factory=dict, repr=False)
     _thresholds: dict[float, Thresholds] = field(default_factory=dict, repr=False)
 
@@ -95,7 +97,7 @@ class Evaluator:
         split (a seeded, class-stratified sample of ``spec.max_images`` of it) and validation split."""
         return cls(folder, runtime, spec, class_set, m, adv_trained, k,
                    ImageSet.sample(data["test"], spec.max_images, seed=spec.seed), ImageSet.of(data["val"]),
-                   k_robust)
+                   k_robust, data.get("train"))
 
     @property
     def labels(self) -> np.ndarray:
@@ -181,6 +183,14 @@ class Evaluator:
                              what=what)
         self._scored[path] = Scored.of(Predictions.from_arrays(arrays), self.class_set)
         return self._scored[path]
+
+    def training(self, k: TrainedPartExtractor, path: Path, *, what: str) -> tuple[Scored, np.ndarray]:
+        """K's (and M's) predictions on M's clean training images, and their labels: what the
+        part-classifier rule is trained on (computed only when that rule is deployed)."""
+        if self.training_data is None:
+            raise ValueError("the part-classifier rule needs M's training split; this evaluation has none")
+        images = ImageSet.of(self.training_data)
+        return self.clean_predictions(images, path, baseline=False, k=k, what=what), images.labels.numpy()
 
     def thresholds(self, fpr: float) -> Thresholds:
         """Detection thresholds fixed on the clean validation images at false-positive rate ``fpr``."""

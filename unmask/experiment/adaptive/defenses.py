@@ -10,8 +10,8 @@ clean images are scored by them.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,10 +19,12 @@ import numpy as np
 from unmask.defense import unflagged_wrong_class
 from unmask.evaluation import Predictions, Scored, attack_outcomes, fix_thresholds
 from unmask.experiment.evaluator import Evaluator
+from unmask.experiment.plan import DecisionSpec
 from unmask.experiment.stages import TrainedClassifier, TrainedPartExtractor
 from unmask.metrics import rate
 from unmask.parts import ClassSet
 from unmask.provenance import digest
+from unmask.rules import DecisionRule, Evidence, RuleDecision, decision_rule, train_part_classifier
 
 UNMASK = "UnMask"
 UNMASK_R = "UnMask-R"
@@ -44,11 +46,48 @@ class Defense:
     clean: Scored | None = None
     validation: Scored | None = None
     k_metrics: str | None = None
+    decision: DecisionSpec = DecisionSpec()
+    """The deployed decision rule (the paper's by default)."""
+    class_set: ClassSet | None = None
+    """The class set its rule decides over (needed by every rule but the paper's)."""
+    training: Callable[[], tuple[Scored, np.ndarray]] | None = None
+    """Its K's predictions on M's clean training images and their labels, computed when first
+    asked for (only the part-classifier rule is trained on them)."""
+    _rules: dict[float, DecisionRule] = field(default_factory=dict, repr=False)
 
     def threshold(self, fpr: float) -> float | None:
-        """The set-Jaccard detection threshold at false-positive rate ``fpr`` on its own clean
-        validation images (None: M alone flags nothing)."""
-        return None if self.validation is None else fix_thresholds(self.validation, fpr).set_jaccard
+        """The detection threshold at false-positive rate ``fpr`` on its own clean validation
+        images: the set-Jaccard one, or the deployed rule's overall one (None: M alone flags nothing)."""
+        if self.validation is None:
+            return None
+        rule = self.rule(fpr)
+        return fix_thresholds(self.validation, fpr).set_jaccard if rule is None else rule.threshold
+
+    def rule(self, fpr: float) -> DecisionRule | None:
+        """The deployed rule fixed at ``fpr`` on its own clean validation images (the part
+        classifier first trained on its K's outputs for the training images); None for the
+        paper's decision, which every path computes as it always did, and for M alone."""
+        if self.validation is None or self.decision.is_paper:
+            return None
+        if fpr not in self._rules:
+            unfixed = next(iter(self._rules.values()), None)  # the classifier is trained once, for every FPR
+            if unfixed is None:
+                options: dict[str, Any] = {}
+                if self.decision.rule == "part-classifier":
+                    if self.training is None:
+                        raise ValueError(f"{self.name}: the part-classifier rule needs K's outputs on the training "
+                                         "images")
+                    scored, labels = self.training()
+                    options["classifier"] = train_part_classifier(evidence_of(scored), labels, len(self.class_set))
+                unfixed = decision_rule(self.decision.rule, self.class_set, reject=self.decision.reject, **options)
+            self._rules[fpr] = unfixed.fixed(evidence_of(self.validation), fpr=fpr)
+        return self._rules[fpr]
+
+    def decided(self, scored: Scored, fpr: float) -> RuleDecision | None:
+        """The deployed rule's decision on ``scored`` predictions of its pipeline at ``fpr``
+        (None: the paper's decision)."""
+        rule = self.rule(fpr)
+        return None if rule is None else rule.decide(evidence_of(scored))
 
     @property
     def fingerprint(self) -> str:
@@ -57,12 +96,19 @@ class Defense:
         return digest({"m": self.m.fingerprint, "k": None if self.k is None else self.k.fingerprint})
 
 
+def evidence_of(scored: Scored) -> Evidence:
+    """The rules' evidence of a pipeline's predictions: M's classes, K's parts and confidences."""
+    predictions = scored.predictions
+    return Evidence(predictions.m, predictions.parts, predictions.part_scores)
+
+
 def defenses_of(evaluator: Evaluator) -> list[Defense]:
     """UnMask; with the run's robust K, UnMask-R (it protects M) and UnMask-R + adv. M (it
     protects the adversarially trained M, when the run has that baseline and M is not it); the
     M UnMask protects alone; and the adversarial-training baseline alone (once, when UnMask
     protects that same M). UnMask-R's clean predictions are saved in ``adaptive/``."""
-    defenses = [Defense(UNMASK, evaluator.m, evaluator.k, evaluator.clean(), evaluator.validation(), "k")]
+    defenses = [Defense(UNMASK, evaluator.m, evaluator.k, evaluator.clean(), evaluator.validation(), "k",
+                        **_deployed(evaluator, UNMASK, evaluator.k))]
     baseline, robust = evaluator.adv_trained, evaluator.k_robust
     if robust is not None:
         defenses.append(_pipeline(evaluator, UNMASK_R, evaluator.m, robust))
@@ -82,16 +128,30 @@ def _pipeline(evaluator: Evaluator, name: str, m: TrainedClassifier, k: TrainedP
                                         k=k, what=f"{name}: clean test predictions")
     validation = evaluator.clean_predictions(evaluator.validation_images, folder / f"{name_in_files}-validation.npz",
                                              baseline=False, m=m, k=k, what=f"{name}: clean validation predictions")
-    return Defense(name, m, k, clean, validation, "k_robust" if k is evaluator.k_robust else "k")
+    return Defense(name, m, k, clean, validation, "k_robust" if k is evaluator.k_robust else "k",
+                   **_deployed(evaluator, name, k))
+
+
+def _deployed(evaluator: Evaluator, name: str, k: TrainedPartExtractor) -> dict[str, Any]:
+    """An UnMask-like defense's deployed rule: the run's decision, its class set and, for the
+    part-classifier rule, its K's outputs on M's training images (saved in ``adaptive/``)."""
+    decision = evaluator.spec.decision
+    if decision.is_paper:
+        return {}
+    path = evaluator.folder.path / "adaptive" / f"{slug(name)}-train.npz"
+    return {"decision": decision, "class_set": evaluator.class_set,
+            "training": lambda: evaluator.training(k, path, what=f"{name}: K on the training images")}
 
 
 @dataclass(frozen=True)
 class CleanView:
     """An UnMask-like defense's pipeline on the clean versions of the adaptive sample's images:
-    their detection scores (against its M's classes) and its K's parts."""
+    their detection scores (against its M's classes) and its K's parts (``evidence``: M's
+    classes, K's parts and confidences, for a deployed rule other than the paper's)."""
 
     detection: np.ndarray
     parts: np.ndarray
+    evidence: Evidence | None = None
 
 
 def alone_predictions(defense: Defense, predictions: Predictions) -> np.ndarray | None:
@@ -116,8 +176,12 @@ def unflagged_wrong_classes(class_set: ClassSet, defenses: list[Defense], clean:
     entries = []
     for defense in (d for d in defenses if d.k is not None):
         for fpr in fprs:
-            threshold = defense.threshold(fpr)
-            measured = rate(unflagged_wrong_class(clean[defense.name].parts, labels, class_set, threshold))
+            threshold, rule = defense.threshold(fpr), defense.rule(fpr)
+            if rule is None:
+                open_ = unflagged_wrong_class(clean[defense.name].parts, labels, class_set, threshold)
+            else:  # the deployed rule's own ceiling: another class it would not flag with the clean parts
+                open_ = rule.unflagged_wrong_class(clean[defense.name].evidence, labels)
+            measured = rate(open_)
             entries.append({"defense": defense.name, "fpr_target": fpr, "detection_threshold": threshold,
                             "n_images": measured.n, "rate": measured.value, "interval": [measured.low, measured.high]})
     return entries
@@ -140,10 +204,17 @@ def clean_figures(evaluator: Evaluator, defenses: list[Defense], fprs: tuple[flo
                     continue
                 outcome, flagged = attack_outcomes(labels, m), None
             else:
-                scored = defense.clean
-                outcome = attack_outcomes(labels, scored.m, detection=scored.detection, reclassified=scored.unmask,
-                                          threshold=threshold, clean_detection=scored.detection)
-                flagged = scored.detection >= threshold
+                scored, decided = defense.clean, defense.decided(defense.clean, fpr)
+                if decided is None:
+                    outcome = attack_outcomes(labels, scored.m, detection=scored.detection,
+                                              reclassified=scored.unmask, threshold=threshold,
+                                              clean_detection=scored.detection)
+                    flagged = scored.detection >= threshold
+                else:
+                    flagged = decided.flagged
+                    outcome = attack_outcomes(labels, scored.m, detection=decided.score,
+                                              reclassified=decided.reclassified, flagged=flagged,
+                                              clean_flagged=flagged, reject=defense.decision.reject)
             values, intervals = {}, {}
             for key, array in (("accuracy_m", outcome.m), ("accuracy_unmask", outcome.reclassification),
                                ("accuracy_system", outcome.system), ("flag_rate", flagged)):
@@ -151,6 +222,8 @@ def clean_figures(evaluator: Evaluator, defenses: list[Defense], fprs: tuple[flo
                 values[key] = None if measured is None else measured.value
                 if measured is not None:
                     intervals[key] = [measured.low, measured.high]
+            rule = defense.rule(fpr)
             entries.append({"defense": defense.name, "fpr_target": fpr, "detection_threshold": threshold,
-                            "k": defense.k_metrics, "n_images": int(len(labels)), **values, "intervals": intervals})
+                            "k": defense.k_metrics, "n_images": int(len(labels)), **values, "intervals": intervals,
+                            **({} if rule is None else {"decision_rule": rule.record()})})
     return entries

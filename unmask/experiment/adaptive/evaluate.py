@@ -18,6 +18,7 @@ from unmask.experiment.adaptive.defenses import (
     Defense,
     clean_figures,
     defenses_of,
+    evidence_of,
     slug,
     unflagged_wrong_classes,
 )
@@ -57,7 +58,8 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
     label_only = stratified_sample(labels[sample], spec.label_only_images, seed=evaluator.spec.seed)
     budgets = sorted({(vector.norm.name, vector.epsilon) for vector in spec.vectors})
     surrogate_validation = _surrogate_validation(evaluator, spec, defenses, surrogate)
-    views = {defense.name: CleanView(defense.clean.detection[sample], defense.clean.predictions.parts[sample])
+    views = {defense.name: CleanView(defense.clean.detection[sample], defense.clean.predictions.parts[sample],
+                                     None if defense.decision.is_paper else evidence_of(defense.clean.subset(sample)))
              for defense in defenses if defense.clean is not None}
     view, sample_labels, classes = clean_views(views), labels[sample], len(evaluator.class_set.classes)
 

@@ -36,7 +36,9 @@ class Judged:
     """The hard pipeline's verdict on the attacked versions of the covered images, and what the
     attack itself reports (``goal``: its own aim reached; ``distance``: for minimisation
     attacks; ``seconds``: each image's share of its batch's attack time, when it was computed).
-    A defense that is M alone has only ``m``."""
+    A defense that is M alone has only ``m``. Under a deployed rule other than the paper's
+    (``unmask.rules``), ``flagged`` is that rule's flag, ``detection`` its score and ``unmask``
+    its re-classification."""
 
     m: np.ndarray
     parts: np.ndarray | None = None
@@ -45,6 +47,7 @@ class Judged:
     goal: np.ndarray | None = None
     distance: np.ndarray | None = None
     seconds: np.ndarray | None = None
+    flagged: np.ndarray | None = None
 
 
 @dataclass
@@ -52,7 +55,9 @@ class Row:
     """One defense x threat model x attack x budget x false-positive rate, at one ``rung`` of the
     budget ladder (1: the run's own budget), judged on the images of the adaptive sample it
     covers (``positions``; the label-only attacks run on a sub-sample and stay out of the worst
-    cases; a later attack skips the images an earlier one broke)."""
+    cases; a later attack skips the images an earlier one broke). Under a deployed rule other
+    than the paper's, ``clean_flagged`` is that rule's flag of every clean image of the sample at
+    this FPR (its threshold alone cannot say it) and ``reject`` its variant."""
 
     defense: str
     threat_model: str
@@ -65,6 +70,8 @@ class Row:
     positions: np.ndarray
     in_worst_case: bool = True
     rung: int = 1
+    clean_flagged: np.ndarray | None = None
+    reject: bool = False
 
     def outcomes(self, labels: np.ndarray, clean_detection: np.ndarray | None) -> Outcomes:
         """Per covered image, how each figure fared (``labels`` and ``clean_detection``, the
@@ -72,6 +79,10 @@ class Row:
         judged = self.judged
         if judged.detection is None:
             return attack_outcomes(labels, judged.m)
+        if judged.flagged is not None:  # a deployed rule other than the paper's
+            return attack_outcomes(labels, judged.m, detection=judged.detection, reclassified=judged.unmask,
+                                   flagged=judged.flagged, clean_flagged=self.clean_flagged[self.positions],
+                                   reject=self.reject)
         return attack_outcomes(labels, judged.m, detection=judged.detection, reclassified=judged.unmask,
                                threshold=self.threshold, clean_detection=clean_detection)
 

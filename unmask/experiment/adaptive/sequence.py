@@ -80,8 +80,18 @@ def attack_sequence(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray
         judged = attacked(evaluator, spec, sample, positions, vector, defense, threat_model, attacker,
                           None if defense.k is None else fpr, threshold, attacker_threshold, options=options, rung=rung)
         rows.append(Row(defense.name, threat_model, vector.name, vector.norm, vector.epsilon, fpr, threshold,
-                        judged, positions, info.kind is not AttackKind.LABEL_ONLY, rung))
+                        judged, positions, info.kind is not AttackKind.LABEL_ONLY, rung,
+                        **deployed_rule_of_rows(defense, fpr, sample)))
     return rows
+
+
+def deployed_rule_of_rows(defense: Defense, fpr: float, sample: np.ndarray) -> dict[str, Any]:
+    """A row's deployed rule, where it is not the paper's: the rule's flags of the sample's clean
+    images at ``fpr`` and its reject variant (empty: the paper's decision, judged as always)."""
+    if defense.clean is None or defense.rule(fpr) is None:
+        return {}
+    decided = defense.decided(defense.clean.subset(sample), fpr)
+    return {"clean_flagged": decided.flagged, "reject": defense.decision.reject}
 
 
 def attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, positions: np.ndarray,
@@ -100,18 +110,23 @@ def attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, posit
         real_judge = classifier_judge(m)
         target = DefenseTarget(m.model, None, class_parts(class_set), 0.0, 1.0, real_judge)
     else:
-        real_judge = hard_judge(m, defense.k.extractor, class_set, threshold)
+        # the deployed rule (None: the paper's), which the judge applies and the attacker knows; under
+        # the transfer threat model the attacker applies it to K' (its thresholds fixed with the real K)
+        rule = None if fpr is None else defense.rule(fpr)
+        deployed = {} if rule is None else {"rule": rule}  # the paper's decision: called as it always was
+        real_judge = hard_judge(m, defense.k.extractor, class_set, threshold, **deployed)
         target = DefenseTarget(
             classifier=m.model, part_model=attacker.extractor.model, class_parts=class_parts(class_set),
             k_score_threshold=attacker.extractor.score_threshold, detection_threshold=attacker_threshold,
             judge=real_judge if attacker is defense.k else
-            hard_judge(m, attacker.extractor, class_set, attacker_threshold))
+            hard_judge(m, attacker.extractor, class_set, attacker_threshold, **deployed), rule=rule)
     key = evaluator.key(sample=digest(chosen.tolist()), defense={"name": defense.name, "m": defense.m.fingerprint,
                                                                  "k": defense.k.fingerprint if defense.k else None},
                         k=defense.k, threat_model=threat_model, attacker_k=attacker.fingerprint if attacker else None,
                         attack={"vector": vector.label, **options_key(options), **revision(vector),
                                 **({"rung": rung} if rung != 1 else {})},
-                        attacker_threshold=attacker_threshold, threshold=threshold)
+                        attacker_threshold=attacker_threshold, threshold=threshold,
+                        **(defense.decision.key() if defense.k is not None else {}))
     images, labels = evaluator.test.images[chosen], evaluator.test.labels[chosen]
 
     def attack_batch(number: int, indices: np.ndarray) -> tuple[Arrays, Arrays]:
@@ -126,6 +141,8 @@ def attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, posit
                   "seconds": np.full(len(indices), (time.perf_counter() - started) / max(len(indices), 1))}
         if result.distances is not None:
             arrays["distance"] = result.distances.numpy().astype(np.float64)
+        if target.rule is not None:
+            arrays["flagged"] = verdict.flagged.numpy()
         return arrays, {}
 
     at = "" if fpr is None else f"-fpr{fpr:g}"
@@ -141,8 +158,12 @@ def attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, posit
                                   + ("" if rung == 1 else f", ladder rung x{rung}"))
     if defense.k is None:
         return Judged(arrays["m"], goal=arrays["goal"].astype(bool), seconds=arrays.get("seconds"))
+    flagged = arrays.get("flagged")
+    if flagged is None and fpr is not None and defense.rule(fpr) is not None:  # no attacked image: none flagged
+        flagged = np.zeros(len(chosen), dtype=bool)
     return Judged(arrays["m"], arrays["parts"].astype(bool), arrays["detection"], arrays["unmask"],
-                  arrays["goal"].astype(bool), arrays.get("distance"), arrays.get("seconds"))
+                  arrays["goal"].astype(bool), arrays.get("distance"), arrays.get("seconds"),
+                  None if flagged is None else flagged.astype(bool))
 
 
 def options_key(options: AdaptiveOptions) -> dict[str, Any]:
@@ -188,9 +209,11 @@ def gray_box_rows(evaluator: Evaluator, gray_box: dict[AttackVector, Scored], op
                 own = evaluator.attacked(vector, options, sample=sample, m=defense.m, k=defense.k,
                                          path=folder / f"gray-box-{slug(defense.name)}-{vector.name}-eps{epsilon:g}.npz",
                                          what=f"{defense.name}: gray-box {vector.label} on the adaptive sample")
-            judged = Judged(own.m, own.predictions.parts, own.detection, own.unmask)
+            decided = defense.decided(own, fpr)
+            judged = Judged(own.m, own.predictions.parts, own.detection, own.unmask) if decided is None else \
+                Judged(own.m, own.predictions.parts, decided.score, decided.reclassified, flagged=decided.flagged)
         rows.append(Row(defense.name, "gray-box", vector.name, norm, epsilon, fpr, defense.threshold(fpr), judged,
-                        everything))
+                        everything, **deployed_rule_of_rows(defense, fpr, sample)))
     return rows
 
 
