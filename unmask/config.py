@@ -360,8 +360,8 @@ class Config:
     detection_fpr: float = option(0.10, "Target false-positive rate for the detection threshold, fixed on "
                                   "the clean validation split.", group="evaluation", at_least=0, at_most=1)
     eval_max_images: int = option(0, "Evaluate at most this many test images (0: all).", at_least=0)
-    decision_rule: str = option("paper", "UnMask's deployed decision rule (docs/decision-rules.md), each fixed on the "
-                                "clean validation images at the stated FPR and known to the white-box attacks: "
+    decision_rule: str = option("paper", "UnMask's deployed decision rule (docs/unmask-r.md), each fixed on the clean "
+                                "validation images at the stated FPR and known to the white-box attacks: "
                                 "paper (the paper's Jaccard threshold), agreement (also flag when M's class is not "
                                 "the best match of K's parts), per-class (one threshold per M class), "
                                 "part-classifier (a classifier on K's part evidence, trained on K's outputs for the "
