@@ -31,6 +31,7 @@ from unmask.attacks.adaptive.active.plant import (
     binarized_classifier,
     flagged_targets,
     planted_part_model,
+    planting_options,
     reclassifying_targets,
 )
 from unmask.attacks.adaptive.engine import Evaluation
@@ -59,6 +60,15 @@ def tiny_case(threshold: float, count: int = 2):
     with torch.no_grad():
         labels = target.classifier(clean).argmax(1)
     return target, judge_for_threshold(threshold), clean, labels
+
+
+def test_the_planting_search_ignores_the_attacks_targets_and_losses_so_a_larger_budget_reuses_the_setup():
+    options = ActiveTestOptions(plant_steps=7, plant_restarts=1)
+    reduced = planting_options(AdaptiveOptions(steps=40, targets=2), options)
+    assert reduced == planting_options(AdaptiveOptions(steps=80, restarts=2, targets=4,
+                                                       reclassify_losses=("targeted", "dlr", "ce")), options)
+    assert (reduced.steps, reduced.restarts, reduced.early_stop) == (7, 1, True)
+    assert reduced != planting_options(AdaptiveOptions(steps=40, targets=2, step_schedule="cosine"), options)
 
 
 def test_ball_points_are_8_bit_inside_the_ball_and_drawn_per_image():

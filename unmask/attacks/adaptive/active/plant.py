@@ -182,8 +182,12 @@ class PlantingSearch(FabricateAttack):
 
 def planting_options(attack_options: AdaptiveOptions, options: ActiveTestOptions) -> AdaptiveOptions:
     """The planting search's engine options: the attacks' (``attack_options``), with the steps and
-    runs of ``options`` and early stop (the first point found is enough)."""
-    return replace(attack_options, steps=options.plant_steps, restarts=options.plant_restarts, early_stop=True)
+    runs of ``options`` and early stop (the first point found is enough). The attacks' target
+    count and re-classification losses are reset: the search tries its own candidates and has no
+    re-classification run, and the setup's saved result is keyed by these options, so testing the
+    attacks at a larger budget (more targets or losses, as the budget ladder grows it) reuses it."""
+    return replace(attack_options, steps=options.plant_steps, restarts=options.plant_restarts, early_stop=True,
+                   targets=AdaptiveOptions.targets, reclassify_losses=AdaptiveOptions.reclassify_losses)
 
 
 def flagged_targets(parts: torch.Tensor, labels: torch.Tensor, class_parts: torch.Tensor, threshold: float,
