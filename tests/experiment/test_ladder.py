@@ -337,6 +337,13 @@ def test_a_one_rung_run_shows_the_offsets_a_published_ladder_measured_on_the_sam
     note = budget_note(again)
     assert "published run `converged`" in note
     assert "| 10.0 | 8 | UnMask | system | 66.7 | 66.7 | ×4: 33.3 [" in note and "| -33.3 | not converged" in note
+    # the same models, but a published ladder measured with revision 0 of the joint attack (now 1): no offset
+    budget = published["adaptive_ladder"]["rungs"][0]["budget"]
+    assert budget["joint_linf"]["revision"] == ADAPTIVE_ATTACKS.parse(["joint_linf:8"])[0].attack.attack_class.revision
+    budget["joint_linf"].pop("revision")
+    (tmp_path / "published" / "converged" / "metrics.json").write_text(json.dumps(published))
+    assert evaluate(tmp_path / "reduced", {}, (1,), published=tmp_path / "published")[0][
+        "adaptive_ladder"]["offsets"]["published"] is None
     # another model: no offset
     published["adaptive_ladder"]["fingerprints"]["defenses"] = {"UnMask": "other", "undefended M": "other"}
     (tmp_path / "published" / "converged" / "metrics.json").write_text(json.dumps(published))

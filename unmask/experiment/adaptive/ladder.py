@@ -97,7 +97,9 @@ def curves(rows: Sequence[Row], labels: np.ndarray, view: View, rungs: Sequence[
 def rung_budgets(spec: AdaptiveSpec, rung: int, vectors: Sequence[AttackVector], classes: int
                  ) -> dict[str, dict[str, Any]]:
     """Each laddered attack's budget at ``rung``: steps, runs per target, targets (0: every
-    other class) and, for the re-classification attack, its losses."""
+    other class), for the re-classification attack its losses, and the attack's revision when it
+    has one (a published ladder measured with an earlier revision of an attack is not the same
+    budget: its offsets do not apply; revision 0 is left out, as in saved results' keys)."""
     budget = {}
     for vector in vectors:
         attack = vector.attack.attack_class
@@ -106,7 +108,8 @@ def rung_budgets(spec: AdaptiveSpec, rung: int, vectors: Sequence[AttackVector],
                                       classes=classes)
         budget[vector.name] = {"steps": options.steps, "restarts": options.restarts,
                                "targets": options.targets if attack.targeted else None,
-                               **({"reclassify_losses": list(options.reclassify_losses)} if chooses_losses else {})}
+                               **({"reclassify_losses": list(options.reclassify_losses)} if chooses_losses else {}),
+                               **({"revision": attack.revision} if attack.revision else {})}
     return budget
 
 
