@@ -181,6 +181,28 @@ def test_joint_attack_succeeds_where_only_m_must_move() -> None:
     assert (result.targets == 0).all() and (result.verdict.m_prediction == 0).all()
 
 
+def test_joint_attack_adds_each_target_part_through_a_proposal_of_its_own(monkeypatch) -> None:
+    """Revision 1: K's "add" hinges take each part of the target's through a proposal of its own
+    (DAG's one label per proposal), not every part through its best proposal (the attack unit
+    tests found revision 0 missing evasions known to exist)."""
+    from unmask.attacks.adaptive.part_view import PartView
+
+    calls = []
+    original = PartView.hinge_loss
+
+    def recorded(self, outputs, add=None, remove=None, *, distinct=False):
+        if torch.is_grad_enabled():  # the attack's steps (the clean image's target ranking runs without gradients)
+            calls.append(distinct)
+        return original(self, outputs, add, remove, distinct=distinct)
+
+    monkeypatch.setattr(PartView, "hinge_loss", recorded)
+    target = make_target(tiny_m(seed=1), car_seeing_k(), k_threshold=0.0, detection_threshold=0.0)
+    clean = images(2, seed=7)
+    labels = target.judge(clean).m_prediction
+    adaptive_attack(target, clean, labels, "joint_linf:8", AdaptiveOptions(steps=2, targets=1, early_stop=False))
+    assert calls and all(calls)
+
+
 def test_hopskipjump_runs_from_another_class_and_reports_distances() -> None:
     """With K seeing car parts everywhere, images M calls "car" evade UnMask for any other label:
     they are the starting points, and HopSkipJump walks towards each clean image."""
