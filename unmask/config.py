@@ -245,6 +245,16 @@ class Config:
                                to="k_adversarial.epochs")
     k_adv_lr: float = option(0.004, "Peak SGD learning rate of K's adversarial fine-tune (warm-up, then cosine "
                              "decay to 0).", at_least=0, to="k_adversarial.lr")
+    k_adv_keep: str = option("last", "Which epoch of K's adversarial fine-tune is kept: last, or reclassify (the "
+                             "epoch with the highest validation re-classification accuracy under a PGD transplant "
+                             "attack; early stopping on robust validation accuracy, Rice et al. 2020).",
+                             choices=Choices("unmask.train.robust_part_extractor:KEPT_EPOCHS", "kept epoch"),
+                             to="k_adversarial.keep", named_when_set=True)
+    k_adv_val_images: int = option(32, "Validation images of each epoch's robust figures (vanish part recall, "
+                                   "re-classification accuracy under attack); 0: none.", at_least=0,
+                                   to="k_adversarial.val_images", named_when_set=True)
+    k_adv_val_steps: int = option(5, "PGD steps of each epoch's validation attacks.", at_least=1,
+                                  to="k_adversarial.val_steps", named_when_set=True)
 
     # --- attacks ---------------------------------------------------------------------------
     attacks: tuple[str, ...] = option(("paper",), "Gray-box attack vectors on M, name:epsilon (0-255 scale), "

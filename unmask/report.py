@@ -514,6 +514,7 @@ def format_robust(metrics: Mapping[str, Any]) -> str:
                 + f" | {K_NAMES.get(entry['k'], '–') if k is not None else '–'} | "
                 + " | ".join("–" if k is None else _number(k.get(key)) for key in ("map_mask_50", "part_precision",
                                                                                   "part_recall")) + " |")
+    lines += _format_robust_training((metrics.get("k_robust") or {}).get("training"))
     lines += ["", "Under attack: each defense's per-image worst case over every attack at the budget or a smaller one "
               "of the same norm (white-box: M, K, the part table and the thresholds; and the paper's gray-box PGD); "
               "for M alone every figure is M's accuracy; [95% interval] (bootstrap over the images):", "",
@@ -552,6 +553,36 @@ def format_robust(metrics: Mapping[str, Any]) -> str:
                          f"{_percent(entry['fpr_target'])} | {entry['n_images']} | {_percent(entry.get('goal_rate'))} | "
                          f"{_percent(entry.get('part_recall'))} | {_percent(entry.get('part_precision'))} |")
     return "\n".join(lines) + "\n"
+
+
+ROBUST_TRAINING_COLUMNS = {
+    "loss": "training loss", "val_part_recall": "part recall", "val_vanish_part_recall": "part recall, vanish attack",
+    "val_clean_reclassify_accuracy": "re-classification", "val_reclassify_accuracy": "re-classification, "
+    "transplant attack"}
+"""The robust K's per-epoch figures the comparison shows (``metrics.json``'s ``k_robust.training``)."""
+
+
+def _format_robust_training(training: Mapping[str, Any] | None) -> list[str]:
+    """The robust K's fine-tune per epoch: its training loss and validation figures (clean and
+    under the cheap PGD attacks of its validation), the kept epoch marked."""
+    if not training or not training.get("epochs"):
+        return []
+    epochs = training["epochs"]
+    columns = [key for key in ROBUST_TRAINING_COLUMNS if any(key in record for record in epochs)]
+    lines = ["", "The robust K's fine-tune per epoch: its training loss, and on validation images its part recall "
+             "(clean, and under a PGD attack that makes every part vanish) and the share re-classified right from "
+             "its parts among every class with parts (clean, and under a PGD attack towards the nearest other "
+             "class's parts), each attack at K's training epsilon with few steps, for choosing an epoch, not a "
+             "result; * the epoch whose weights it kept:", "",
+             "| epoch | " + " | ".join(ROBUST_TRAINING_COLUMNS[key] for key in columns) + " | seconds |",
+             "|---:|" + "---:|" * (len(columns) + 1)]
+    for record in epochs:
+        mark = " *" if record["epoch"] == training.get("kept_epoch") else ""
+        lines.append(f"| {record['epoch']}{mark} | "
+                     + " | ".join(_number(record.get(key)) if key == "loss" else _percent(record.get(key))
+                                  for key in columns)
+                     + f" | {_number(record.get('seconds'), 0)} |")
+    return lines
 
 
 def format_grid_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -171,6 +171,14 @@ def test_the_robust_comparison_and_figure_have_one_line_per_defense(tmp_path):
     assert [line.split(" | ")[3] for line in under] == ["undefended M", "adversarial training", "UnMask", "UnMask-R"]
     assert next(line for line in under if "| UnMask-R |" in line).split(" | ")[5].startswith("87.5 [")
     assert "| UnMask-R | k_vanish_linf | 64 | 10.0 | 8 |" in table
+    assert "fine-tune per epoch" not in table  # no training record: no table
+    metrics["k_robust"]["training"] = {"kept_epoch": 2, "epochs": [
+        {"epoch": 1, "loss": 0.8, "val_part_recall": 0.98, "val_reclassify_accuracy": 0.5, "seconds": 52.4},
+        {"epoch": 2, "loss": 0.7, "val_part_recall": 0.99, "val_reclassify_accuracy": 0.625, "seconds": 51.0},
+        {"epoch": 3, "loss": 0.6, "val_part_recall": 0.99, "val_reclassify_accuracy": 0.5, "seconds": 50.0}]}
+    table = format_robust(metrics)
+    assert "| epoch | training loss | part recall | re-classification, transplant attack | seconds |" in table
+    assert "| 2 * | 0.700 | 99.0 | 62.5 | 51 |" in table and "| 3 | 0.600 | 99.0 | 50.0 | 50 |" in table
     series = {line.label: line for line in robust_series(metrics, "robust_accuracy_with_detection")}
     assert list(series) == ["undefended M", "adversarial training", "UnMask", "UnMask-R"]
     assert series["UnMask"].y == [62.5, 62.5] and series["UnMask-R"].y == [87.5, 87.5]  # 8, then 64 counting 8

@@ -71,6 +71,15 @@ def test_the_robust_k_is_planned_only_when_asked_for_and_trains_from_a_checkpoin
         build_plan(resolve_config(overrides={"k_adv_training": True, "k_adv_recipe": "free"}))
     with pytest.raises(ConfigError, match="--k-adv-losses: unknown inner loss 'nope'"):
         build_plan(resolve_config(overrides={"k_adv_training": True, "k_adv_losses": ("vanish", "nope")}))
+    # which epoch to keep: named in the run only when it is not the default, so earlier runs keep their names
+    kept = build_plan(resolve_config(overrides={"k_adv_training": True, "k_adv_keep": "reclassify",
+                                                "k_adv_val_images": 64}))
+    assert (kept.k_robust.keep, kept.k_robust.val_images) == ("reclassify", 64)
+    plain = build_plan(resolve_config(overrides={"k_adv_training": True}))
+    assert "k_adv_keep" not in plain.results and kept.results["k_adv_keep"] == "reclassify"
+    assert kept.run_name != plain.run_name
+    with pytest.raises(ConfigError, match="--k-adv-keep: unknown kept epoch 'best'"):
+        build_plan(resolve_config(overrides={"k_adv_training": True, "k_adv_keep": "best"}))
 
 
 def test_the_full_profile_is_the_full_budget_on_every_attack_both_threat_models_and_fprs():

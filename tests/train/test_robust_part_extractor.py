@@ -3,6 +3,7 @@ targets, the update's terms, exact resume, and the robust K's own cache folder."
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -261,7 +262,7 @@ def test_the_robust_k_has_its_own_cache_folder(shape_world: Path, tmp_path: Path
     base = key()
     assert base == key() and base.startswith("k-adv-")
     for changed in (key(recipe={"epsilon": 4}), key(recipe={"inner_loop": "pgd"}), key(recipe={"trades": 1.0}),
-                    key(start="another clean K"), key(data="other data"),
+                    key(recipe={"keep": "reclassify"}), key(start="another clean K"), key(data="other data"),
                     key(spec=replace(spec, rule=replace(spec.rule, score_threshold=0.7)))):
         assert changed != base
 
@@ -283,6 +284,72 @@ def test_the_stage_fine_tunes_the_clean_k_and_stamps_the_robust_one(shape_world:
     assert robust_k.fingerprint["rule"] == clean_k.fingerprint["rule"]
     assert robust_k.weights_file == robust_k.directory / WEIGHTS_FILE and robust_k.history[0]["epoch"] == 1
     assert "val_vanish_part_recall" in robust_k.history[0]
+    from unmask.experiment.outputs import robust_training_record
+
+    record = robust_training_record(robust_k)  # metrics.json's k_robust.training
+    assert record is not None and record["kept_epoch"] == 1 and [r["epoch"] for r in record["epochs"]] == [1]
+    assert {"loss", "val_reclassify_accuracy", "val_clean_reclassify_accuracy", "seconds"} <= set(record["epochs"][0])
+    assert robust_training_record(None) is None
     monkeypatch.setattr(robust, "train_part_extractor", lambda *args, **kwargs: pytest.fail("trained again"))
     again = trained_robust_part_extractor(spec, recipe, data, cache)
     assert again.fingerprint == robust_k.fingerprint
+
+
+def test_reclassification_is_judged_against_the_annotated_parts_best_classes() -> None:
+    classes = list(CLASS_PARTS)
+    bird, cat = CLASS_MATRIX[classes.index("bird")], CLASS_MATRIX[classes.index("cat")]
+    annotated = torch.stack([bird, bird, cat])
+    predicted = torch.stack([bird, cat, torch.zeros(len(PARTS))])
+    judged = robust.reclassified_correctly(predicted, annotated)
+    # K's parts are a bird's; a cat's; none at all (the first class, which is not a cat)
+    assert judged.tolist() == [True, False, classes[0] == "cat"]
+    # a tie among the annotation's best classes: re-classifying as either one is right
+    both = torch.zeros(1, len(PARTS))
+    both[0, [PART_INDEX[part] for part in set(CLASS_PARTS["bird"]) & set(CLASS_PARTS["cat"])]] = 1.0
+    reference = robust.soft_jaccard(both, CLASS_MATRIX)[0]
+    best = (reference == reference.max()).nonzero().flatten().tolist()
+    for row in best:
+        assert robust.reclassified_correctly(CLASS_MATRIX[row][None], both).item()
+
+
+def test_reclassify_accuracy_under_a_sub_grey_level_attack_is_the_clean_one(shape_world: Path) -> None:
+    val_set = PartSegmentationDataset(*split_paths(shape_world, "test"))
+    model = tiny_k()
+    # every perturbation within 0.4 of a grey level rounds back to the clean image (8-bit judging)
+    tiny = robust.reclassify_accuracy(model, val_set, epsilon=0.4, steps=2, images=6, score_threshold=THRESHOLD)
+    assert set(tiny) == {"val_clean_reclassify_accuracy", "val_reclassify_accuracy"}
+    assert tiny["val_reclassify_accuracy"] == tiny["val_clean_reclassify_accuracy"]
+    large = robust.reclassify_accuracy(model, val_set, epsilon=64, steps=2, images=6, score_threshold=THRESHOLD)
+    assert large["val_clean_reclassify_accuracy"] == tiny["val_clean_reclassify_accuracy"]
+    assert 0.0 <= large["val_reclassify_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("keep, kept", [("reclassify", 2), ("last", 3)])
+def test_the_fine_tune_keeps_the_epoch_its_recipe_names(shape_world: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, keep: str, kept: int) -> None:
+    scripted = iter([0.5, 0.9, 0.7])  # epoch 2 re-classifies best under attack
+    monkeypatch.setattr(robust, "reclassify_accuracy",
+                        lambda *args, **kwargs: {"val_reclassify_accuracy": next(scripted)})
+    monkeypatch.setattr(robust, "vanish_part_recall", lambda *args, **kwargs: {})
+    train_set = Subset(PartSegmentationDataset(*split_paths(shape_world, "train")), range(8))
+    val_set = PartSegmentationDataset(*split_paths(shape_world, "test"))
+    recipe = PartExtractorAdversarialTraining(epsilon=8, epochs=3, warmup_steps=0, val_images=2, val_steps=1,
+                                              keep=keep)
+    folder = tmp_path / keep
+    result = fine_tune(train_set, val_set, recipe, folder)
+    assert [record["val_reclassify_accuracy"] for record in result.history] == [0.5, 0.9, 0.7]
+    assert json.loads((folder / loop.HISTORY_FILE).read_text())["kept_epoch"] == kept
+    kept_weights = loop.load_weights(folder / WEIGHTS_FILE)[0]
+    last = load_checkpoint(folder / STATE_FILE)["model"]
+    differs = any(not torch.equal(kept_weights[key], value) for key, value in last.items())
+    assert differs == (kept != 3)
+
+
+def test_keep_is_left_out_of_the_record_at_its_default() -> None:
+    recipe = PartExtractorAdversarialTraining()
+    assert "keep" not in robust.recipe_record(recipe)
+    assert robust.recipe_record(replace(recipe, keep="reclassify"))["keep"] == "reclassify"
+    with pytest.raises(ValueError, match="keep must be one of"):
+        PartExtractorAdversarialTraining(keep="best")
+    with pytest.raises(ValueError, match="val_images must be at least 1"):
+        PartExtractorAdversarialTraining(keep="reclassify", val_images=0)

@@ -25,7 +25,9 @@ from unmask.evaluation import (
 )
 from unmask.experiment.evaluator import Evaluator
 from unmask.experiment.folder import RunFolder
+from unmask.experiment.stages import TrainedPartExtractor
 from unmask.io import atomic_path, atomic_write_text, load_checkpoint
+from unmask.train.loop import read_kept_epoch
 from unmask.models.part_extractor import PartExtractor
 from unmask.parts import PARTS, ClassSet
 from unmask.report import (
@@ -71,7 +73,9 @@ def write_report(evaluator: Evaluator, results: Mapping[str, Any], attacked: dic
               "adv_trained": evaluator.adv_trained.description if evaluator.adv_trained is not None else None,
               "weights": evaluator.weights_files()}
     metrics = {**build_metrics(results, class_set, labels, clean, attacked, curves, thresholds, k_metrics, models),
-               "k_robust": None if k_robust_metrics is None else {key: k_robust_metrics.get(key) for key in K_METRICS},
+               "k_robust": None if k_robust_metrics is None else {
+                   **{key: k_robust_metrics.get(key) for key in K_METRICS},
+                   "training": robust_training_record(evaluator.k_robust)},
                **adaptive}
     write_per_image(folder.path / "per_image.csv", list(evaluator.test.names), labels, class_set, clean, attacked)
     tables = format_tables(metrics)
@@ -82,6 +86,22 @@ def write_report(evaluator: Evaluator, results: Mapping[str, Any], attacked: dic
 
 
 # --- metrics.json -------------------------------------------------------------------------------
+
+
+ROBUST_TRAINING_FIGURES = ("loss", "val_part_recall", "val_vanish_part_recall", "val_clean_reclassify_accuracy",
+                           "val_reclassify_accuracy", "seconds")
+"""The robust K's per-epoch figures ``metrics.json`` keeps (``robust_training_record``)."""
+
+
+def robust_training_record(k_robust: TrainedPartExtractor | None) -> dict[str, Any] | None:
+    """The robust K's fine-tune, per epoch (``ROBUST_TRAINING_FIGURES`` its history has) and the
+    epoch whose weights it kept; None when the run did not train it (``--k-checkpoint``)."""
+    if k_robust is None or not k_robust.history:
+        return None
+    return {"kept_epoch": read_kept_epoch(k_robust.directory),
+            "epochs": [{"epoch": record["epoch"], **{key: record[key] for key in ROBUST_TRAINING_FIGURES
+                                                     if key in record}} for record in k_robust.history]}
+
 
 
 def build_metrics(results: Mapping[str, Any], class_set: ClassSet, labels: np.ndarray, clean: Scored,

@@ -126,7 +126,9 @@ def _fit(model: nn.Module, *, epochs: int, run_epoch: Callable[[int], dict[str, 
         record = {"epoch": epoch, **run_epoch(epoch)}
         record["seconds"] = time.perf_counter() - epoch_started
         history.append(record)
-        if kept_epoch == 0 or score is None or record[score] > history[kept_epoch - 1][score]:
+        # a torchrun rank that does not validate has no score: it keeps the last epoch, and loads
+        # at the end the weights the main process (which validates) kept
+        if kept_epoch == 0 or score is None or score not in record or record[score] > history[kept_epoch - 1][score]:
             kept_epoch = epoch
             if folder is None:
                 kept_weights = _state_copy(model)
@@ -226,6 +228,13 @@ def read_history(folder: Path) -> list[dict[str, float]] | None:
     only), or None when it holds none."""
     path = Path(folder) / HISTORY_FILE
     return list(json.loads(path.read_text(encoding="utf-8"))["history"]) if path.is_file() else None
+
+
+def read_kept_epoch(folder: Path) -> int | None:
+    """The 1-based epoch whose weights the training in ``folder`` kept (``history.json``), or None
+    when it holds none."""
+    path = Path(folder) / HISTORY_FILE
+    return int(json.loads(path.read_text(encoding="utf-8"))["kept_epoch"]) if path.is_file() else None
 
 
 def save_weights(path: str | Path, model: nn.Module, metadata: Mapping[str, Any] | None = None) -> None:

@@ -170,6 +170,8 @@ class TrainingStep:
     """Optimiser steps per batch (free adversarial training replays each batch)."""
     title: str = "K"
     """How progress bars and epoch lines name the model."""
+    score: str | None = None
+    """The epoch record's key whose highest value picks the kept epoch (None: the last)."""
 
     def settings(self) -> dict[str, object]:
         """What a resumed training must share with the interrupted one, beyond ``PartExtractorTraining``."""
@@ -302,7 +304,7 @@ def train_part_extractor(
     result = loop.fit(model, epochs=training.epochs, run_epoch=run_epoch, optimizer=optimizer, scheduler=scheduler,
                  scaler=scaler, checkpoint_dir=checkpoint_dir, distributed=distributed,
                  settings={**dataclasses.asdict(training), "world_size": distributed.world_size, **step.settings()},
-                 describe=describe if show else None, metadata=metadata)
+                 describe=describe if show else None, metadata=metadata, score=step.score)
     return PartExtractorTrainingResult(result.history, step_losses, result.resumed_epochs, result.weights_path,
                                        result.seconds)
 

@@ -85,6 +85,12 @@ TRANSPLANT_TARGETS: tuple[str, ...] = ("random", "nearest", "farthest")
 """Which other class the ``transplant`` loss aims at: drawn at random, or the one whose parts
 overlap most (what the white-box attacks try first) or least with the image's annotated parts."""
 
+KEPT_EPOCHS: tuple[str, ...] = ("last", "reclassify")
+"""Which epoch's weights the fine-tune keeps: the last, or the one with the highest validation
+re-classification accuracy under attack (``val_reclassify_accuracy``; early stopping on robust
+validation accuracy, Rice, Wong & Kolter 2020, "Overfitting in adversarially robust deep
+learning")."""
+
 TRAINING_TERMS: tuple[str, ...] = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 """K's training losses the ``training`` inner loss sums (the mask loss is left out)."""
 
@@ -124,7 +130,10 @@ class PartExtractorAdversarialTraining:
           momentum, weight decay, batch size and clipping; warm-up, then cosine decay to 0).
     Validation, per epoch
         - part recall of ``val_images`` validation images under a ``val_steps``-step PGD
-          vanish attack at ``epsilon`` (from a fixed random start), beside the clean figures.
+          vanish attack at ``epsilon`` (from a fixed random start), beside the clean figures;
+        - re-classification accuracy of the same images, clean and under a ``val_steps``-step PGD
+          transplant attack towards the nearest other class (``reclassify_accuracy``).
+        - ``keep``: ``KEPT_EPOCHS``, which epoch's weights the fine-tune keeps.
     """
 
     epsilon: float = 8.0
@@ -140,6 +149,7 @@ class PartExtractorAdversarialTraining:
     warmup_steps: int = 20
     val_images: int = 32
     val_steps: int = 5
+    keep: str = "last"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "losses", tuple(self.losses))
@@ -159,6 +169,10 @@ class PartExtractorAdversarialTraining:
         if not 0 <= self.clean_weight <= 1 or self.trades < 0 or self.step_size < 0 or self.lr < 0:
             problems.append(f"expected 0 <= clean_weight <= 1 and trades, step_size, lr >= 0, got {self.clean_weight}, "
                             f"{self.trades}, {self.step_size}, {self.lr}")
+        if self.keep not in KEPT_EPOCHS:
+            problems.append(f"keep must be one of {', '.join(KEPT_EPOCHS)}, got {self.keep!r}")
+        if self.keep == "reclassify" and self.val_images == 0:
+            problems.append("keep 'reclassify' picks the epoch by its validation figure: val_images must be at least 1")
         if self.clean_weight == 1 and self.trades == 0:
             problems.append("clean_weight 1 without trades trains on clean images only: that is not adversarial training")
         if min(self.steps, self.epochs, self.val_steps) < 1 or min(self.warmup_steps, self.val_images) < 0:
@@ -358,9 +372,10 @@ class AdversarialStep(TrainingStep):
         self.score_threshold = score_threshold
         self.seed = seed
         self.replays = recipe.replays
+        self.score = "val_reclassify_accuracy" if recipe.keep == "reclassify" else None
 
     def settings(self) -> dict[str, object]:
-        return {"adversarial": dataclasses.asdict(self.recipe), "score_threshold": self.score_threshold}
+        return {"adversarial": recipe_record(self.recipe), "score_threshold": self.score_threshold}
 
     def generator(self, batch: int) -> torch.Generator:
         return torch.Generator().manual_seed(int(stable_hash([self.seed, "k-adversarial", batch], length=15), 16))
@@ -399,8 +414,39 @@ class AdversarialStep(TrainingStep):
                  score_threshold: float) -> dict[str, float]:
         if self.recipe.val_images == 0:
             return {}
-        return vanish_part_recall(model, val_set, epsilon=self.recipe.epsilon, steps=self.recipe.val_steps,
-                                  images=self.recipe.val_images, score_threshold=score_threshold, device=device)
+        figures = vanish_part_recall(model, val_set, epsilon=self.recipe.epsilon, steps=self.recipe.val_steps,
+                                     images=self.recipe.val_images, score_threshold=score_threshold, device=device)
+        figures.update(reclassify_accuracy(model, val_set, epsilon=self.recipe.epsilon, steps=self.recipe.val_steps,
+                                           images=self.recipe.val_images, score_threshold=score_threshold,
+                                           device=device))
+        return figures
+
+
+def _attacked_images(model: nn.Module, dataset: PartSegmentationDataset, recipe: PartExtractorAdversarialTraining, *,
+                     count: int, score_threshold: float, device: torch.device | str, batch_size: int,
+                     seed: int) -> list[torch.Tensor]:
+    """The first ``count`` images of ``dataset`` attacked by ``recipe``'s inner attack (a random
+    start drawn from ``seed``, then its steps), rounded to 8 bits inside the ball as the
+    evaluation's attacks are."""
+    attack = InnerAttack(recipe, score_threshold=score_threshold)
+    generator = torch.Generator().manual_seed(seed)
+    attacked = []
+    for start in range(0, count, batch_size):
+        indices = range(start, min(start + batch_size, count))
+        clean = [dataset.image(index).to(device) for index in indices]
+        targets = [{"labels": torch.as_tensor(dataset.images[index].part_indices() + 1)} for index in indices]
+        goals = attack.goals(targets, len(clean), batch=0, generator=generator)
+        for point, image in zip(attack.perturb(model, clean, targets, goals, generator=generator), clean, strict=True):
+            attacked.append(LINF.quantize(point[None], image[None], attack.epsilon)[0])
+    return attacked
+
+
+def _extracted_parts(model: nn.Module, images: list[torch.Tensor], *, score_threshold: float,
+                     device: torch.device | str) -> torch.Tensor:
+    training = model.training
+    parts = PartExtractor(model, score_threshold=score_threshold, device=device).extract(images).parts
+    model.train(training)
+    return torch.as_tensor(parts, dtype=torch.float32)
 
 
 def vanish_part_recall(model: nn.Module, dataset: PartSegmentationDataset, *, epsilon: float, steps: int,
@@ -412,20 +458,46 @@ def vanish_part_recall(model: nn.Module, dataset: PartSegmentationDataset, *, ep
     8 bits inside the ball as the evaluation's are."""
     count = min(images, len(dataset))
     recipe = PartExtractorAdversarialTraining(epsilon=epsilon, inner_loop="pgd", steps=steps, losses=("vanish",))
-    attack = InnerAttack(recipe, score_threshold=score_threshold)
-    generator = torch.Generator().manual_seed(seed)
-    attacked = []
-    for start in range(0, count, batch_size):
-        clean = [dataset.image(index).to(device) for index in range(start, min(start + batch_size, count))]
-        goals = attack.goals(None, len(clean), batch=0, generator=generator)
-        for point, image in zip(attack.perturb(model, clean, None, goals, generator=generator), clean, strict=True):
-            attacked.append(LINF.quantize(point[None], image[None], attack.epsilon)[0])
-    training = model.training
-    parts = PartExtractor(model, score_threshold=score_threshold, device=device).extract(attacked).parts
-    model.train(training)
-    actual = _actual_parts(dataset)[:count]
-    figures = part_set_precision_recall(parts, actual)
+    attacked = _attacked_images(model, dataset, recipe, count=count, score_threshold=score_threshold, device=device,
+                                batch_size=batch_size, seed=seed)
+    parts = _extracted_parts(model, attacked, score_threshold=score_threshold, device=device).numpy().astype(bool)
+    figures = part_set_precision_recall(parts, _actual_parts(dataset)[:count])
     return {"val_vanish_part_recall": figures["part_recall"]}
+
+
+def reclassified_correctly(parts: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """Per image, whether UnMask's re-classification from ``parts`` (N, 44) 0/1 — the first class
+    of ``CLASS_MATRIX`` whose parts match best by Jaccard — is a class that the annotated parts
+    ``annotated`` (N, 44) 0/1 match best (K serves every class set, so every class with parts
+    competes; ties among the annotation's best classes all count as right)."""
+    predicted = soft_jaccard(parts.float(), CLASS_MATRIX).argmax(-1)
+    reference = soft_jaccard(annotated.float(), CLASS_MATRIX)
+    best = reference == reference.max(-1, keepdim=True).values
+    return best.gather(1, predicted[:, None])[:, 0]
+
+
+def reclassify_accuracy(model: nn.Module, dataset: PartSegmentationDataset, *, epsilon: float, steps: int,
+                        images: int, score_threshold: float, device: torch.device | str = "cpu",
+                        batch_size: int = 16, seed: int = 0) -> dict[str, float]:
+    """The figure a robust K is for, cheaply, for K's training history: on the first ``images``
+    images of ``dataset``, the share whose re-classification from K's parts is right
+    (``reclassified_correctly``), clean (``val_clean_reclassify_accuracy``) and under a
+    ``steps``-step PGD attack at ``epsilon`` (0-255; random start from ``seed``, 8-bit images)
+    with the transplant hinges towards the nearest other class, the target the white-box
+    attacks rank first (``val_reclassify_accuracy``). Every class with parts is a candidate,
+    not only a class set's: a lower bound on a class set's figure under this attack, for
+    choosing an epoch, not a result (the evaluation's attacks give those)."""
+    count = min(images, len(dataset))
+    annotated = torch.as_tensor(_actual_parts(dataset)[:count])
+    clean = [dataset.image(index) for index in range(count)]
+    clean_parts = _extracted_parts(model, clean, score_threshold=score_threshold, device=device)
+    recipe = PartExtractorAdversarialTraining(epsilon=epsilon, inner_loop="pgd", steps=steps, losses=("transplant",),
+                                              transplant_target="nearest")
+    attacked = _attacked_images(model, dataset, recipe, count=count, score_threshold=score_threshold, device=device,
+                                batch_size=batch_size, seed=seed)
+    attacked_parts = _extracted_parts(model, attacked, score_threshold=score_threshold, device=device)
+    return {"val_clean_reclassify_accuracy": float(reclassified_correctly(clean_parts, annotated).float().mean()),
+            "val_reclassify_accuracy": float(reclassified_correctly(attacked_parts, annotated).float().mean())}
 
 
 # --- the robust K in the model cache ---------------------------------------------------------------
@@ -436,12 +508,22 @@ def robust_training(spec: PartExtractorSpec, recipe: PartExtractorAdversarialTra
     return dataclasses.replace(spec.training, epochs=recipe.epochs, lr=recipe.lr, warmup_steps=recipe.warmup_steps)
 
 
+def recipe_record(recipe: PartExtractorAdversarialTraining) -> dict[str, object]:
+    """``recipe`` as recorded in a robust K's identity, resume settings and weights' metadata:
+    its fields, ``keep`` left out at its default ("last") so that the Ks trained before it
+    existed keep their folders and resume."""
+    record = dataclasses.asdict(recipe)
+    if recipe.keep == "last":
+        del record["keep"]
+    return record
+
+
 def robust_identity(spec: PartExtractorSpec, recipe: PartExtractorAdversarialTraining, *, start_weights: str,
                     data_fingerprint: str) -> dict[str, object]:
     """What determines a robust K: the clean K it starts from (its weights' digest), the recipe,
     the fine-tune's optimiser settings, K's score threshold (its hinges mirror it), the
     architecture and the training data."""
-    return {"start_weights": start_weights, "adversarial": dataclasses.asdict(recipe),
+    return {"start_weights": start_weights, "adversarial": recipe_record(recipe),
             "training": dataclasses.asdict(robust_training(spec, recipe)),
             "score_threshold": spec.rule.score_threshold, "architecture": spec.architecture,
             "image_size": spec.image_size, "data": data_fingerprint}
@@ -481,7 +563,7 @@ def train_or_load_robust_part_extractor(
         train_part_extractor(model, train_set(), val_set(), robust_training(spec, recipe), device=runtime.device,
                              checkpoint_dir=folder, workers=runtime.workers, score_threshold=spec.rule.score_threshold,
                              progress=runtime.verbosity > 0,
-                             metadata={**spec.metadata, "adversarial": dataclasses.asdict(recipe),
+                             metadata={**spec.metadata, "adversarial": recipe_record(recipe),
                                        "start_weights": start_weights},
                              step=AdversarialStep(recipe, score_threshold=spec.rule.score_threshold,
                                                   seed=spec.training.seed))
@@ -490,7 +572,8 @@ def train_or_load_robust_part_extractor(
 
 
 __all__ = [
-    "INNER_LOOPS", "INNER_LOSSES", "TRANSPLANT_TARGETS", "AdversarialStep", "InnerAttack", "InnerGoals",
-    "PartExtractorAdversarialTraining", "part_consistency", "robust_part_extractor_cache_key",
-    "train_or_load_robust_part_extractor", "vanish_part_recall",
+    "INNER_LOOPS", "INNER_LOSSES", "KEPT_EPOCHS", "TRANSPLANT_TARGETS", "AdversarialStep", "InnerAttack",
+    "InnerGoals", "PartExtractorAdversarialTraining", "part_consistency", "reclassified_correctly",
+    "reclassify_accuracy", "recipe_record", "robust_part_extractor_cache_key", "train_or_load_robust_part_extractor",
+    "vanish_part_recall",
 ]
