@@ -176,20 +176,31 @@ def _train_m(plan: Plan, args: argparse.Namespace) -> int:
 def _train_k(plan: Plan, args: argparse.Namespace) -> int:
     import json
 
-    from unmask.experiment.stages import part_extractor_metrics, prepare_data, trained_part_extractor
+    from unmask.experiment.outputs import robust_training_record
+    from unmask.experiment.stages import (
+        part_extractor_metrics,
+        prepare_data,
+        trained_part_extractor,
+        trained_robust_part_extractor,
+    )
     from unmask.train.loop import ModelCache
 
     runtime = plan.runtime.start()
     cache = ModelCache(plan.models_dir, runtime, plan.allow_random_init)
     prepare_data(plan.data, runtime, m_splits=(), k_splits=plan.k_splits)
-    k = trained_part_extractor(plan.k, plan.data, cache, checkpoint=plan.k_checkpoint,
-                               precision=plan.inference.effective_precision(runtime.device))
+    precision = plan.inference.effective_precision(runtime.device)
+    k = trained_part_extractor(plan.k, plan.data, cache, checkpoint=plan.k_checkpoint, precision=precision)
+    k_robust = None if plan.k_robust is None else trained_robust_part_extractor(
+        plan.k, plan.k_robust, plan.data, cache, checkpoint=plan.k_checkpoint, precision=precision)
     if not runtime.distributed.is_main:
         return 0
-    metrics, metrics_file = part_extractor_metrics(k, plan.data, cache)
-    if plan.verbosity > 0:
-        print(json.dumps(metrics, indent=2))
-        print(f"train-k: K's weights are in {k.directory}, its test metrics in {metrics_file}")
+    for name, model, extra in (("K", k, {}), ("the robust K", k_robust, {"training": robust_training_record(k_robust)})):
+        if model is None:
+            continue
+        metrics, metrics_file = part_extractor_metrics(model, plan.data, cache)
+        if plan.verbosity > 0:
+            print(json.dumps({**metrics, **extra}, indent=2))
+            print(f"train-k: {name}'s weights are in {model.directory}, its test metrics in {metrics_file}")
     return 0
 
 
@@ -261,7 +272,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
     "prepare": ("generate the synthetic part world (--dataset synthetic) or convert raw PASCAL-Part "
                 "(--dataset pascal-part --pascal-root DIR --out DIR)", _prepare),
     "train-m": ("train M and, with --adv-training, the adversarial-training baseline", _train_m),
-    "train-k": ("train K and evaluate it on the test split (COCO mAP, part precision and recall)", _train_k),
+    "train-k": ("train K (and, with --k-adv-training, UnMask-R's robust K) and evaluate it on the test split (COCO "
+                "mAP, part precision and recall; the robust K's fine-tune per epoch)", _train_k),
     "import-m": ("write the original's released M (--original-m FILE, saved with torch.save(model)) as a weights "
                  "file for --m-checkpoint (--imported-m), read without running code in it", _import_m),
     "examples": ("render example images with their part masks to images/synthetic_examples.png", _examples),

@@ -209,6 +209,16 @@ def test_train_k_and_train_m_commands_reuse_the_run_models(finished_run, capsys,
     assert "M (compact" in output and "adversarially trained M (compact" in output
 
 
+def test_train_k_fine_tunes_the_robust_k_when_asked_and_prints_its_epochs(finished_run, capsys):
+    plan, _ = finished_run
+    robust = ["--k-adv-training", "--k-adv-epochs", "1", "--k-adv-val-images", "2", "--k-adv-val-steps", "1"]
+    assert cli.main(["train-k", *_argv(plan), *robust]) == 0
+    output = capsys.readouterr().out
+    assert "train-k: K's weights are in" in output and "train-k: the robust K's weights are in" in output
+    assert '"kept_epoch": 1' in output and '"val_reclassify_accuracy"' in output
+    assert any(plan.models_dir.glob("k-adv-*/weights.pt"))
+
+
 @pytest.mark.slow
 def test_two_processes_evaluate_to_the_same_numbers_as_one(finished_run):
     """The evaluation under torchrun (gloo, 2 processes, sharded batches) against the module's
