@@ -382,6 +382,12 @@ class Config:
                                    "class, the paper's) or reject (no class: a detector's answer).",
                                    choices=Choices("unmask.rules:FLAGGED_DECISIONS", "decision"),
                                    to="decision.flagged", named_when_set=True)
+    part_classifier_data: str = option("clean", "What the part-classifier rule's classifier is trained on: clean (K's "
+                                       "outputs for M's clean training images) or clean+attacked (also K's outputs "
+                                       "for them under a K-only 10-step PGD at L-inf 8 towards another class's "
+                                       "parts, labelled with their own class).",
+                                       choices=Choices("unmask.rules:PART_CLASSIFIER_DATA", "training data"),
+                                       to="decision.classifier_data", named_when_set=True)
     grid_class_sets: tuple[str, ...] = option(("cs3-1", "cs3-2", "cs5-1", "cs5-2"), "Class sets of --grid.",
                                               choices=_CLASS_SETS, results=False)
     grid_models: tuple[str, ...] = option(("compact", "resnet18"), "Models M of --grid.", choices=_CLASSIFIERS,

@@ -45,12 +45,17 @@ from unmask.defense import jaccard_matrix
 from unmask.metrics import threshold_at_fpr
 from unmask.parts import PARTS, ClassSet
 
-__all__ = ["DECISION_RULES", "FLAGGED_DECISIONS", "AgreementRule", "DecisionRule", "Evidence", "PaperRule",
+__all__ = ["DECISION_RULES", "FLAGGED_DECISIONS", "PART_CLASSIFIER_DATA", "AgreementRule", "DecisionRule", "Evidence", "PaperRule",
            "PartClassifier", "PartClassifierRule", "PerClassRule", "RuleDecision", "decision_rule",
            "train_part_classifier"]
 
 FLAGGED_DECISIONS: tuple[str, ...] = ("reclassify", "reject")
 """What a flagged image gets: its re-classified class (the paper's defense) or no class at all."""
+
+PART_CLASSIFIER_DATA: tuple[str, ...] = ("clean", "clean+attacked")
+"""What the part-classifier rule is trained on: K's evidence for M's clean training images, or
+also for the same images under a K-only attack towards another class's parts, labelled with
+their own class (adversarial training of the rule's classifier on K's outputs)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,12 @@ class Evidence:
     def features(self) -> np.ndarray:
         """(N, 88) the part classifier's input: presence, then confidence, per part."""
         return np.concatenate([self.parts.astype(np.float64), self.part_scores], axis=1)
+
+    @classmethod
+    def concatenate(cls, *evidences: Evidence) -> Evidence:
+        """The images of ``evidences``, in order, as one."""
+        return cls(np.concatenate([e.m for e in evidences]), np.concatenate([e.parts for e in evidences]),
+                   np.concatenate([e.part_scores for e in evidences]))
 
 
 @dataclass(frozen=True)
@@ -314,7 +325,8 @@ class PartClassifierRule(DecisionRule):
     After ROCK (Li et al., TPAMI 2023) and Sitawarin et al. (ICLR 2023), which classify from
     parts, joined to M by KEMLP's agreement (Gürel et al., ICML 2021). ``classifier``: a
     ``PartClassifier`` trained on K's outputs for the clean training split
-    (``train_part_classifier``); options to train it on K's outputs under attack are not built."""
+    (``train_part_classifier``), and with ``PART_CLASSIFIER_DATA`` "clean+attacked" also on K's
+    outputs for those images under a K-only attack (``unmask.experiment``)."""
 
     name: ClassVar[str] = "part-classifier"
     classifier: PartClassifier | None = None

@@ -193,6 +193,28 @@ def test_the_decision_rule_names_a_run_only_when_it_is_not_the_papers():
     assert len(names) == 6
     with pytest.raises(ConfigError, match="decision rule"):
         build_plan(resolve_config(overrides={"decision_rule": "majority"}))
+    attacked = build_plan(resolve_config(overrides={"decision_rule": "part-classifier",
+                                                    "part_classifier_data": "clean+attacked"}))
+    assert attacked.evaluation.decision.key()["classifier_data"] == "clean+attacked"
+    assert attacked.run_name not in names and "part_classifier_data" not in base.results
+    with pytest.raises(ConfigError, match="--part-classifier-data: .*the rule is 'agreement'"):
+        build_plan(resolve_config(overrides={"decision_rule": "agreement", "part_classifier_data": "clean+attacked"}))
+
+
+def test_other_class_goals_never_aim_at_the_images_own_class():
+    import numpy as np
+    import torch
+
+    from unmask.experiment.evaluator import other_class_goals
+    from unmask.parts import ClassSet
+
+    class_set = ClassSet.named("cs5-2")
+    expected = torch.tensor(np.asarray(class_set.expected), dtype=torch.float32)
+    labels = torch.arange(5).repeat(40)
+    goals = other_class_goals(labels, expected, torch.Generator().manual_seed(0))
+    drawn = (goals.add[:, None, :] == expected[None]).all(-1).float().argmax(-1)
+    assert (drawn != labels).all() and len(set(drawn.tolist())) == 5
+    assert torch.equal(goals.remove, 1 - goals.add) and set(goals.kinds) == {"transplant"}
 
 
 def test_the_grid_is_every_class_set_and_model_with_and_without_adversarial_training():

@@ -458,3 +458,58 @@ def test_a_decision_rule_runs_end_to_end_and_keys_its_saved_results(finished_run
     capsys.readouterr()
     run_experiment(_shared(plan, decision_rule="per-class", **rule_run))
     assert "recomputing the saved result" in capsys.readouterr().out
+
+
+def test_the_part_classifier_can_also_learn_from_ks_outputs_under_attack(finished_run):
+    """--part-classifier-data clean+attacked on the finished run's models: K's outputs for the
+    training images under the K-only attack are saved beside the clean ones and keyed apart from
+    them, and the rule is trained (the tiny K finds no part, clean or attacked: what the attack
+    does to a K is tested in tests/train/test_robust_part_extractor.py)."""
+    import numpy as np
+
+    from unmask.experiment.evaluator import ATTACKED_EVIDENCE
+
+    plan, _ = finished_run
+    rule_run = {"run_name": "rule-attacked", "adaptive_attacks": ("reclassify_linf:16",), "adaptive_max_images": 4,
+                "decision_rule": "part-classifier", "part_classifier_data": "clean+attacked"}
+    ruled = run_experiment(_shared(plan, **rule_run))
+    folder = ruled / "adaptive"
+    clean, attacked = (np.load(folder / name) for name in ("unmask-train.npz", "unmask-train-attacked.npz"))
+    assert len(attacked["parts"]) == len(clean["parts"]) > 0
+    stamp = json.loads((folder / "unmask-train-attacked.npz.stamp.json").read_text())
+    assert stamp["fingerprint"]["attacked_evidence"]["steps"] == ATTACKED_EVIDENCE.steps
+    metrics = json.loads((ruled / "metrics.json").read_text())
+    entry = next(entry for entry in metrics["defenses"] if entry["defense"] == "UnMask")
+    assert entry["decision_rule"]["rule"] == "part-classifier" and 0 <= entry["flag_rate"] <= 1
+
+
+def test_the_part_classifier_is_trained_on_both_evidences_when_asked(tmp_path):
+    """The deployed rule's training data: the clean evidence alone, or the clean then the
+    attacked evidence with the labels repeated."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from unmask.evaluation import Predictions, Scored
+    from unmask.experiment.adaptive.defenses import _deployed
+    from unmask.experiment.plan import DecisionSpec
+    from unmask.parts import PARTS, ClassSet
+
+    class_set = ClassSet.named("cs3-1")
+
+    def scored(parts_on: bool) -> Scored:
+        parts = np.zeros((3, len(PARTS)), dtype=bool)
+        parts[:, 0] = parts_on
+        return Scored.of(Predictions(m=np.array([0, 1, 2]), adv_trained=None, parts=parts,
+                                     part_scores=parts.astype(np.float32)), class_set)
+
+    labels = np.array([0, 1, 2])
+    evaluator = SimpleNamespace(
+        class_set=class_set, folder=SimpleNamespace(path=tmp_path),
+        training=lambda k, path, what: (scored(False), labels),
+        attacked_training=lambda k, path, what: (scored(True), labels))
+    for data, rows in (("clean", 3), ("clean+attacked", 6)):
+        evaluator.spec = SimpleNamespace(decision=DecisionSpec("part-classifier", classifier_data=data))
+        evidence, repeated = _deployed(evaluator, "UnMask", None)["training"]()
+        assert len(evidence) == rows and repeated.tolist() == labels.tolist() * (rows // 3)
+        assert evidence.parts[:3, 0].sum() == 0 and evidence.parts[3:, 0].all()

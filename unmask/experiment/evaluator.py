@@ -32,10 +32,19 @@ from unmask.experiment.batches import Arrays, BatchComputation, resumable_result
 from unmask.experiment.folder import RunFolder, choose_example, example_candidates, save_example
 from unmask.experiment.plan import EvaluationSpec
 from unmask.experiment.stages import TrainedClassifier, TrainedPartExtractor, attacked_predictions, clean_predictions
+from unmask.attacks.norms import LINF
+from unmask.io import stable_hash
 from unmask.models.classifier import ClassifierInference
 from unmask.parts import ClassSet
 from unmask.provenance import Fingerprint, digest
 from unmask.runtime import Runtime
+from unmask.train.robust_part_extractor import InnerAttack, InnerGoals, PartExtractorAdversarialTraining
+
+ATTACKED_EVIDENCE = PartExtractorAdversarialTraining(epsilon=8.0, inner_loop="pgd", steps=10, losses=("transplant",))
+"""The K-only attack on M's training images whose K outputs the part-classifier rule is also
+trained on under ``--part-classifier-data clean+attacked``: PGD with a random start, 10 steps of
+2.5 epsilon / 10 at L-inf 8, K's hinges towards a random other class's parts (UnMask-R's
+``transplant`` inner loss)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,16 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def other_class_goals(labels: torch.Tensor, expected: torch.Tensor, generator: torch.Generator) -> InnerGoals:
+    """K's hinge goals towards a class drawn at random among the others of the class set for
+    each image (``labels`` (N,) in class-set order; ``expected`` (C, 44) the class set's V):
+    add the drawn class's parts, remove every other part."""
+    draws = torch.rand(len(labels), len(expected), generator=generator)
+    draws[torch.arange(len(labels)), labels] = -1.0  # never the image's own class
+    goal = expected[draws.argmax(1)]
+    return InnerGoals(("transplant",) * len(labels), goal, 1.0 - goal)
 
 
 @dataclass
@@ -191,6 +210,29 @@ class Evaluator:
             raise ValueError("the part-classifier rule needs M's training split; this evaluation has none")
         images = ImageSet.of(self.training_data)
         return self.clean_predictions(images, path, baseline=False, k=k, what=what), images.labels.numpy()
+
+    def attacked_training(self, k: TrainedPartExtractor, path: Path, *, what: str) -> tuple[Scored, np.ndarray]:
+        """K's (and M's) predictions on M's training images after ``ATTACKED_EVIDENCE``'s K-only
+        attack towards a random other class of the class set (per image, drawn from the seed and
+        the batch), rounded to 8 bits, and the images' own labels."""
+        if self.training_data is None:
+            raise ValueError("the part-classifier rule needs M's training split; this evaluation has none")
+        images, extractor = ImageSet.of(self.training_data), k.extractor
+        attack = InnerAttack(ATTACKED_EVIDENCE, score_threshold=extractor.score_threshold)
+        expected = torch.tensor(np.asarray(self.class_set.expected), dtype=torch.float32)
+
+        def compute(number: int, indices: Any) -> tuple[Arrays, dict[str, Any]]:
+            generator = torch.Generator().manual_seed(int(stable_hash([self.spec.seed, "attacked-evidence", number],
+                                                                      length=15), 16))
+            clean = images.images[indices].to(self.runtime.device)
+            goals = other_class_goals(images.labels[indices], expected, generator)
+            points = attack.perturb(extractor.model, list(clean), None, goals, generator=generator)
+            attacked = LINF.quantize(torch.stack(points), clean, attack.epsilon).cpu()
+            return clean_predictions(attacked, self.m.inference, None, extractor).arrays(), {}
+
+        key = self.key(images, baseline=False, k=k, attacked_evidence=asdict(ATTACKED_EVIDENCE))
+        arrays = self.result(path, key, len(images), compute, what=what)
+        return Scored.of(Predictions.from_arrays(arrays), self.class_set), images.labels.numpy()
 
     def thresholds(self, fpr: float) -> Thresholds:
         """Detection thresholds fixed on the clean validation images at false-positive rate ``fpr``."""

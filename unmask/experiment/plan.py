@@ -73,6 +73,13 @@ class DecisionSpec:
 
     rule: str = "paper"
     flagged: str = "reclassify"
+    classifier_data: str = "clean"
+    """What the part-classifier rule is trained on (``unmask.rules.PART_CLASSIFIER_DATA``)."""
+
+    def __post_init__(self) -> None:
+        if self.classifier_data != "clean" and self.rule != "part-classifier":
+            raise ValueError(f"training data {self.classifier_data!r} is for the part-classifier rule's classifier; "
+                             f"the rule is {self.rule!r}")
 
     @property
     def reject(self) -> bool:
@@ -86,7 +93,10 @@ class DecisionSpec:
     def key(self) -> dict[str, str]:
         """What a saved result judged by the rule depends on: empty for the paper's decision, so
         the results saved before the rules existed are reused."""
-        return {} if self.is_paper else {"decision_rule": self.rule, "flagged": self.flagged}
+        if self.is_paper:
+            return {}
+        key = {"decision_rule": self.rule, "flagged": self.flagged}
+        return key if self.classifier_data == "clean" else {**key, "classifier_data": self.classifier_data}
 
 
 @dataclass(frozen=True)
@@ -400,7 +410,8 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
         adv_trained=adversarial if config.adv_training else None,
         k=k, vectors=vectors, attack=attack,
         evaluation=EvaluationSpec(config.detection_fpr, config.eval_max_images, config.seed, config.attack_batch_size,
-                                  DecisionSpec(**config.options_for("decision"))),
+                                  _checked("part_classifier_data",
+                                           lambda: DecisionSpec(**config.options_for("decision")))),
         adaptive=adaptive,
         m_checkpoint=Path(config.m_checkpoint) if config.m_checkpoint else None,
         k_checkpoint=Path(config.k_checkpoint) if config.k_checkpoint else None,

@@ -50,9 +50,10 @@ class Defense:
     """The deployed decision rule (the paper's by default)."""
     class_set: ClassSet | None = None
     """The class set its rule decides over (needed by every rule but the paper's)."""
-    training: Callable[[], tuple[Scored, np.ndarray]] | None = None
-    """Its K's predictions on M's clean training images and their labels, computed when first
-    asked for (only the part-classifier rule is trained on them)."""
+    training: Callable[[], tuple[Evidence, np.ndarray]] | None = None
+    """Its K's evidence on M's training images (clean, and under attack with
+    ``--part-classifier-data clean+attacked``) and their labels, computed when first asked for
+    (only the part-classifier rule is trained on them)."""
     _rules: dict[float, DecisionRule] = field(default_factory=dict, repr=False)
 
     def threshold(self, fpr: float) -> float | None:
@@ -77,8 +78,8 @@ class Defense:
                     if self.training is None:
                         raise ValueError(f"{self.name}: the part-classifier rule needs K's outputs on the training "
                                          "images")
-                    scored, labels = self.training()
-                    options["classifier"] = train_part_classifier(evidence_of(scored), labels, len(self.class_set))
+                    evidence, labels = self.training()
+                    options["classifier"] = train_part_classifier(evidence, labels, len(self.class_set))
                 unfixed = decision_rule(self.decision.rule, self.class_set, reject=self.decision.reject, **options)
             self._rules[fpr] = unfixed.fixed(evidence_of(self.validation), fpr=fpr)
         return self._rules[fpr]
@@ -138,9 +139,18 @@ def _deployed(evaluator: Evaluator, name: str, k: TrainedPartExtractor) -> dict[
     decision = evaluator.spec.decision
     if decision.is_paper:
         return {}
-    path = evaluator.folder.path / "adaptive" / f"{slug(name)}-train.npz"
-    return {"decision": decision, "class_set": evaluator.class_set,
-            "training": lambda: evaluator.training(k, path, what=f"{name}: K on the training images")}
+    folder = evaluator.folder.path / "adaptive"
+
+    def training() -> tuple[Evidence, np.ndarray]:
+        scored, labels = evaluator.training(k, folder / f"{slug(name)}-train.npz",
+                                            what=f"{name}: K on the training images")
+        if decision.classifier_data == "clean":
+            return evidence_of(scored), labels
+        attacked, same = evaluator.attacked_training(k, folder / f"{slug(name)}-train-attacked.npz",
+                                                     what=f"{name}: K on the training images under attack")
+        return Evidence.concatenate(evidence_of(scored), evidence_of(attacked)), np.concatenate([labels, same])
+
+    return {"decision": decision, "class_set": evaluator.class_set, "training": training}
 
 
 @dataclass(frozen=True)
