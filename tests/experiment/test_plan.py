@@ -27,9 +27,10 @@ CHANGED = {
     "adaptive_step_schedule": "cosine", "adaptive_reclassify_losses": ("dlr", "ce"),
     "k_adv_epsilon": 4.0, "k_adv_recipe": "pgd", "k_adv_steps": 3, "k_adv_step_size": 1.5,
     "k_adv_losses": ("training", "vanish"), "k_adv_target": "nearest", "k_adv_clean_weight": 0.5, "k_adv_trades": 2.0,
-    "k_adv_epochs": 3, "k_adv_lr": 0.01,
+    "k_adv_epochs": 3, "k_adv_lr": 0.01, "k_adv_keep": "reclassify", "k_adv_val_images": 16, "k_adv_val_steps": 2,
     "active_inner_points": 64, "active_k_inner_points": 8, "active_closeness": 0.5, "active_random_samples": 10,
-    "active_plant_steps": 50, "active_plant_targets": 0, "decision_rule": "agreement", "flagged_decision": "reject",
+    "active_plant_steps": 50, "active_plant_targets": 0, "decision_rule": "part-classifier",
+    "flagged_decision": "reject", "part_classifier_data": "clean+attacked",
 }
 SWITCHED_ON = {"k_adv_training": True}
 """The options without a component field that make a component exist (the robust K's recipe)."""

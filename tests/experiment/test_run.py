@@ -209,14 +209,16 @@ def test_train_k_and_train_m_commands_reuse_the_run_models(finished_run, capsys,
     assert "M (compact" in output and "adversarially trained M (compact" in output
 
 
-def test_train_k_fine_tunes_the_robust_k_when_asked_and_prints_its_epochs(finished_run, capsys):
+def test_train_k_fine_tunes_the_robust_k_when_asked_and_prints_its_epochs(finished_run, capsys, tmp_path):
     plan, _ = finished_run
-    robust = ["--k-adv-training", "--k-adv-epochs", "1", "--k-adv-val-images", "2", "--k-adv-val-steps", "1"]
+    shutil.copytree(plan.models_dir, tmp_path / "models")  # the shared run's cache stays as it was
+    robust = ["--k-adv-training", "--k-adv-epochs", "1", "--k-adv-val-images", "2", "--k-adv-val-steps", "1",
+              "--output-dir", str(tmp_path)]
     assert cli.main(["train-k", *_argv(plan), *robust]) == 0
     output = capsys.readouterr().out
     assert "train-k: K's weights are in" in output and "train-k: the robust K's weights are in" in output
     assert '"kept_epoch": 1' in output and '"val_reclassify_accuracy"' in output
-    assert any(plan.models_dir.glob("k-adv-*/weights.pt"))
+    assert any((tmp_path / "models").glob("k-adv-*/weights.pt")) and not any(plan.models_dir.glob("k-adv-*"))
 
 
 @pytest.mark.slow
