@@ -460,7 +460,7 @@ PROFILES: dict[str, dict[str, object]] = {
         "adaptive_threat_models": ("white-box",),
         "adaptive_fprs": (0.05, 0.10),
     },
-    # the converged white-box figures (python main.py --profile converged): the budget ladder 1x to 16x on the
+    # the converged white-box figures (python main.py --profile converged): the budget ladder 1x to 32x on the
     # default run's models (cached, reused), white-box at L-inf 8 and 16, detection at 10% FPR, 100 images; the
     # steps double twice (the joint attack finds the evasions its unit tests plant only with runs of 160-200
     # steps: docs/active_tests.md), then the losses, then the targets; for the robust profile's defenses:
@@ -471,7 +471,7 @@ PROFILES: dict[str, dict[str, object]] = {
         "adaptive_threat_models": ("white-box",),
         "adaptive_fprs": (0.10,),
         "adaptive_max_images": 100,
-        "adaptive_ladder": (1, 2, 4, 8, 16),
+        "adaptive_ladder": (1, 2, 4, 8, 16, 32),
         "adaptive_ladder_growth": ("steps", "steps", "losses", "targets"),
     },
 }

@@ -72,7 +72,7 @@ def test_a_bad_ladder_on_the_command_line_names_the_option():
     with pytest.raises(ConfigError, match="--adaptive-ladder: expected increasing powers of 2"):
         build_plan(resolve_config(overrides={"adaptive_ladder": (1, 3), "device": "cpu"}))
     plan = build_plan(resolve_config(profile="converged", overrides={"device": "cpu"}))
-    assert plan.adaptive.ladder.rungs == (1, 2, 4, 8, 16) and plan.adaptive.fprs == (0.1,)
+    assert plan.adaptive.ladder.rungs == (1, 2, 4, 8, 16, 32) and plan.adaptive.fprs == (0.1,)
     assert plan.adaptive.ladder.growth == ("steps", "steps", "losses", "targets")
     assert {(v.name, v.epsilon) for v in plan.adaptive.vectors} == {
         (f"{name}_linf", epsilon) for name in ("joint", "reclassify", "transplant") for epsilon in (8.0, 16.0)}
