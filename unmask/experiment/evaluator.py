@@ -206,18 +206,19 @@ class Evaluator:
     def training(self, k: TrainedPartExtractor, path: Path, *, what: str) -> tuple[Scored, np.ndarray]:
         """K's (and M's) predictions on M's clean training images, and their labels: what the
         part-classifier rule is trained on (computed only when that rule is deployed)."""
+        images = self._training_images()
+        return self.clean_predictions(images, path, baseline=False, k=k, what=what), images.labels.numpy()
+
+    def _training_images(self) -> ImageSet:
         if self.training_data is None:
             raise ValueError("the part-classifier rule needs M's training split; this evaluation has none")
-        images = ImageSet.of(self.training_data)
-        return self.clean_predictions(images, path, baseline=False, k=k, what=what), images.labels.numpy()
+        return ImageSet.of(self.training_data)
 
     def attacked_training(self, k: TrainedPartExtractor, path: Path, *, what: str) -> tuple[Scored, np.ndarray]:
         """K's (and M's) predictions on M's training images after ``ATTACKED_EVIDENCE``'s K-only
         attack towards a random other class of the class set (per image, drawn from the seed and
         the batch), rounded to 8 bits, and the images' own labels."""
-        if self.training_data is None:
-            raise ValueError("the part-classifier rule needs M's training split; this evaluation has none")
-        images, extractor = ImageSet.of(self.training_data), k.extractor
+        images, extractor = self._training_images(), k.extractor
         attack = InnerAttack(ATTACKED_EVIDENCE, score_threshold=extractor.score_threshold)
         expected = torch.tensor(np.asarray(self.class_set.expected), dtype=torch.float32)
 

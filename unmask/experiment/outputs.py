@@ -27,7 +27,6 @@ from unmask.experiment.evaluator import Evaluator
 from unmask.experiment.folder import RunFolder
 from unmask.experiment.stages import TrainedPartExtractor
 from unmask.io import atomic_path, atomic_write_text, load_checkpoint
-from unmask.train.loop import read_kept_epoch
 from unmask.models.part_extractor import PartExtractor
 from unmask.parts import PARTS, ClassSet
 from unmask.report import (
@@ -42,6 +41,7 @@ from unmask.report import (
     plot_threat_models,
     plot_training,
 )
+from unmask.train.loop import read_kept_epoch
 
 RESULT_FORMAT = 7
 """2: the adaptive evaluation's sections (``adaptive``, ``adaptive_summary``), strict JSON (null
@@ -101,7 +101,6 @@ def robust_training_record(k_robust: TrainedPartExtractor | None) -> dict[str, A
     return {"kept_epoch": read_kept_epoch(k_robust.directory),
             "epochs": [{"epoch": record["epoch"], **{key: record[key] for key in ROBUST_TRAINING_FIGURES
                                                      if key in record}} for record in k_robust.history]}
-
 
 
 def build_metrics(results: Mapping[str, Any], class_set: ClassSet, labels: np.ndarray, clean: Scored,

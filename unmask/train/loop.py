@@ -223,18 +223,23 @@ def describe_cache(folder: Path, identity: Mapping[str, Any], *, epochs: int, wh
     return done
 
 
+def _history_file(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / HISTORY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def read_history(folder: Path) -> list[dict[str, float]] | None:
     """The per-epoch records of the training in ``folder`` (``history.json``; the finished epochs
     only), or None when it holds none."""
-    path = Path(folder) / HISTORY_FILE
-    return list(json.loads(path.read_text(encoding="utf-8"))["history"]) if path.is_file() else None
+    written = _history_file(folder)
+    return None if written is None else list(written["history"])
 
 
 def read_kept_epoch(folder: Path) -> int | None:
     """The 1-based epoch whose weights the training in ``folder`` kept (``history.json``), or None
     when it holds none."""
-    path = Path(folder) / HISTORY_FILE
-    return int(json.loads(path.read_text(encoding="utf-8"))["kept_epoch"]) if path.is_file() else None
+    written = _history_file(folder)
+    return None if written is None else int(written["kept_epoch"])
 
 
 def save_weights(path: str | Path, model: nn.Module, metadata: Mapping[str, Any] | None = None) -> None:
