@@ -54,6 +54,13 @@ class Choices:
         return name in values or (not self.exact and name.lower() in {v.lower() for v in values})
 
 
+def _default_of(config_field: dataclasses.Field) -> Any:
+    """A field's default, from its default factory for a tuple option."""
+    if config_field.default_factory is not dataclasses.MISSING:
+        return config_field.default_factory()
+    return config_field.default
+
+
 def option(default: Any, help: str, *, group: str | None = None, aliases: tuple[str, ...] = (),  # noqa: A002
            choices: Choices | None = None, at_least: float | None = None, above: float | None = None,
            at_most: float | None = None, below: float | None = None, reason: str = "", results: bool = True,
@@ -283,6 +290,11 @@ class Config:
         "and the thresholds) and transfer (crafted on M and a surrogate K' trained with another seed on half of K's "
         "training split, judged on the real K). Gray-box rows (the paper's M-only PGD) are always shown beside them.",
         choices=Choices("unmask.experiment.plan:ADAPTIVE_THREAT_MODELS", "threat model"))
+    adaptive_defenses: tuple[str, ...] = option(
+        (), "The UnMask-like defenses the white-box and transfer attacks aim at, by name in file names: unmask, "
+        "unmask-r, unmask-r-adv-m (empty: every one the run has). The others still get their clean figures, their "
+        "rule's ceiling and the gray-box rows; the baselines (M alone) are always attacked.",
+        choices=Choices("unmask.experiment.adaptive.defenses:PART_BASED_DEFENSES", "defense"), named_when_set=True)
     adaptive_fprs: tuple[float, ...] = option((0.10,), "False-positive rates (on clean validation images) at which "
                                               "the detection threshold is fixed for the adaptive evaluation.",
                                               above=0, below=1)
@@ -410,7 +422,7 @@ class Config:
         return {config_field.name: getattr(self, config_field.name) for config_field in dataclasses.fields(self)
                 if config_field.metadata.get("results", True)
                 and not (config_field.metadata.get("named_when_set")
-                         and getattr(self, config_field.name) == config_field.default)}
+                         and getattr(self, config_field.name) == _default_of(config_field))}
 
 
 PROFILES: dict[str, dict[str, object]] = {

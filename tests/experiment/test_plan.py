@@ -202,6 +202,15 @@ def test_the_decision_rule_names_a_run_only_when_it_is_not_the_papers():
         build_plan(resolve_config(overrides={"decision_rule": "agreement", "part_classifier_data": "clean+attacked"}))
 
 
+def test_the_attacked_defenses_are_named_only_when_chosen():
+    base = build_plan(resolve_config())
+    chosen = build_plan(resolve_config(overrides={"adaptive_defenses": ("unmask-r-adv-m",)}))
+    assert base.adaptive.attacks("unmask") and "adaptive_defenses" not in base.results
+    assert chosen.adaptive.attacks("unmask-r-adv-m") and not chosen.adaptive.attacks("unmask")
+    assert chosen.run_name != base.run_name
+    with pytest.raises(ConfigError, match="defense"):
+        build_plan(resolve_config(overrides={"adaptive_defenses": ("unmask-x",)}))
+
 def test_other_class_goals_never_aim_at_the_images_own_class():
     import numpy as np
     import torch

@@ -515,3 +515,18 @@ def test_the_part_classifier_is_trained_on_both_evidences_when_asked(tmp_path):
         evidence, repeated = _deployed(evaluator, "UnMask", None)["training"]()
         assert len(evidence) == rows and repeated.tolist() == labels.tolist() * (rows // 3)
         assert evidence.parts[:3, 0].sum() == 0 and evidence.parts[3:, 0].all()
+
+
+def test_white_box_attacks_aim_only_at_the_named_defenses(finished_run):
+    """--adaptive-defenses: a defense left out gets its clean figures, its ceiling and the
+    gray-box rows but no white-box row; the baselines are still attacked, and the report renders."""
+    plan, _ = finished_run
+    directory = run_experiment(_shared(plan, run_name="some-defenses", adaptive_defenses=("unmask-r",),
+                                       adaptive_attacks=("joint_linf:16",), adaptive_max_images=4))
+    metrics = json.loads((directory / "metrics.json").read_text())
+    kinds = {(entry["defense"], entry["threat_model"]) for entry in metrics["adaptive"]}
+    assert ("UnMask", "gray-box") in kinds and ("UnMask", "white-box") not in kinds
+    assert any(defense != "UnMask" and threat == "white-box" for defense, threat in kinds)
+    assert [entry["defense"] for entry in metrics["defenses"]][0] == "UnMask"
+    assert metrics["unflagged_wrong_class"] and (directory / "tables.md").is_file()
+    assert metrics["config"]["adaptive_defenses"] == ["unmask-r"]

@@ -178,6 +178,13 @@ class AdaptiveSpec:
     batch_size: int
     label_only_images: int = 0
     ladder: BudgetLadder = BudgetLadder()
+    defenses: tuple[str, ...] = ()
+    """The UnMask-like defenses the white-box and transfer attacks aim at, by file name (``slug``);
+    empty: all of them."""
+
+    def attacks(self, defense_slug: str) -> bool:
+        """Whether the white-box and transfer attacks aim at the UnMask-like defense ``defense_slug``."""
+        return not self.defenses or defense_slug in self.defenses
 
     @property
     def enabled(self) -> bool:
@@ -386,6 +393,7 @@ def build_plan(config: Config, *, with_grid: bool = True) -> Plan:
         fprs=tuple(sorted(set(float(fpr) for fpr in config.adaptive_fprs))), max_images=config.adaptive_max_images,
         options=adaptive_options, batch_size=adaptive_options.batch_size,
         label_only_images=config.adaptive_label_only_images,
+        defenses=tuple(dict.fromkeys(config.adaptive_defenses)),
         ladder=_checked("adaptive_ladder", lambda: BudgetLadder(
             tuple(config.adaptive_ladder), tuple(config.adaptive_ladder_growth), config.adaptive_ladder_tolerance,
             Path(config.adaptive_published) if config.adaptive_published else None)))

@@ -175,6 +175,10 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+PART_BASED_DEFENSES: tuple[str, ...] = tuple(slug(name) for name in (UNMASK, UNMASK_R, UNMASK_R_ADV))
+"""The UnMask-like defenses by file name (``--adaptive-defenses``)."""
+
+
 def unflagged_wrong_classes(class_set: ClassSet, defenses: list[Defense], clean: Mapping[str, CleanView],
                             labels: np.ndarray, fprs: tuple[float, ...]) -> list[dict[str, Any]]:
     """Per UnMask-like defense and false-positive rate, on the adaptive sample's clean images

@@ -78,6 +78,8 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
                     rows += attack_sequence(evaluator, spec, sample, label_only, rows, [vector], defense, "white-box",
                                             alone_fpr, rung, None, None, None, None)
                     continue
+                if not spec.attacks(slug(defense.name)):  # clean figures and the ceiling only
+                    continue
                 vectors = [vector for vector in spec.vectors if (vector.norm.name, vector.epsilon) == (norm, epsilon)
                            and vector.attack.attack_class.needs_part_model]
                 for fpr in spec.fprs:
