@@ -292,8 +292,8 @@ class Config:
         choices=Choices("unmask.experiment.plan:ADAPTIVE_THREAT_MODELS", "threat model"))
     adaptive_defenses: tuple[str, ...] = option(
         (), "The UnMask-like defenses the white-box and transfer attacks aim at, by name in file names: unmask, "
-        "unmask-r, unmask-r-adv-m (empty: every one the run has). The others still get their clean figures, their "
-        "rule's ceiling and the gray-box rows; the baselines (M alone) are always attacked.",
+        "unmask-r, unmask-r-adv-m (empty: every one the run has). The others get their clean figures and their "
+        "rule's ceiling only; the baselines (M alone) are always attacked.",
         choices=Choices("unmask.experiment.adaptive.defenses:PART_BASED_DEFENSES", "defense"), named_when_set=True)
     adaptive_fprs: tuple[float, ...] = option((0.10,), "False-positive rates (on clean validation images) at which "
                                               "the detection threshold is fixed for the adaptive evaluation.",

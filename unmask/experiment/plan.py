@@ -179,8 +179,8 @@ class AdaptiveSpec:
     label_only_images: int = 0
     ladder: BudgetLadder = BudgetLadder()
     defenses: tuple[str, ...] = ()
-    """The UnMask-like defenses the white-box and transfer attacks aim at, by file name (``slug``);
-    empty: all of them."""
+    """The UnMask-like defenses the attacks aim at, by file name (``slug``; empty: all of them); the
+    others get their clean figures and their rule's ceiling, and no row of the threat-model table."""
 
     def attacks(self, defense_slug: str) -> bool:
         """Whether the white-box and transfer attacks aim at the UnMask-like defense ``defense_slug``."""

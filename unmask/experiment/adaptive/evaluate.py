@@ -63,8 +63,11 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
              for defense in defenses if defense.clean is not None}
     view, sample_labels, classes = clean_views(views), labels[sample], len(evaluator.class_set.classes)
 
+    # a defense --adaptive-defenses leaves out gets no row at all: a worst case over the gray-box
+    # attack alone would read as its white-box figure
+    attacked = [defense for defense in defenses if defense.k is None or spec.attacks(slug(defense.name))]
     rows: list[Row] = [row for fpr in spec.fprs for norm, epsilon in budgets
-                       for row in gray_box_rows(evaluator, gray_box, gray_box_options, sample, defenses, NORMS[norm],
+                       for row in gray_box_rows(evaluator, gray_box, gray_box_options, sample, attacked, NORMS[norm],
                                                 epsilon, fpr)]
     alone_fpr = spec.fprs[0]  # M alone flags nothing: its rows are computed once, at the first FPR
     rungs: list[int] = []
@@ -72,13 +75,11 @@ def adaptive_evaluation(evaluator: Evaluator, spec: AdaptiveSpec, gray_box: dict
         if rungs and evaluator.runtime.progress:
             tqdm.write(f"[adaptive] budget ladder: rung x{rung} ({', '.join(spec.ladder.doublings(rung))})")
         for norm, epsilon in budgets:
-            for defense in defenses:
+            for defense in attacked:
                 if defense.k is None:
                     vector = ADAPTIVE_ATTACKS.vector(f"m_apgd_{norm}", epsilon)
                     rows += attack_sequence(evaluator, spec, sample, label_only, rows, [vector], defense, "white-box",
                                             alone_fpr, rung, None, None, None, None)
-                    continue
-                if not spec.attacks(slug(defense.name)):  # clean figures and the ceiling only
                     continue
                 vectors = [vector for vector in spec.vectors if (vector.norm.name, vector.epsilon) == (norm, epsilon)
                            and vector.attack.attack_class.needs_part_model]
