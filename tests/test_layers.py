@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("unmask.rules",),
     ("unmask.evaluation",),
     ("unmask.report",),
-    ("unmask.publish", "unmask.docs"),
+    ("unmask.publish", "unmask.docs", "unmask.rule_comparison"),
     ("unmask.experiment.plan",),
     ("unmask.experiment.stages", "unmask.experiment.batches", "unmask.experiment.folder"),
     ("unmask.experiment.evaluator",),

@@ -13,6 +13,7 @@ import dataclasses
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from unmask.config import PROFILES, Config, ConfigError, format_config, option_name, resolve_config, show_value
@@ -288,10 +289,36 @@ COMMANDS: dict[str, tuple[str, Callable[[Plan, argparse.Namespace], int]]] = {
 DATA_COMMANDS: dict[str, str] = {
     "publish": "copy a finished run's metrics.json and tables.md (or a benchmark's --json record) to "
                "results/published/NAME/, the data the documentation is generated from: publish RUN_FOLDER --name NAME",
+    "compare-rules": "the deployed decision rules side by side, from their runs (published names or run folders, one "
+                     "rule each): clean cost, ceiling and converged white-box figures against adversarial training, "
+                     "as a record to publish (--json PATH) and a figure (--figure STEM): compare-rules RUN... --json PATH",
     "docs": "regenerate every result table and cited figure of README.md and docs/ from results/published/ "
             "(--check: write nothing, report what differs)",
 }
 """Commands on published results rather than on an experiment: they take their own arguments."""
+
+
+def _compare_rules(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from unmask.publish import PUBLISHED_DIR, read_metrics_of
+    from unmask.rule_comparison import compare_rules, plot_rules
+
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="a published run's name (results/published/NAME/) or a "
+                        "finished run's folder, one per decision rule (the paper's gives the clean reference)")
+    parser.add_argument("--json", type=Path, required=True, metavar="PATH", help="write the comparison's record here "
+                        "(python main.py publish PATH --name NAME publishes it)")
+    parser.add_argument("--figure", type=Path, default=None, metavar="STEM", help="also draw the defense every run "
+                        "attacked, rule by rule, as STEM.png and STEM.pdf")
+    args = parser.parse_args(argv)
+    try:
+        runs = [(run, read_metrics_of(run, published=PUBLISHED_DIR)) for run in args.runs]
+        record = compare_rules(runs)
+    except UnmaskError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    record.write(args.json)
+    if args.figure is not None:
+        print(f"compare-rules: figure {', '.join(str(path) for path in plot_rules(record, args.figure))}")
+    return 0
 
 
 def _data_command(argv: Sequence[str]) -> int:
@@ -302,6 +329,8 @@ def _data_command(argv: Sequence[str]) -> int:
 
     command = argv[0]
     parser = argparse.ArgumentParser(prog=f"python main.py {command}", description=DATA_COMMANDS[command])
+    if command == "compare-rules":
+        return _compare_rules(parser, argv[1:])
     if command == "publish":
         parser.add_argument("source", metavar="RUN_FOLDER", help="a finished run's folder (results/<run>/), or a "
                             "benchmark's JSON record (bench/*.py --json PATH)")

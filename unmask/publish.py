@@ -120,6 +120,20 @@ def read_source(source: str | Path) -> tuple[str, dict[str, str]]:
                        "record (bench/*.py --json PATH)")
 
 
+def read_metrics_of(run: str | Path, *, published: str | Path = PUBLISHED_DIR) -> dict[str, Any]:
+    """The ``metrics.json`` of ``run``: a finished run's folder, else a published run's name; a
+    ``PublishError`` names what is missing (a run without provenance cannot be cited)."""
+    folder = Path(run)
+    if not folder.is_dir():
+        if not NAME_PATTERN.fullmatch(str(run)):
+            raise PublishError(f"{run} is neither a run's folder nor a publication's name")
+        folder = Path(published) / str(run)
+    path = folder / "metrics.json"
+    metrics = _read_json(path, "a finished run's figures (a run folder, or the name of a published run)")
+    _check_provenance(path, metrics)
+    return metrics
+
+
 def publish(source: str | Path, name: str, *, published: str | Path = PUBLISHED_DIR) -> Publication:
     """Copy ``source`` (a finished run's folder, or a benchmark record) to ``published/name/``,
     replacing an earlier publication of that name (git keeps the old one)."""

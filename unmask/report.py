@@ -162,7 +162,13 @@ HEADLINE_DEFENSES = ("undefended M", "adversarial training")
 shown in the detail rows)."""
 
 
-def _with_interval(value: float | None, interval: Sequence[float] | None) -> str:
+def signed_points(value: float, interval: Sequence[float]) -> str:
+    """A difference of two rates in percentage points with its 95% interval: +8.0 [-0.0, +16.0]."""
+    return f"{100 * value:+.1f} [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+
+
+def with_interval(value: float | None, interval: Sequence[float] | None) -> str:
+    """A rate in percent with its 95% interval (n/a when there is none)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if not interval:
@@ -173,7 +179,7 @@ def _with_interval(value: float | None, interval: Sequence[float] | None) -> str
 def _cell(row: Mapping[str, Any] | None, key: str) -> str:
     if row is None or row.get(key) is None:
         return "–"
-    return _with_interval(row[key], row.get("intervals", {}).get(key))
+    return with_interval(row[key], row.get("intervals", {}).get(key))
 
 
 def _worst(summary: Sequence[Mapping[str, Any]], key: tuple, defense: str,
@@ -291,8 +297,7 @@ def comparisons_table(metrics: Mapping[str, Any], *, norms: Sequence[str] | None
             for figure in ("robust_accuracy_with_detection", "accuracy_system"):
                 c = next(c for c in comparisons if (c["fpr_target"], c["norm"], c["epsilon"]) == key
                          and (c["defense"], c["baseline"], c["figure"]) == (defense, baseline, figure))
-                cells.append(f"{100 * c['difference']:+.1f} [{100 * c['interval'][0]:+.1f}, "
-                             f"{100 * c['interval'][1]:+.1f}]{' *' if c['significant'] else ''}")
+                cells.append(f"{signed_points(c['difference'], c['interval'])}{' *' if c['significant'] else ''}")
             lines.append(f"| {_percent(key[0])} | {key[2]:g} | {defense} | {baseline} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -405,7 +410,7 @@ def budget_note(metrics: Mapping[str, Any]) -> str:
         lines.append(f"| {_percent(entry['fpr_target'])} | {entry['epsilon']:g} | {entry['defense']} | "
                      f"{LADDER_FIGURES.get(entry['figure'], entry['figure'])} | {_percent(entry['this_run'])} | "
                      f"{_percent(entry['first_rung'])} | ×{entry['top_rung']}: "
-                     f"{_with_interval(entry['ladder'], entry['interval'])} | {moved} | {converged} |")
+                     f"{with_interval(entry['ladder'], entry['interval'])} | {moved} | {converged} |")
     if not measured:
         lines.append("| – | – | – | – | – | – | – | – | – |")
     return "\n".join(lines) + "\n"
@@ -470,7 +475,7 @@ def ladder_table(metrics: Mapping[str, Any], *, norms: Sequence[str] | None = No
         lines.append(f"| {_percent(entry['fpr_target'])} | {entry['epsilon']:g} | {entry['defense']} | "
                      f"{LADDER_FIGURES.get(entry['figure'], entry['figure'])} | "
                      + " | ".join(_percent(curve.get(rung)) for rung in rungs)
-                     + f" | {_with_interval(entry['value'], entry['interval'])} | {converged} |")
+                     + f" | {with_interval(entry['value'], entry['interval'])} | {converged} |")
     return "\n".join(lines) + "\n"
 
 
@@ -539,7 +544,7 @@ def format_robust(metrics: Mapping[str, Any]) -> str:
         for entry in ceilings:
             lines.append(f"| {entry['defense']} | {_percent(entry['fpr_target'])} | "
                          f"{_number(entry['detection_threshold'])} | {entry['n_images']} | "
-                         f"{_with_interval(entry['rate'], entry['interval'])} | "
+                         f"{with_interval(entry['rate'], entry['interval'])} | "
                          f"{_percent(None if entry['rate'] is None else 1 - entry['rate'])} |")
     sanity = [entry for entry in metrics["adaptive"] if entry["attack"].startswith("k_")]
     if sanity:
@@ -602,7 +607,8 @@ def format_grid_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save(figure: plt.Figure, path_stem: Path) -> list[Path]:
+def save_figure(figure: plt.Figure, path_stem: Path) -> list[Path]:
+    """Write ``figure`` as ``path_stem`` in every ``FIGURE_FORMATS`` (atomically) and close it."""
     paths = []
     for extension in FIGURE_FORMATS:
         path = path_stem.with_suffix(f".{extension}")
@@ -635,7 +641,7 @@ def plot_roc(set_curves: Sequence[RocSeries], soft_curves: Sequence[RocSeries], 
         axis.legend(loc="lower right", fontsize=8)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("true-positive rate")
-    return _save(figure, path_stem)
+    return save_figure(figure, path_stem)
 
 
 def plot_accuracy(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
@@ -657,7 +663,7 @@ def plot_accuracy(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
     axis.set(ylim=(0, 105), ylabel="accuracy (%)", title="Accuracy under attack")
     axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(series), frameon=False)
     axis.grid(axis="y", alpha=0.3)
-    return _save(figure, path_stem)
+    return save_figure(figure, path_stem)
 
 
 @dataclass(frozen=True)
@@ -726,7 +732,7 @@ def plot_threat_models(metrics: Mapping[str, Any], path_stem: Path) -> list[Path
     for axis, norm in zip(axes[0], norms, strict=True):
         _draw_series(axis, threat_model_series(metrics, norm, fpr), norm,
                      f"{NORMS[norm].symbol} attacks, white-box and every other, detection at {100 * fpr:g}% FPR")
-    return _save(figure, path_stem)
+    return save_figure(figure, path_stem)
 
 
 ROBUST_PANELS: tuple[tuple[str, str], ...] = (
@@ -758,7 +764,7 @@ def plot_robust(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
     for axis, (name, title) in zip(axes[0], ROBUST_PANELS, strict=True):
         _draw_series(axis, robust_series(metrics, name, fpr=fpr), "linf",
                      f"{title}, detection at {100 * fpr:g}% FPR")
-    return _save(figure, path_stem)
+    return save_figure(figure, path_stem)
 
 
 LADDER_PANELS: tuple[tuple[str, str], ...] = ROBUST_PANELS
@@ -816,7 +822,7 @@ def plot_ladder(metrics: Mapping[str, Any], path_stem: Path) -> list[Path]:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.05, 1, 1))
-    return _save(figure, path_stem)
+    return save_figure(figure, path_stem)
 
 
 @dataclass(frozen=True)
@@ -852,7 +858,7 @@ def plot_examples(panels: Sequence[ExamplePanel], path_stem: Path) -> list[Path]
         axis.set_xlabel(panel.caption, fontsize=8)
         axis.set_xticks([])
         axis.set_yticks([])
-    return _save(figure, path_stem)
+    return save_figure(figure, path_stem)
 
 
 TRAINING_LOSSES: tuple[str, ...] = ("train_loss", "loss")
@@ -889,5 +895,5 @@ def plot_training(histories: Mapping[str, Sequence[Mapping[str, float]] | None],
     drawn = {axis.get_title(): {line.get_label(): ([float(x) for x in line.get_xdata()],
                                                    [float(y) for y in line.get_ydata()]) for line in axis.lines}
              for axis in axes.flat if axis.get_title()}
-    _save(figure, path_stem)
+    save_figure(figure, path_stem)
     return drawn
