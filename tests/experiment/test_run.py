@@ -532,3 +532,31 @@ def test_white_box_attacks_aim_only_at_the_named_defenses(finished_run):
     assert [entry["defense"] for entry in metrics["defenses"]][0] == "UnMask"
     assert metrics["unflagged_wrong_class"] and (directory / "tables.md").is_file()
     assert metrics["config"]["adaptive_defenses"] == ["unmask-r"]
+
+
+def test_the_reject_variant_reuses_the_attacks_that_do_not_aim_at_the_deployed_decision(finished_run, monkeypatch):
+    """Under one rule, the joint and re-classification attacks run the same whatever a flagged
+    image gets (the figures apply the variant when read): the reject variant reads them back and
+    attacks only with the one aimed at the deployed decision, whose success depends on it."""
+    from unmask.experiment.adaptive import sequence
+
+    plan, _ = finished_run
+    rule_run = {"run_name": "variants", "decision_rule": "agreement", "adaptive_max_images": 4,
+                "adaptive_attacks": ("joint_linf:16", "reclassify_linf:16", "transplant_linf:16")}
+    reclassifying = json.loads((run_experiment(_shared(plan, **rule_run)) / "metrics.json").read_text())
+    called = []
+    original = sequence.adaptive_attack
+
+    def recording(target, images, labels, vector, options, **kwargs):
+        called.append(vector.name)
+        return original(target, images, labels, vector, options, **kwargs)
+
+    monkeypatch.setattr(sequence, "adaptive_attack", recording)
+    rejecting = json.loads((run_experiment(_shared(plan, flagged_decision="reject", **rule_run))
+                            / "metrics.json").read_text())
+    assert set(called) <= {"transplant_linf"}
+    figures = {(e["attack"], e["defense"]): e for e in reclassifying["adaptive"] if e["threat_model"] == "white-box"}
+    for entry in rejecting["adaptive"]:
+        if entry["threat_model"] == "white-box" and entry["attack"] == "joint_linf":
+            same = figures[(entry["attack"], entry["defense"])]
+            assert entry["robust_accuracy_with_detection"] == same["robust_accuracy_with_detection"]

@@ -29,6 +29,7 @@ from unmask.io import stable_hash
 from unmask.models.classifier import InferenceOptions
 from unmask.models.part_extractor import TRAINING_EPOCHS, DetectionRule
 from unmask.parts import ClassSet, UnknownNameError
+from unmask.rules import FLAGGED_DECISIONS
 from unmask.runtime import Runtime, resolve_device
 from unmask.train.classifier import AdversarialTraining, ClassifierSpec, ClassifierTraining
 from unmask.train.part_extractor import PartExtractorSpec, PartExtractorTraining
@@ -66,13 +67,17 @@ class PascalPartSpec:
     seed: int
 
 
+FLAGGED_DEFAULT = FLAGGED_DECISIONS[0]
+"""What a flagged image gets unless told: the paper's re-classification."""
+
+
 @dataclass(frozen=True)
 class DecisionSpec:
     """UnMask's deployed decision: the rule (``unmask.rules.DECISION_RULES``) and what a flagged
     image gets (``unmask.rules.FLAGGED_DECISIONS``). The default is the paper's."""
 
     rule: str = "paper"
-    flagged: str = "reclassify"
+    flagged: str = FLAGGED_DEFAULT
     classifier_data: str = "clean"
     """What the part-classifier rule is trained on (``unmask.rules.PART_CLASSIFIER_DATA``)."""
 
@@ -90,12 +95,15 @@ class DecisionSpec:
         """The paper's rule and re-classification: every path runs as before the rules existed."""
         return self.rule == "paper" and not self.reject
 
-    def key(self) -> dict[str, str]:
+    def key(self, *, aims: str | None = "system") -> dict[str, str]:
         """What a saved result judged by the rule depends on: empty for the paper's decision, so
-        the results saved before the rules existed are reused."""
+        the results saved before the rules existed are reused. An attack that ``aims`` at another
+        output than the deployed decision (``system``) runs and is saved the same whatever a
+        flagged image gets (the figures apply the variant when read), so the reject variant reuses
+        the re-classifying variant's results of those attacks."""
         if self.is_paper:
             return {}
-        key = {"decision_rule": self.rule, "flagged": self.flagged}
+        key = {"decision_rule": self.rule, "flagged": self.flagged if aims == "system" else FLAGGED_DEFAULT}
         return key if self.classifier_data == "clean" else {**key, "classifier_data": self.classifier_data}
 
 

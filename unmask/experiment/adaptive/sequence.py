@@ -126,7 +126,8 @@ def attacked(evaluator: Evaluator, spec: AdaptiveSpec, sample: np.ndarray, posit
                         attack={"vector": vector.label, **options_key(options), **revision(vector),
                                 **({"rung": rung} if rung != 1 else {})},
                         attacker_threshold=attacker_threshold, threshold=threshold,
-                        **(defense.decision.key() if defense.k is not None else {}))
+                        **(defense.decision.key(aims=vector.attack.attack_class.aims) if defense.k is not None
+                           else {}))
     images, labels = evaluator.test.images[chosen], evaluator.test.labels[chosen]
 
     def attack_batch(number: int, indices: np.ndarray) -> tuple[Arrays, Arrays]:
