@@ -63,8 +63,11 @@ def test_each_run_is_labelled_by_its_rule_and_only_attacked_defenses_get_white_b
 
 def test_the_bar_needs_ten_points_an_interval_above_zero_and_the_clean_cost_within_three(paper):
     cases = {"clears": (0.12, None, "yes"), "short": (0.08, None, "no: robust w/ det. +8 points"),
-             "costly": (0.12, 0.90, "no: clean deployed")}
+             "costly": (0.12, 0.90, "no: clean deployed"), "within": (0.12, None, "yes")}
+    unmask = next(e["accuracy_system"] for e in paper["defenses"] if e["defense"] == "UnMask")
     for rule, (gain, clean_system, verdict) in cases.items():
+        if rule == "within":  # exactly 3 points below UnMask's, as 9 images of 300 are
+            clean_system = unmask - 9 / 300
         record = compare_rules([("paper", paper), (rule, _as_rule(paper, rule, gain=gain, clean_system=clean_system))])
         assert _row(record, "white-box", rule)["meets the bar"].startswith(verdict), rule
         assert _row(record, "white-box", rule, epsilon="16")["meets the bar"] == "–"
