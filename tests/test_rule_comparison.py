@@ -81,5 +81,20 @@ def test_one_run_per_rule_and_the_command_writes_record_and_figure(paper, tmp_pa
     out = tmp_path / "rules.json"
     assert main(["compare-rules", str(PUBLISHED.parent), "--json", str(out)]) == 0
     record = json.loads(out.read_text())
-    assert record["kind"] == "benchmark" and set(record["tables"]) == {"clean", "white-box", "runs"}
+    assert record["kind"] == "benchmark" and set(record["tables"]) == {"clean", "white-box", "tramer", "runs"}
     assert main(["compare-rules", str(tmp_path / "missing"), "--json", str(out)]) == 1
+
+
+def test_each_claim_stands_beside_adversarial_training_at_half_the_budget(paper):
+    """Tramèr's check: the robust accuracy with detection at 8 beside adversarial training's at 4,
+    taken from a run that attacked it there; budgets without such a run get no row."""
+    at_eight = next(e for e in paper["adaptive_summary"] if (e["defense"], e["epsilon"], e["over"]) == (
+        "adversarial training", 8.0, "all attacks"))
+    at_four = {**copy.deepcopy(at_eight), "epsilon": 4.0, "robust_accuracy_with_detection": 0.75}
+    baseline = {"adaptive_summary": [at_four]}
+    record = compare_rules([("paper", paper)], baselines=[baseline])
+    rows = {(row["defense"], row["ε"]): row for row in record.tables["tramer"]["rows"]}
+    # at 16 the half budget is 8, which the compared run attacked itself
+    assert set(rows) == {(defense, epsilon) for defense in ("UnMask", "UnMask-R", DEFENSE) for epsilon in "8 16".split()}
+    assert rows[(DEFENSE, "8")]["claim − it"] == "-13.0"  # 62 against 75
+    assert {row["ε"] for row in compare_rules([("paper", paper)]).tables["tramer"]["rows"]} == {"16"}

@@ -308,10 +308,13 @@ def _compare_rules(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
                         "(python main.py publish PATH --name NAME publishes it)")
     parser.add_argument("--figure", type=Path, default=None, metavar="STEM", help="also draw the defense every run "
                         "attacked, rule by rule, as STEM.png and STEM.pdf")
+    parser.add_argument("--baselines", nargs="*", default=[], metavar="RUN", help="runs that attacked adversarial "
+                        "training at other budgets (half of each compared one: Tramèr's check)")
     args = parser.parse_args(argv)
     try:
         runs = [(run, read_metrics_of(run, published=PUBLISHED_DIR)) for run in args.runs]
-        record = compare_rules(runs)
+        baselines = [read_metrics_of(run, published=PUBLISHED_DIR) for run in args.baselines]
+        record = compare_rules(runs, baselines=baselines)
     except UnmaskError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

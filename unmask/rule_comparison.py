@@ -159,11 +159,46 @@ def _verdict(figures: Mapping[str, Mapping[str, Any]], clean_gap: float | None) 
     return "yes: " + ", ".join(cleared)
 
 
+def _half_budget(runs: Sequence[Mapping[str, Any]], fpr: float) -> dict[float, Mapping[str, Any]]:
+    """Adversarial training's worst case per L-inf budget, from every run that attacked it."""
+    found: dict[float, Mapping[str, Any]] = {}
+    for metrics in runs:
+        for entry in metrics.get("adaptive_summary") or []:
+            if (entry["defense"], entry["norm"], entry["over"]) == (BASELINE, "linf", "all attacks") \
+                    and entry["fpr_target"] == fpr:
+                found.setdefault(float(entry["epsilon"]), entry)
+    return found
+
+
+def _tramer_rows(white_rows: Sequence[Mapping[str, Any]], values: Mapping[str, Any],
+                 half: Mapping[float, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Tramèr (ICML 2022): a detector robust at ε gives a classifier robust at ε/2 with the same
+    robust accuracy (with detection). Each claim beside adversarial training's at ε/2: a claim far
+    above the best classifier measured at ε/2 is first a reason to suspect the attack."""
+    rows = []
+    for row in white_rows:
+        epsilon = float(row["ε"])
+        claim = values[row["rule"]][f"eps{epsilon:g}"][row["defense"]]["robust_accuracy_with_detection"]
+        baseline = half.get(epsilon / 2)
+        if baseline is None:
+            continue
+        measured = baseline["robust_accuracy_with_detection"]
+        rows.append({"rule": row["rule"], "defense": row["defense"], "ε": row["ε"],
+                     "robust acc. w/ det. at ε": with_interval(claim["value"], claim["interval"]),
+                     "adversarial training at ε/2": with_interval(
+                         measured, baseline["intervals"].get("robust_accuracy_with_detection")),
+                     "claim − it": f"{100 * (claim['value'] - measured):+.1f}"})
+    return rows
+
+
 def compare_rules(runs: Sequence[tuple[str, Mapping[str, Any]]], *, fpr: float = 0.1,
-                  epsilons: Sequence[float] = (8.0, 16.0)) -> BenchmarkRecord:
+                  epsilons: Sequence[float] = (8.0, 16.0),
+                  baselines: Sequence[Mapping[str, Any]] = ()) -> BenchmarkRecord:
     """The record comparing the rules of ``runs`` ((source, metrics.json) each, one rule per
-    run; the paper's rule's run gives the clean reference): tables ``clean``, ``white-box`` and
-    ``runs``, and per rule the values behind them (``values.<rule>``)."""
+    run; the paper's rule's run gives the clean reference): tables ``clean``, ``white-box``,
+    ``tramer`` (each claim beside adversarial training at half the budget, from ``runs`` and
+    ``baselines``: runs that attacked it at other budgets) and ``runs``, and per rule the values
+    behind them (``values.<rule>``)."""
     labelled: dict[str, tuple[str, Mapping[str, Any]]] = {}
     for source, metrics in runs:
         label = rule_label(metrics)
@@ -209,6 +244,12 @@ def compare_rules(runs: Sequence[tuple[str, Mapping[str, Any]]], *, fpr: float =
         "difference to adversarial training (points, 95% interval). 'meets the bar' at L-inf 8: a converged "
         "figure +10 points or more with its interval above zero, and a clean deployed decision within 3 points "
         "of UnMask's."))
+    half = _half_budget([*baselines, *(metrics for _, metrics in runs)], fpr)
+    record.table("tramer", _tramer_rows(white_rows, record.values, half), description=(
+        "Tramèr (ICML 2022): a detector robust at ε gives a (slow) classifier robust at ε/2 with the same "
+        "robust accuracy. Each rule's robust accuracy with detection (%) beside adversarial training's at ε/2 "
+        "on the same sample (white-box, the worst case over its ladder): a claim far above the best classifier "
+        "measured at ε/2 is first a reason to suspect the attack."))
     record.table("runs", run_rows, description="The run behind each rule's figures: its folder, the ladder's rungs "
                  "and why it stopped, its code and machine.")
     return record
