@@ -58,7 +58,7 @@ def test_each_run_is_labelled_by_its_rule_and_only_attacked_defenses_get_white_b
     assert ("agreement", "UnMask") in clean  # its clean cost and ceiling are still reported
     assert _row(record, "clean", "paper", "UnMask")["vs UnMask (paper)"] == "+0.0"
     assert [row["rule"] for row in record.tables["runs"]["rows"]] == ["paper", "agreement"]
-    assert record.values["agreement"]["eps8"][DEFENSE]["robust_accuracy_with_detection"]["converged_at"] == 1
+    assert record.values["agreement"]["eps8"]["unmask-r-adv-m"]["robust_accuracy_with_detection"]["converged_at"] == 1
 
 
 def test_the_bar_needs_ten_points_an_interval_above_zero_and_the_clean_cost_within_three(paper):

@@ -17,6 +17,7 @@ computes nothing new: a rule's claim is only as good as the ladder of its own ru
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from unmask.environment import describe_environment  # noqa: E402
 from unmask.io import UnmaskError  # noqa: E402
 from unmask.report import save_figure, signed_points, with_interval  # noqa: E402
 
-__all__ = ["BASELINE", "BAR", "compare_rules", "plot_rules", "rule_label"]
+__all__ = ["BASELINE", "BAR", "compare_rules", "plot_rules", "rule_label", "value_key"]
 
 BASELINE = "adversarial training"
 """What every rule is compared with: the adversarially trained M alone."""
@@ -47,6 +48,12 @@ FIGURES = {"robust_accuracy_with_detection": "robust acc. w/ det.", "accuracy_sy
 """The white-box figures compared, and their names in tables."""
 
 SHORT = {"robust_accuracy_with_detection": "robust w/ det.", "accuracy_system": "system"}
+
+
+def value_key(defense: str) -> str:
+    """A defense's key in the record's values, a path segment the documentation's markers can
+    name: "UnMask-R + adv. M" -> "unmask-r-adv-m" (as in the run's file names)."""
+    return re.sub(r"[^a-z0-9]+", "-", defense.lower()).strip("-")
 
 
 def rule_label(metrics: Mapping[str, Any]) -> str:
@@ -130,7 +137,7 @@ def _white_box(label: str, metrics: Mapping[str, Any], fpr: float, epsilons: Seq
                                    "difference_interval": difference.get("interval")}
             row["meets the bar"] = _verdict(figures, clean_gap.get(defense)) if epsilon == 8 else "–"
             values[f"eps{epsilon:g}"] = values.get(f"eps{epsilon:g}", {})
-            values[f"eps{epsilon:g}"][defense] = figures
+            values[f"eps{epsilon:g}"][value_key(defense)] = figures
             rows.append(row)
     return rows, values
 
@@ -178,7 +185,7 @@ def _tramer_rows(white_rows: Sequence[Mapping[str, Any]], values: Mapping[str, A
     rows = []
     for row in white_rows:
         epsilon = float(row["ε"])
-        claim = values[row["rule"]][f"eps{epsilon:g}"][row["defense"]]["robust_accuracy_with_detection"]
+        claim = values[row["rule"]][f"eps{epsilon:g}"][value_key(row["defense"])]["robust_accuracy_with_detection"]
         baseline = half.get(epsilon / 2)
         if baseline is None:
             continue
@@ -224,12 +231,12 @@ def compare_rules(runs: Sequence[tuple[str, Mapping[str, Any]]], *, fpr: float =
         run_rows.append({"rule": label, "run": str(provenance.get("run", source)),
                          "rungs": ",".join(f"x{rung['rung']}" for rung in ladder.get("rungs") or []) or "–",
                          "stopped": ladder.get("stopped", "–"), "made by": describe_environment(provenance)})
-        record.value(label, {"clean": {entry["defense"]: {key: entry[key] for key in
+        record.value(label, {"clean": {value_key(entry["defense"]): {key: entry[key] for key in
                                                           ("accuracy_m", "accuracy_unmask", "accuracy_system",
                                                            "flag_rate")}
                                        for entry in metrics.get("defenses") or []
                                        if entry.get("fpr_target") == fpr and entry.get("accuracy_unmask") is not None},
-                             "ceiling": {entry["defense"]: entry["rate"] for entry in
+                             "ceiling": {value_key(entry["defense"]): entry["rate"] for entry in
                                          metrics.get("unflagged_wrong_class") or [] if entry["fpr_target"] == fpr},
                              **values})
     record.table("clean", clean_rows, description=(
@@ -260,7 +267,7 @@ def plot_rules(record: BenchmarkRecord, path_stem: Path, *, defense: str = "UnMa
     hatched: not converged at the ladder's top rung) beside adversarial training's robust accuracy
     on the same images (dashed)."""
     rules = [label for label, values in record.values.items()
-             if any(defense in values.get(key, {}) for key in values if key.startswith("eps"))]
+             if any(value_key(defense) in values.get(key, {}) for key in values if key.startswith("eps"))]
     epsilons = sorted({key for label in rules for key in record.values[label] if key.startswith("eps")},
                       key=lambda key: float(key[3:]))
     figure, axes = plt.subplots(1, max(len(epsilons), 1), figsize=(5.2 * max(len(epsilons), 1), 3.6), squeeze=False)
@@ -268,7 +275,7 @@ def plot_rules(record: BenchmarkRecord, path_stem: Path, *, defense: str = "UnMa
     for axis, key in zip(axes[0], epsilons, strict=False):
         for offset, (name, title) in zip((-width / 2, width / 2), FIGURES.items(), strict=True):
             for index, label in enumerate(rules):
-                entry = record.values[label].get(key, {}).get(defense, {}).get(name)
+                entry = record.values[label].get(key, {}).get(value_key(defense), {}).get(name)
                 if entry is None:
                     continue
                 low, high = entry["interval"] or (entry["value"], entry["value"])

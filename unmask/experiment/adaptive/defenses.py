@@ -9,7 +9,6 @@ clean images are scored by them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from unmask.experiment.stages import TrainedClassifier, TrainedPartExtractor
 from unmask.metrics import rate
 from unmask.parts import ClassSet
 from unmask.provenance import digest
+from unmask.rule_comparison import value_key as slug  # a defense's name in file names and in the comparison
 from unmask.rules import DecisionRule, Evidence, RuleDecision, decision_rule, train_part_classifier
 
 UNMASK = "UnMask"
@@ -170,9 +170,6 @@ def alone_predictions(defense: Defense, predictions: Predictions) -> np.ndarray 
     return {UNDEFENDED: predictions.m, ADVERSARIAL_TRAINING: predictions.adv_trained}.get(defense.name)
 
 
-def slug(name: str) -> str:
-    """A defense's name in file names: "UnMask-R + adv. M" -> "unmask-r-adv-m"."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 PART_BASED_DEFENSES: tuple[str, ...] = tuple(slug(name) for name in (UNMASK, UNMASK_R, UNMASK_R_ADV))
