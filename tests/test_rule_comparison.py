@@ -96,5 +96,11 @@ def test_each_claim_stands_beside_adversarial_training_at_half_the_budget(paper)
     rows = {(row["defense"], row["ε"]): row for row in record.tables["tramer"]["rows"]}
     # at 16 the half budget is 8, which the compared run attacked itself
     assert set(rows) == {(defense, epsilon) for defense in ("UnMask", "UnMask-R", DEFENSE) for epsilon in "8 16".split()}
-    assert rows[(DEFENSE, "8")]["claim − it"] == "-13.0"  # 62 against 75
+    assert rows[(DEFENSE, "8")]["claim − best at ε/2"] == "-13.0"  # 62 against 75
+    assert rows[(DEFENSE, "8")]["re-classification at ε/2"] == "n/a"
+    parts = {**copy.deepcopy(at_four), "defense": DEFENSE, "accuracy_unmask": 0.9,
+             "attacks": ["white-box reclassify_linf"], "intervals": {"accuracy_unmask": [0.8, 0.95]}}
+    record = compare_rules([("paper", paper)], baselines=[{"adaptive_summary": [at_four, parts]}])
+    row = next(r for r in record.tables["tramer"]["rows"] if (r["defense"], r["ε"]) == (DEFENSE, "8"))
+    assert row["claim − best at ε/2"] == "-28.0" and row["re-classification at ε/2"].startswith("90.0")
     assert {row["ε"] for row in compare_rules([("paper", paper)]).tables["tramer"]["rows"]} == {"16"}
