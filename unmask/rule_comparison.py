@@ -136,8 +136,13 @@ def _white_box(label: str, metrics: Mapping[str, Any], fpr: float, epsilons: Seq
                                    "difference": difference.get("difference"),
                                    "difference_interval": difference.get("interval")}
             row["meets the bar"] = _verdict(figures, clean_gap.get(defense)) if epsilon == 8 else "–"
-            values[f"eps{epsilon:g}"] = values.get(f"eps{epsilon:g}", {})
-            values[f"eps{epsilon:g}"][value_key(defense)] = figures
+            # the re-classification's figure too: what an attacker who cannot evade goes for
+            curve = curves.get((defense, float(epsilon), "accuracy_unmask"))
+            reclassification = {"value": worst["accuracy_unmask"], "interval": worst["intervals"].get("accuracy_unmask"),
+                                "converged": None if curve is None else curve["converged"],
+                                "converged_at": None if curve is None else curve["converged_at"]}
+            values.setdefault(f"eps{epsilon:g}", {})[value_key(defense)] = {
+                **figures, "accuracy_unmask": reclassification}
             rows.append(row)
     return rows, values
 
