@@ -312,6 +312,6 @@ def plot_rules(record: BenchmarkRecord, path_stem: Path, *, defense: str = "UnMa
         axis.set_ylim(0, 100)
         axis.set_ylabel("% of the white-box sample")
         axis.set_title(f"{defense}, L-inf {key[3:]}/255")
-        axis.legend(fontsize=7, loc="upper right")
+        axis.legend(fontsize=7, loc="upper left")
     figure.tight_layout()
     return save_figure(figure, path_stem)
