@@ -370,3 +370,23 @@ def test_the_ladder_figure_has_one_line_per_defense_and_epsilon(tmp_path, stand_
     assert list(series) == ["undefended M", "UnMask"]
     assert series["UnMask"].x == [1, 2, 4] and series["UnMask"].y == pytest.approx([400 / 6, 50.0, 200 / 6])
     assert all(path.stat().st_size > 1000 for path in plot_ladder(metrics, tmp_path / "ladder"))
+
+
+def test_a_defense_under_another_rule_has_another_fingerprint():
+    """A one-rung run takes a published ladder's offsets only from the same deployed decision:
+    the paper's rule keeps the fingerprint the published ladders were made with, another rule
+    (or its reject variant) gets its own, and M alone is the same under every rule."""
+    from types import SimpleNamespace
+
+    from unmask.experiment.adaptive.defenses import Defense
+    from unmask.experiment.plan import DecisionSpec
+    from unmask.provenance import digest
+
+    m, k = SimpleNamespace(fingerprint="m"), SimpleNamespace(fingerprint="k")
+    paper = Defense("UnMask", m, k).fingerprint
+    assert paper == digest({"m": "m", "k": "k"})
+    ruled = {Defense("UnMask", m, k, decision=DecisionSpec(rule, flagged)).fingerprint
+             for rule, flagged in (("agreement", "reclassify"), ("agreement", "reject"), ("per-class", "reclassify"))}
+    assert len(ruled) == 3 and paper not in ruled
+    assert Defense("adversarial training", m, decision=DecisionSpec("agreement")).fingerprint == \
+        Defense("adversarial training", m).fingerprint

@@ -93,8 +93,12 @@ class Defense:
     @property
     def fingerprint(self) -> str:
         """What its figures depend on besides the images: its M's and K's fingerprints (weights,
-        inference settings, K's detection rule)."""
-        return digest({"m": self.m.fingerprint, "k": None if self.k is None else self.k.fingerprint})
+        inference settings, K's detection rule) and, for an UnMask-like defense, the deployed
+        decision where it is not the paper's (left out for the paper's, so the ladders published
+        before the rules existed still match)."""
+        decision = self.decision.key() if self.k is not None else {}
+        return digest({"m": self.m.fingerprint, "k": None if self.k is None else self.k.fingerprint,
+                       **({"decision": decision} if decision else {})})
 
 
 def evidence_of(scored: Scored) -> Evidence:
@@ -168,8 +172,6 @@ def alone_predictions(defense: Defense, predictions: Predictions) -> np.ndarray 
     """The classes a defense that is M alone gives, out of the run's pipeline's predictions:
     M's for the undefended M, the baseline's (attacked through its own gradients) for it."""
     return {UNDEFENDED: predictions.m, ADVERSARIAL_TRAINING: predictions.adv_trained}.get(defense.name)
-
-
 
 
 PART_BASED_DEFENSES: tuple[str, ...] = tuple(slug(name) for name in (UNMASK, UNMASK_R, UNMASK_R_ADV))
