@@ -95,7 +95,8 @@ def test_each_claim_stands_beside_adversarial_training_at_half_the_budget(paper)
     record = compare_rules([("paper", paper)], baselines=[baseline])
     rows = {(row["defense"], row["ε"]): row for row in record.tables["tramer"]["rows"]}
     # at 16 the half budget is 8, which the compared run attacked itself
-    assert set(rows) == {(defense, epsilon) for defense in ("UnMask", "UnMask-R", DEFENSE) for epsilon in "8 16".split()}
+    assert set(rows) == {(defense, epsilon) for defense in ("UnMask", "UnMask-R", DEFENSE)
+                         for epsilon in ("8", "16")}
     assert rows[(DEFENSE, "8")]["claim − best at ε/2"] == "-13.0"  # 62 against 75
     assert rows[(DEFENSE, "8")]["re-classification at ε/2"] == "n/a"
     parts = {**copy.deepcopy(at_four), "defense": DEFENSE, "accuracy_unmask": 0.9,
@@ -104,3 +105,18 @@ def test_each_claim_stands_beside_adversarial_training_at_half_the_budget(paper)
     row = next(r for r in record.tables["tramer"]["rows"] if (r["defense"], r["ε"]) == (DEFENSE, "8"))
     assert row["claim − best at ε/2"] == "-28.0" and row["re-classification at ε/2"].startswith("90.0")
     assert {row["ε"] for row in compare_rules([("paper", paper)]).tables["tramer"]["rows"]} == {"16"}
+
+
+def test_a_rule_is_checked_against_its_own_re_classifier_and_its_re_classification_is_recorded(paper):
+    """Tramèr's check at ε/2 takes a rule's own run's re-classification first (the part-classifier
+    rule re-classifies with its own classifier); the values keep the re-classification figure."""
+    ruled = _as_rule(paper, "part-classifier")
+    for entry in ruled["adaptive_summary"]:
+        if (entry["defense"], entry["epsilon"], entry["over"]) == (DEFENSE, 8.0, "all attacks"):
+            entry["accuracy_unmask"] = 0.77
+    record = compare_rules([("paper", paper), ("rules-part-classifier", ruled)])
+    rows = {(r["rule"], r["defense"], r["ε"]): r for r in record.tables["tramer"]["rows"]}
+    assert rows[("part-classifier", DEFENSE, "16")]["re-classification at ε/2"].startswith("77.0")
+    assert rows[("paper", DEFENSE, "16")]["re-classification at ε/2"].startswith("34.0")
+    assert record.values["part-classifier"]["eps8"]["unmask-r-adv-m"]["accuracy_unmask"]["value"] == 0.77
+    assert "10% FPR" in record.tables["tramer"]["description"]

@@ -105,6 +105,13 @@ def _ladder_status(entry: Mapping[str, Any] | None, top: int) -> str:
     return f"from x{entry['converged_at']}" if entry["converged"] else f"not converged at x{top}"
 
 
+def _figure(worst: Mapping[str, Any], figure: str, curve: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A figure's worst case with its interval, and how the ladder left it."""
+    return {"value": worst[figure], "interval": worst["intervals"].get(figure),
+            "converged": None if curve is None else curve["converged"],
+            "converged_at": None if curve is None else curve["converged_at"]}
+
+
 def _white_box(label: str, metrics: Mapping[str, Any], fpr: float, epsilons: Sequence[float],
                clean_gap: Mapping[str, float]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     summary = {(e["defense"], e["epsilon"]): e for e in metrics.get("adaptive_summary") or []
@@ -130,17 +137,12 @@ def _white_box(label: str, metrics: Mapping[str, Any], fpr: float, epsilons: Seq
                                               f"({_ladder_status(curve, top)})")
                 row[f"{SHORT[figure]} − adv. training"] = _points(difference.get("difference"),
                                                                   difference.get("interval"))
-                figures[figure] = {"value": worst[figure], "interval": worst["intervals"].get(figure),
-                                   "converged": None if curve is None else curve["converged"],
-                                   "converged_at": None if curve is None else curve["converged_at"],
-                                   "difference": difference.get("difference"),
+                figures[figure] = {**_figure(worst, figure, curve), "difference": difference.get("difference"),
                                    "difference_interval": difference.get("interval")}
             row["meets the bar"] = _verdict(figures, clean_gap.get(defense)) if epsilon == 8 else "–"
             # the re-classification's figure too: what an attacker who cannot evade goes for
-            curve = curves.get((defense, float(epsilon), "accuracy_unmask"))
-            reclassification = {"value": worst["accuracy_unmask"], "interval": worst["intervals"].get("accuracy_unmask"),
-                                "converged": None if curve is None else curve["converged"],
-                                "converged_at": None if curve is None else curve["converged_at"]}
+            reclassification = _figure(worst, "accuracy_unmask",
+                                       curves.get((defense, float(epsilon), "accuracy_unmask")))
             values.setdefault(f"eps{epsilon:g}", {})[value_key(defense)] = {
                 **figures, "accuracy_unmask": reclassification}
             rows.append(row)
@@ -228,7 +230,8 @@ def compare_rules(runs: Sequence[tuple[str, Mapping[str, Any]]], *, fpr: float =
     for source, metrics in runs:
         label = rule_label(metrics)
         if label in labelled:
-            raise UnmaskError(f"{source} and {labelled[label][0]} both ran the rule {label!r}; compare one run per rule")
+            raise UnmaskError(f"{source} and {labelled[label][0]} both ran the rule {label!r}; "
+                              "compare one run per rule")
         labelled[label] = (source, metrics)
     reference = None
     if "paper" in labelled:
@@ -240,7 +243,8 @@ def compare_rules(runs: Sequence[tuple[str, Mapping[str, Any]]], *, fpr: float =
     for label, (source, metrics) in labelled.items():
         clean = _clean_rows(label, metrics, fpr, reference)
         gaps = {entry["defense"]: entry["accuracy_system"] - reference for entry in metrics.get("defenses") or []
-                if reference is not None and entry.get("fpr_target") == fpr and entry.get("accuracy_unmask") is not None}
+                if reference is not None and entry.get("fpr_target") == fpr
+                and entry.get("accuracy_unmask") is not None}
         rows, values = _white_box(label, metrics, fpr, epsilons, gaps)
         clean_rows += clean
         white_rows += rows
@@ -264,7 +268,8 @@ def compare_rules(runs: Sequence[tuple[str, Mapping[str, Any]]], *, fpr: float =
         "white-box sample on which another class passes the rule with K's clean parts (what no K can defend)."))
     record.table("white-box", white_rows, description=(
         f"White-box adaptive attacks aimed at every output of the deployed rule (its worst case over the budget "
-        f"ladder and the gray-box attack), L-inf, {fpr:.0%} FPR on validation data, the run's white-box sample: robust accuracy "
+        f"ladder and the gray-box attack), L-inf, {fpr:.0%} FPR on validation data, the run's white-box sample: "
+        "robust accuracy "
         "with detection and system accuracy (%, 95% interval), from which rung each converged, and the paired "
         "difference to adversarial training (points, 95% interval). 'meets the bar' at L-inf 8: a converged "
         "figure +10 points or more with its interval above zero, and a clean deployed decision within 3 points "
@@ -274,7 +279,8 @@ def compare_rules(runs: Sequence[tuple[str, Mapping[str, Any]]], *, fpr: float =
               for label, (_, metrics) in labelled.items()}
     record.table("tramer", _tramer_rows(white_rows, record.values, halves), description=(
         "Tramèr (ICML 2022): a detector robust at ε gives a (slow) classifier robust at ε/2 with the same "
-        "robust accuracy. Each rule's robust accuracy with detection (%) beside two classifiers measured at ε/2 on "
+        "robust accuracy. Each rule's robust accuracy with detection (%; thresholds fixed at "
+        f"{fpr:.0%} FPR on clean validation images) beside two classifiers measured at ε/2 on "
         "the same sample (white-box, the worst case over each one's ladder): adversarial training, and the "
         "defense's own re-classification from K's parts under the re-classification attack (n/a: not measured). "
         "A claim far above the best of them is first a reason to suspect the attack."))

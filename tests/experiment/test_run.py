@@ -527,7 +527,8 @@ def test_white_box_attacks_aim_only_at_the_named_defenses(finished_run):
     metrics = json.loads((directory / "metrics.json").read_text())
     kinds = {(entry["defense"], entry["threat_model"]) for entry in metrics["adaptive"]}
     assert not any(defense == "UnMask" for defense, _ in kinds)
-    assert not any(entry["defense"] == "UnMask" for entry in metrics["adaptive_summary"] + metrics["adaptive_ladder"]["figures"])
+    assert not any(entry["defense"] == "UnMask"
+                   for entry in metrics["adaptive_summary"] + metrics["adaptive_ladder"]["figures"])
     assert any(defense != "UnMask" and threat == "white-box" for defense, threat in kinds)
     assert [entry["defense"] for entry in metrics["defenses"]][0] == "UnMask"
     assert metrics["unflagged_wrong_class"] and (directory / "tables.md").is_file()
